@@ -1,0 +1,1014 @@
+//! The software backend: a lock-free emulation of a DLB scheduling domain.
+//!
+//! # Structure
+//! - Each port has a CQ ([`Cq`], `cq_depth` slots, emptied only by the
+//!   port's owner), a *directed waiting ring* for events that must go to that
+//!   port but cannot enter its CQ yet (directed events, and atomic events of
+//!   a flow pinned to the port), a packed `state` word, and a [`Notifier`]
+//!   (its eventfd).
+//! - Each load-balanced queue has eight waiting rings ([`Ring`]), one per
+//!   event priority, the list of ports linked to it, and a flow table for
+//!   atomic scheduling.
+//! - A credit pool counts the events that may wait in rings.
+//!
+//! # The port state word
+//! `state = PARKED | PULL | owed << 44 | cq << 32 | tail`:
+//! - `tail` is the next CQ position to hand out; a reservation takes it;
+//! - `cq` counts CQ slots filled or reserved by a producer about to fill
+//!   them;
+//! - `owed` counts events received and not yet released (as published by
+//!   the owner; see *Releases* below).
+//!
+//! A port is *eligible* when `cq < cq_depth && owed <= cq_depth`; its load
+//! is `cq + owed`. Producers reserve slots with a CAS that checks
+//! eligibility and takes positions from `tail`, so a CQ never overflows and
+//! a producer never races another for a slot. The owner gives slots back
+//! (decrements `cq`) only after reading them.
+//!
+//! # Delivery and waiting
+//! A send first tries to place the event directly: if nothing of its queue is
+//! waiting, it reserves the least loaded eligible port and writes into its
+//! CQ. Otherwise it takes a credit, pushes into a waiting ring, bumps the
+//! ring's `len`, and runs the dispatcher. `len` counts events fully pushed
+//! and not yet claimed; a dispatcher claims one by CAS, pops it, and places
+//! it; if no port can take it, it pushes it back and (see PULL) makes sure
+//! the next port to become eligible will pull it.
+//!
+//! # Why nothing is stranded, and no sleeper is forgotten
+//! Both protocols meet on one atomic word per port, so they rely only on the
+//! modification order of that word and release/acquire, never on a store
+//! and a load to different places being ordered (the store-buffer pattern,
+//! which loom cannot check and weaker models break).
+//! - **PULL**: a dispatcher that has published events and finds a linked port
+//!   ineligible sets `PULL` on it with a CAS that re-checks eligibility.
+//!   Every transition that can make a port eligible is an RMW by the owner
+//!   (recv, release) that reads `PULL` and, if it was set, clears it and runs
+//!   the port's dispatchers. Either the marking CAS sees the port eligible
+//!   and places the event there, or the owner's RMW sees the mark, and
+//!   synchronises with the publication before it.
+//! - **PARKED**: the owner parks with a CAS that sets `PARKED` only if its
+//!   CQ is empty. A producer's reserving CAS clears `PARKED` and, having
+//!   seen it, writes the eventfd after publishing the event.
+//!
+//! # Releases
+//! `release` is bookkeeping on the owner's side; the owner publishes the
+//! lower `owed` with its next state RMW (the next `recv`, or before it
+//! parks), like DPDK's implicit release on the next dequeue. When owing too
+//! much has made the port ineligible, `release` publishes at once, so a
+//! release still delivers waiting events immediately. Until then, the
+//! arbiter sees the port as slightly more loaded than it is.
+//!
+//! # Credits
+//! A credit is held exactly by each event sitting in (or moving between)
+//! waiting rings: taken when an event starts to wait, returned when the
+//! dispatcher has placed it in a CQ, after its pop completes, so that rings
+//! sized to the credit pool are never logically full. Events placed directly
+//! hold none, so `available + waiting == credits` at rest. A send finding
+//! the pool empty stops there and returns a short count: the caller keeps
+//! the rest.
+
+mod cq;
+mod notify;
+mod ring;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::time::Duration;
+
+use self::cq::{Cq, Popped};
+use self::notify::Notifier;
+use self::ring::Ring;
+use crate::config::Config;
+use crate::loom::{Arc, AtomicBool, AtomicU32, AtomicU64, CachePadded};
+use crate::stats::{PortCounters, PortStats};
+use crate::{DlbError, Event, Sched, PRIORITY_LOWEST};
+
+/// Flow-table slots per queue. Flows hash onto slots; two flows sharing a
+/// slot are pinned together, which is stricter than needed but never wrong.
+#[cfg(not(loom))]
+const FLOW_SLOTS: usize = 1024;
+#[cfg(loom)]
+const FLOW_SLOTS: usize = 4;
+
+/// Number of event priorities.
+const PRIORITIES: usize = PRIORITY_LOWEST as usize + 1;
+
+const TAIL_MASK: u64 = 0xffff_ffff;
+const CQ_SHIFT: u32 = 32;
+const CQ_BITS: u64 = 0xfff;
+const OWED_SHIFT: u32 = 44;
+const OWED_BITS: u64 = 0x3_ffff;
+/// Events wait that this port should pull when it becomes eligible.
+const PULL: u64 = 1 << 62;
+/// The owner sleeps (or is about to) and must be woken by a delivery.
+const PARKED: u64 = 1 << 63;
+
+// The fields must hold their largest values: `cq <= 1024`, and `owed` at
+// most twice that (a full CQ received while owing `cq_depth`).
+const _: () = assert!(CQ_BITS >= crate::MAX_CQ_DEPTH as u64);
+const _: () = assert!(OWED_BITS >= 4 * crate::MAX_CQ_DEPTH as u64);
+const _: () = assert!(OWED_SHIFT as u64 + 18 <= 62);
+
+#[inline]
+fn cq_of(state: u64) -> u64 {
+    (state >> CQ_SHIFT) & CQ_BITS
+}
+
+#[inline]
+fn owed_of(state: u64) -> u64 {
+    (state >> OWED_SHIFT) & OWED_BITS
+}
+
+#[inline]
+fn tail_of(state: u64) -> u32 {
+    (state & TAIL_MASK) as u32
+}
+
+/// Events that wait for a port, in one ring per priority.
+struct Waiting {
+    /// Events fully pushed and not yet claimed by a dispatcher.
+    len: CachePadded<AtomicU32>,
+    rings: Box<[Ring]>,
+}
+
+impl Waiting {
+    fn new(priorities: usize, capacity: usize) -> Self {
+        Self {
+            len: CachePadded(AtomicU32::new(0)),
+            rings: (0..priorities).map(|_| Ring::new(capacity)).collect(),
+        }
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.len.load(Acquire) == 0
+    }
+
+    /// Publishes an event that holds a credit. Each ring holds the whole
+    /// credit pool, so it is never logically full.
+    fn push(&self, event: Event) {
+        let ring = usize::from(event.priority).min(self.rings.len() - 1);
+        self.rings[ring].push_wait(event);
+        self.len.fetch_add(1, AcqRel);
+    }
+
+    /// Claims and pops the highest-priority published event, if any.
+    fn take(&self) -> Option<Event> {
+        let mut len = self.len.load(Acquire);
+        loop {
+            if len == 0 {
+                return None;
+            }
+            match self
+                .len
+                .compare_exchange_weak(len, len - 1, AcqRel, Acquire)
+            {
+                Ok(_) => break,
+                Err(actual) => len = actual,
+            }
+        }
+        // The claim guarantees a published event; the loop only waits out a
+        // producer that holds an earlier ring position and is between its two
+        // stores.
+        let mut backoff = crate::loom::Backoff::new();
+        loop {
+            for ring in self.rings.iter() {
+                if let Some(event) = ring.pop() {
+                    return Some(event);
+                }
+            }
+            backoff.snooze();
+        }
+    }
+}
+
+struct PortShared {
+    /// See the module docs. CAS'd by producers (reserve, mark), RMW'd by the
+    /// owner (recv, release, park).
+    state: CachePadded<AtomicU64>,
+    /// The consumer queue.
+    cq: Cq,
+    /// Events bound for this port that could not enter its CQ yet.
+    directed: Waiting,
+    notifier: Notifier,
+    /// `(queue, link priority)`, highest priority first.
+    links: Box<[(u8, u8)]>,
+    /// Whether a [`SoftPort`] currently owns this port.
+    taken: AtomicBool,
+    counters: PortCounters,
+}
+
+struct QueueShared {
+    waiting: Waiting,
+    /// The ports linked to this queue.
+    consumers: Box<[usize]>,
+    /// Per flow slot: `owner << 32 | count`, where `count` is the number of
+    /// the slot's atomic events assigned to `owner` and not yet released.
+    flows: Box<[AtomicU64]>,
+}
+
+/// State shared by all ports of a domain.
+struct Shared {
+    cfg: Config,
+    cq_depth: u64,
+    ports: Box<[PortShared]>,
+    queues: Box<[QueueShared]>,
+    /// Credits not held by waiting events.
+    credits: CachePadded<AtomicU32>,
+}
+
+/// CQ slots reserved on a port; each must be written or skipped.
+#[derive(Clone, Copy)]
+struct Reservation {
+    port: usize,
+    /// First reserved position.
+    pos: u32,
+    /// The reservation cleared `PARKED`: whoever fills it wakes the owner.
+    woke: bool,
+}
+
+/// Where an event went.
+enum Placed {
+    /// Into a CQ.
+    Delivered,
+    /// Into the directed ring of the owner of its atomic flow.
+    Redirected,
+}
+
+impl Shared {
+    #[inline]
+    fn eligible(&self, state: u64) -> bool {
+        cq_of(state) < self.cq_depth && owed_of(state) <= self.cq_depth
+    }
+
+    /// Reserves one CQ slot of `port` if it is eligible.
+    #[inline]
+    fn try_reserve(&self, port: usize) -> Option<Reservation> {
+        self.try_reserve_n(port, 1).map(|(r, _)| r)
+    }
+
+    /// Reserves up to `want` consecutive CQ slots of `port` if it is
+    /// eligible; returns the reservation and how many slots it covers.
+    #[inline]
+    fn try_reserve_n(&self, port: usize, want: u64) -> Option<(Reservation, u64)> {
+        let state = &self.ports[port].state;
+        let mut s = state.load(Acquire);
+        loop {
+            if !self.eligible(s) {
+                return None;
+            }
+            let k = want.clamp(1, self.cq_depth - cq_of(s));
+            let next = ((s + (k << CQ_SHIFT)) & !(TAIL_MASK | PARKED))
+                | u64::from(tail_of(s).wrapping_add(k as u32));
+            match state.compare_exchange_weak(s, next, AcqRel, Acquire) {
+                Ok(_) => {
+                    let r = Reservation {
+                        port,
+                        pos: tail_of(s),
+                        woke: s & PARKED != 0,
+                    };
+                    return Some((r, k));
+                }
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    /// Places a run of `run` unordered events of `queue` at once: reserves
+    /// on the least loaded eligible port as many slots as water-filling the
+    /// linked ports would give it (at least one), so that a batch ends up
+    /// spread as per-event arbitration would spread it, with one CAS per
+    /// port instead of one per event.
+    #[inline]
+    fn pick_reserve_run(
+        &self,
+        queue: usize,
+        cursor: &mut usize,
+        run: u64,
+    ) -> Option<(Reservation, u64)> {
+        let consumers = &self.queues[queue].consumers;
+        let n = consumers.len();
+        if n == 1 {
+            return self.try_reserve_n(consumers[0], run);
+        }
+        loop {
+            let mut at = if *cursor < n { *cursor } else { 0 };
+            let mut best: Option<(usize, u64)> = None;
+            let mut second = u64::MAX;
+            let mut eligible = 0u64;
+            for _ in 0..n {
+                let s = self.ports[consumers[at]].state.load(Acquire);
+                if self.eligible(s) {
+                    eligible += 1;
+                    let load = cq_of(s) + owed_of(s);
+                    match best {
+                        Some((_, l)) if load >= l => second = second.min(load),
+                        Some((_, l)) => {
+                            second = l;
+                            best = Some((at, load));
+                        }
+                        None => best = Some((at, load)),
+                    }
+                }
+                at += 1;
+                if at == n {
+                    at = 0;
+                }
+            }
+            let (at, load) = best?;
+            let gap = second.saturating_sub(load);
+            let want = if eligible <= 1 {
+                run
+            } else {
+                let extra = run.saturating_sub(gap);
+                gap.saturating_add(extra.div_ceil(eligible)).min(run)
+            };
+            if let Some(got) = self.try_reserve_n(consumers[at], want) {
+                *cursor = at + 1;
+                return Some(got);
+            }
+            // The chosen port changed under us; look again.
+        }
+    }
+
+    /// Sets `PULL` on `port` unless it is eligible. Returns `true` if the
+    /// port is eligible (and so was not marked).
+    fn mark_pull(&self, port: usize) -> bool {
+        let state = &self.ports[port].state;
+        let mut s = state.load(Acquire);
+        loop {
+            if self.eligible(s) {
+                return true;
+            }
+            // Always an RMW, even when `PULL` is already set: the owner's
+            // clearing RMW must read from (or after) this write to
+            // synchronise with the publication that preceded it. A plain
+            // load here would be the store-buffer pattern again.
+            match state.compare_exchange_weak(s, s | PULL, AcqRel, Acquire) {
+                Ok(_) => return false,
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    /// After publishing waiting events of `queue`: returns `true` if a
+    /// linked port is eligible, else leaves `PULL` on all of them.
+    fn any_eligible_or_mark(&self, queue: usize) -> bool {
+        self.queues[queue]
+            .consumers
+            .iter()
+            .any(|&port| self.mark_pull(port))
+    }
+
+    /// Picks the least loaded eligible port linked to `queue`, round-robin
+    /// among equals from `cursor`, and reserves a slot in its CQ.
+    #[inline]
+    fn pick_reserve(&self, queue: usize, cursor: &mut usize) -> Option<Reservation> {
+        self.pick_reserve_run(queue, cursor, 1).map(|(r, _)| r)
+    }
+
+    /// Writes `event` into the reserved CQ slot and wakes the owner if the
+    /// reservation found it parked.
+    #[inline]
+    fn deliver(&self, r: Reservation, event: Event) {
+        let p = &self.ports[r.port];
+        // SAFETY: `r` is a reservation of `r.pos` from `try_reserve`, used
+        // once (it is consumed here).
+        unsafe { p.cq.write(r.pos, event) };
+        if r.woke {
+            p.notifier.notify();
+        }
+    }
+
+    /// Writes `events` into consecutive reserved slots starting at `r.pos`.
+    #[inline]
+    fn deliver_run(&self, r: Reservation, events: &[Event]) {
+        let p = &self.ports[r.port];
+        for (i, event) in events.iter().enumerate() {
+            // SAFETY: the reservation covers `events.len()` positions from
+            // `r.pos`, each used once here.
+            unsafe { p.cq.write(r.pos.wrapping_add(i as u32), *event) };
+        }
+        if r.woke {
+            p.notifier.notify();
+        }
+    }
+
+    /// Gives a reservation up; the owner skips the slot (and is woken if
+    /// the reservation cleared its `PARKED`, so it does not sleep through
+    /// later deliveries).
+    fn skip(&self, r: Reservation) {
+        let p = &self.ports[r.port];
+        // SAFETY: as in `deliver`.
+        unsafe { p.cq.skip(r.pos) };
+        if r.woke {
+            p.notifier.notify();
+        }
+    }
+
+    #[inline]
+    fn take_credit(&self) -> bool {
+        let mut c = self.credits.load(Acquire);
+        while c > 0 {
+            match self
+                .credits
+                .compare_exchange_weak(c, c - 1, AcqRel, Acquire)
+            {
+                Ok(_) => return true,
+                Err(actual) => c = actual,
+            }
+        }
+        false
+    }
+
+    #[inline]
+    fn return_credit(&self) {
+        self.credits.fetch_add(1, AcqRel);
+    }
+
+    /// Runs every dispatcher that can deliver to `port`.
+    fn pull_for(&self, port: usize, cursor: &mut usize) {
+        self.dispatch_directed(port);
+        for &(queue, _) in self.ports[port].links.iter() {
+            self.dispatch_queue(usize::from(queue), cursor);
+        }
+    }
+
+    /// Moves waiting directed events of `port` into its CQ while it is
+    /// eligible.
+    fn dispatch_directed(&self, port: usize) {
+        let waiting = &self.ports[port].directed;
+        // Check eligibility before taking, so that events keep their order
+        // while the port is full; `mark_pull` leaves `PULL` when it is not.
+        while !waiting.is_empty() && self.mark_pull(port) {
+            let Some(event) = waiting.take() else { break };
+            match self.try_reserve(port) {
+                Some(r) => {
+                    self.return_credit();
+                    self.deliver(r, event);
+                }
+                // Lost a race for the last slot: publish it again and
+                // re-check.
+                None => waiting.push(event),
+            }
+        }
+    }
+
+    /// Moves waiting events of `queue` to eligible ports.
+    fn dispatch_queue(&self, queue: usize, cursor: &mut usize) {
+        let q = &self.queues[queue];
+        while !q.waiting.is_empty() && self.any_eligible_or_mark(queue) {
+            let Some(event) = q.waiting.take() else { break };
+            match self.place(queue, event, cursor, true) {
+                Ok(Placed::Delivered) => self.return_credit(),
+                Ok(Placed::Redirected) => {}
+                // Lost a race for the last slot: publish it again and
+                // re-check.
+                Err(event) => q.waiting.push(event),
+            }
+        }
+    }
+
+    /// Places a load-balanced `event` on a port linked to `queue`: the owner
+    /// of its atomic flow, or the least loaded eligible port. Gives the event
+    /// back if no port can take it now. `holds_credit` says whether the event
+    /// holds a credit (it then moves to a directed ring with it, if needed).
+    #[inline]
+    fn place(
+        &self,
+        queue: usize,
+        event: Event,
+        cursor: &mut usize,
+        holds_credit: bool,
+    ) -> Result<Placed, Event> {
+        if event.sched != Sched::Atomic {
+            let r = self.pick_reserve(queue, cursor).ok_or(event)?;
+            self.deliver(r, event);
+            return Ok(Placed::Delivered);
+        }
+        let owner = match self.join_pinned_flow(queue, event.flow) {
+            Some(owner) => owner,
+            None => {
+                let r = self.pick_reserve(queue, cursor).ok_or(event)?;
+                match self.claim_flow(queue, event.flow, r.port) {
+                    Ok(()) => {
+                        self.deliver(r, event);
+                        return Ok(Placed::Delivered);
+                    }
+                    Err(owner) => {
+                        // Pinned elsewhere since we looked.
+                        self.skip(r);
+                        owner
+                    }
+                }
+            }
+        };
+        if holds_credit {
+            self.wait_directed(owner, event);
+            return Ok(Placed::Redirected);
+        }
+        if self.send_to_port(owner, event) {
+            return Ok(Placed::Delivered);
+        }
+        // No credit to wait with: undo the flow count and let the caller
+        // keep the event.
+        self.unpin_flow(queue, event.flow);
+        Err(event)
+    }
+
+    /// Publishes `event`, which holds a credit, in the directed ring of
+    /// `port` and dispatches it.
+    fn wait_directed(&self, port: usize, event: Event) {
+        self.ports[port].directed.push(event);
+        self.dispatch_directed(port);
+    }
+
+    fn flow_slot(&self, queue: usize, flow: u16) -> &AtomicU64 {
+        let h = (u32::from(flow).wrapping_mul(0x9E37_79B1) >> 16) as usize;
+        &self.queues[queue].flows[h % FLOW_SLOTS]
+    }
+
+    /// Pins `flow` to `port` if none of its events is outstanding, or counts
+    /// one more event for its owner. Returns the owner if it is not `port`.
+    fn claim_flow(&self, queue: usize, flow: u16, port: usize) -> Result<(), usize> {
+        let slot = self.flow_slot(queue, flow);
+        let mut s = slot.load(Acquire);
+        loop {
+            let (owner, count) = ((s >> 32) as usize, s & TAIL_MASK);
+            let next = if count == 0 {
+                ((port as u64) << 32) | 1
+            } else {
+                s + 1
+            };
+            match slot.compare_exchange_weak(s, next, AcqRel, Acquire) {
+                Ok(_) if count == 0 || owner == port => return Ok(()),
+                Ok(_) => return Err(owner),
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    /// The owner of `flow` if any of its events is outstanding, counting one
+    /// more event for it.
+    fn join_pinned_flow(&self, queue: usize, flow: u16) -> Option<usize> {
+        let slot = self.flow_slot(queue, flow);
+        let mut s = slot.load(Acquire);
+        loop {
+            if s & TAIL_MASK == 0 {
+                return None;
+            }
+            match slot.compare_exchange_weak(s, s + 1, AcqRel, Acquire) {
+                Ok(_) => return Some((s >> 32) as usize),
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    fn unpin_flow(&self, queue: usize, flow: u16) {
+        self.flow_slot(queue, flow).fetch_sub(1, AcqRel);
+    }
+
+    /// Sends one event to `port` (directed, or atomic to a pinned owner).
+    /// Returns `false` if it had to wait and no credit was left.
+    #[inline]
+    fn send_to_port(&self, port: usize, event: Event) -> bool {
+        if self.ports[port].directed.is_empty() {
+            if let Some(r) = self.try_reserve(port) {
+                self.deliver(r, event);
+                return true;
+            }
+        }
+        if !self.take_credit() {
+            return false;
+        }
+        self.wait_directed(port, event);
+        true
+    }
+
+    /// Sends one event to load-balanced `queue`. Returns `false` if it had to
+    /// wait and no credit was left.
+    #[inline]
+    fn send_to_queue(&self, queue: usize, event: Event, cursor: &mut usize) -> bool {
+        let q = &self.queues[queue];
+        let event = if q.waiting.is_empty() {
+            match self.place(queue, event, cursor, false) {
+                Ok(_) => return true,
+                Err(event) => event,
+            }
+        } else {
+            event
+        };
+        if !self.take_credit() {
+            return false;
+        }
+        q.waiting.push(event);
+        self.dispatch_queue(queue, cursor);
+        true
+    }
+
+    fn validate(&self, event: &Event) -> Result<(), &'static str> {
+        if event.priority > PRIORITY_LOWEST {
+            return Err("priority must be 0 (highest) to 7 (lowest)");
+        }
+        match event.sched {
+            Sched::Directed if usize::from(event.queue) >= self.ports.len() => {
+                Err("directed event names a port that does not exist")
+            }
+            Sched::Unordered | Sched::Atomic if usize::from(event.queue) >= self.queues.len() => {
+                Err("event names a load-balanced queue that does not exist")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The owner's state change: adds `delta` (wrapping, field-wise exact
+    /// because no field underflows). If `PULL` was set, clears it and runs
+    /// the port's dispatchers. Returns whether it pulled.
+    #[inline]
+    fn owner_update(&self, port: usize, delta: u64, cursor: &mut usize) -> bool {
+        let state = &self.ports[port].state;
+        let old = state.fetch_add(delta, AcqRel);
+        if old & PULL == 0 {
+            return false;
+        }
+        state.fetch_and(!PULL, AcqRel);
+        self.pull_for(port, cursor);
+        true
+    }
+}
+
+/// A software domain: the shared state behind its ports.
+#[derive(Clone)]
+pub struct SoftDomain {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SoftDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SoftDomain")
+            .field("ports", &self.shared.ports.len())
+            .field("queues", &self.shared.queues.len())
+            .field("cq_depth", &self.shared.cq_depth)
+            .field("credits_available", &self.credits_available())
+            .finish()
+    }
+}
+
+impl SoftDomain {
+    pub(crate) fn new(cfg: &Config) -> Result<Self, DlbError> {
+        let wait_capacity = cfg.credits as usize;
+        let ports = (0..cfg.ports)
+            .map(|id| {
+                Ok(PortShared {
+                    state: CachePadded(AtomicU64::new(0)),
+                    cq: Cq::new(cfg.cq_depth),
+                    directed: Waiting::new(1, wait_capacity),
+                    notifier: Notifier::new()?,
+                    links: cfg.links[id].clone().into_boxed_slice(),
+                    taken: AtomicBool::new(false),
+                    counters: PortCounters::default(),
+                })
+            })
+            .collect::<Result<Box<[_]>, DlbError>>()?;
+        let queues = (0..cfg.queues)
+            .map(|q| QueueShared {
+                waiting: Waiting::new(PRIORITIES, wait_capacity),
+                consumers: (0..cfg.ports)
+                    .filter(|&p| cfg.links[p].iter().any(|&(lq, _)| usize::from(lq) == q))
+                    .collect(),
+                flows: (0..FLOW_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            })
+            .collect();
+        Ok(Self {
+            shared: Arc::new(Shared {
+                cfg: cfg.clone(),
+                cq_depth: u64::from(cfg.cq_depth),
+                ports,
+                queues,
+                credits: CachePadded(AtomicU32::new(cfg.credits)),
+            }),
+        })
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    pub(crate) fn credits_available(&self) -> u32 {
+        self.shared.credits.load(Acquire)
+    }
+
+    pub(crate) fn take_port(&self, id: usize) -> Result<SoftPort, DlbError> {
+        let port = self.shared.ports.get(id).ok_or(DlbError::NoSuchPort {
+            port: id,
+            ports: self.shared.ports.len(),
+        })?;
+        if port.taken.swap(true, AcqRel) {
+            return Err(DlbError::PortTaken { port: id });
+        }
+        Ok(SoftPort {
+            shared: Arc::clone(&self.shared),
+            id,
+            cursor: id,
+            history: VecDeque::with_capacity(4),
+            owed: 0,
+            unpublished_releases: 0,
+        })
+    }
+
+    pub(crate) fn port_stats(&self, id: usize) -> Option<PortStats> {
+        let p = self.shared.ports.get(id)?;
+        let s = p.state.load(Relaxed);
+        Some(p.counters.snapshot(cq_of(s) + owed_of(s)))
+    }
+}
+
+/// History entry for non-atomic events.
+const NOT_ATOMIC: u32 = u32::MAX;
+
+/// Books a received event in a port's `history`, which is kept only while an
+/// atomic event is owed. `owed` counts the events received before this one.
+fn record(history: &mut VecDeque<(u32, u32)>, owed: u64, event: &Event) {
+    let code = if event.sched == Sched::Atomic {
+        (u32::from(event.queue) << 16) | u32::from(event.flow)
+    } else {
+        NOT_ATOMIC
+    };
+    if history.is_empty() && owed > 0 {
+        // Start the history with the plain events owed so far.
+        history.push_back((NOT_ATOMIC, owed as u32));
+    }
+    match history.back_mut() {
+        Some((c, count)) if *c == code && code == NOT_ATOMIC => *count += 1,
+        _ => history.push_back((code, 1)),
+    }
+}
+
+/// The owner's handle on a software port.
+///
+/// Dropping it releases every owed event and gives the port back to the
+/// domain; events still in its CQ stay there for the next owner of the port
+/// (see [`Domain::port`](crate::Domain::port)). A port without an owner
+/// stays linked and eligible, as a hardware port does until it is disabled:
+/// drop ports only to hand them to a new owner, or with the domain.
+pub struct SoftPort {
+    shared: Arc<Shared>,
+    id: usize,
+    /// Round-robin position for this port's sends.
+    cursor: usize,
+    /// Received, unreleased events, oldest first, run-length encoded:
+    /// `(queue << 16 | flow, count)` for atomic events, `(NOT_ATOMIC, count)`
+    /// for the others. Kept only while an atomic event is owed; empty means
+    /// every owed event is plain.
+    history: VecDeque<(u32, u32)>,
+    /// Events received and not released (the total count in `history`).
+    owed: u64,
+    /// Releases not yet subtracted from the published `owed`.
+    unpublished_releases: u64,
+}
+
+impl fmt::Debug for SoftPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SoftPort")
+            .field("id", &self.id)
+            .field("owed", &self.owed)
+            .finish()
+    }
+}
+
+impl SoftPort {
+    #[inline]
+    fn me(&self) -> &PortShared {
+        &self.shared.ports[self.id]
+    }
+
+    pub(crate) fn id(&self) -> usize {
+        self.id
+    }
+
+    pub(crate) fn send(&mut self, events: &[Event]) -> Result<usize, DlbError> {
+        let shared = &*self.shared;
+        let mut sent = 0;
+        while sent < events.len() {
+            let event = &events[sent];
+            if let Err(reason) = shared.validate(event) {
+                if sent == 0 {
+                    return Err(DlbError::InvalidEvent { index: 0, reason });
+                }
+                break;
+            }
+            let queue = usize::from(event.queue);
+            if event.sched == Sched::Unordered && shared.queues[queue].waiting.is_empty() {
+                // Place the run of valid unordered events for this queue
+                // directly, a port's share at a time.
+                let run = events[sent..]
+                    .iter()
+                    .take_while(|e| {
+                        e.sched == Sched::Unordered
+                            && e.queue == event.queue
+                            && e.priority <= PRIORITY_LOWEST
+                    })
+                    .count();
+                if let Some((r, k)) = shared.pick_reserve_run(queue, &mut self.cursor, run as u64) {
+                    shared.deliver_run(r, &events[sent..sent + k as usize]);
+                    sent += k as usize;
+                    continue;
+                }
+            }
+            let ok = match event.sched {
+                Sched::Directed => shared.send_to_port(queue, *event),
+                Sched::Unordered | Sched::Atomic => {
+                    shared.send_to_queue(queue, *event, &mut self.cursor)
+                }
+            };
+            if !ok {
+                PortCounters::bump(
+                    &shared.ports[self.id].counters.credit_waits,
+                    (events.len() - sent) as u64,
+                );
+                break;
+            }
+            sent += 1;
+        }
+        PortCounters::bump(&shared.ports[self.id].counters.sent, sent as u64);
+        Ok(sent)
+    }
+
+    pub(crate) fn recv(&mut self, out: &mut [Event]) -> Result<usize, DlbError> {
+        let (mut n, pulled) = self.pop_cq(out);
+        if pulled && n < out.len() {
+            // Publishing made the port eligible and pulled waiting events in.
+            n += self.pop_cq(&mut out[n..]).0;
+        }
+        Ok(n)
+    }
+
+    /// Pops up to `out.len()` events from the CQ, books them as owed, and
+    /// publishes the change together with pending releases. Returns the
+    /// count and whether the update pulled waiting events.
+    #[inline]
+    fn pop_cq(&mut self, out: &mut [Event]) -> (usize, bool) {
+        let shared = &*self.shared;
+        let me = &shared.ports[self.id];
+        let mut n = 0;
+        let mut freed = 0u64;
+        while n < out.len() {
+            // SAFETY: `SoftPort` is the port's unique owner (`taken`), used
+            // through `&mut self`.
+            let event = match unsafe { me.cq.pop() } {
+                None => break,
+                Some(Popped::Skip) => {
+                    freed += 1;
+                    continue;
+                }
+                Some(Popped::Event(event)) => event,
+            };
+            freed += 1;
+            if event.sched == Sched::Atomic || !self.history.is_empty() {
+                record(&mut self.history, self.owed + n as u64, &event);
+            }
+            out[n] = event;
+            n += 1;
+        }
+        if freed == 0 && self.unpublished_releases == 0 {
+            return (0, false);
+        }
+        let k = n as u64;
+        self.owed += k;
+        PortCounters::bump(&me.counters.received, k);
+        // cq -= freed; owed += k - unpublished releases.
+        let delta = (k << OWED_SHIFT)
+            .wrapping_sub(self.unpublished_releases << OWED_SHIFT)
+            .wrapping_sub(freed << CQ_SHIFT);
+        self.unpublished_releases = 0;
+        let pulled = shared.owner_update(self.id, delta, &mut self.cursor);
+        (n, pulled)
+    }
+
+    pub(crate) fn release(&mut self, n: usize) -> Result<usize, DlbError> {
+        let n = (n as u64).min(self.owed);
+        if n == 0 {
+            return Ok(0);
+        }
+        if !self.history.is_empty() {
+            self.release_history(n as u32);
+        }
+        let published_owed = self.owed + self.unpublished_releases;
+        self.owed -= n;
+        self.unpublished_releases += n;
+        PortCounters::bump(&self.me().counters.released, n);
+        if published_owed > self.shared.cq_depth {
+            // Owing too much made the port ineligible: publish now so that
+            // waiting events come in without waiting for the next recv.
+            self.publish_releases();
+        }
+        Ok(n as usize)
+    }
+
+    /// Releases the `n` oldest entries of `history`, unpinning atomic flows.
+    fn release_history(&mut self, n: u32) {
+        let mut left = n;
+        while left > 0 {
+            let Some((code, count)) = self.history.front_mut() else {
+                break;
+            };
+            let take = left.min(*count);
+            if *code != NOT_ATOMIC {
+                let (queue, flow) = ((*code >> 16) as usize, *code as u16);
+                for _ in 0..take {
+                    self.shared.unpin_flow(queue, flow);
+                }
+            }
+            *count -= take;
+            left -= take;
+            if *count == 0 {
+                self.history.pop_front();
+            }
+        }
+        if self.history.iter().all(|&(code, _)| code == NOT_ATOMIC) {
+            // No atomic event is owed any more: plain counting suffices.
+            self.history.clear();
+        }
+    }
+
+    /// Subtracts pending releases from the published `owed`.
+    fn publish_releases(&mut self) {
+        if self.unpublished_releases > 0 {
+            let delta = (self.unpublished_releases << OWED_SHIFT).wrapping_neg();
+            self.unpublished_releases = 0;
+            self.shared.owner_update(self.id, delta, &mut self.cursor);
+        }
+    }
+
+    pub(crate) fn prepare_park(&mut self) -> bool {
+        self.publish_releases();
+        let shared = &*self.shared;
+        let state = &shared.ports[self.id].state;
+        let mut pulled = false;
+        let mut s = state.load(Acquire);
+        loop {
+            if cq_of(s) > 0 {
+                return false;
+            }
+            if s & PULL != 0 && !pulled {
+                // Events wait for this port: dispatch them before sleeping.
+                pulled = true;
+                shared.owner_update(self.id, 0, &mut self.cursor);
+                s = state.load(Acquire);
+                continue;
+            }
+            match state.compare_exchange_weak(s, s | PARKED, AcqRel, Acquire) {
+                Ok(_) => return true,
+                Err(actual) => s = actual,
+            }
+        }
+    }
+
+    pub(crate) fn finish_park(&mut self) {
+        let me = self.me();
+        me.state.fetch_and(!PARKED, AcqRel);
+        // Drain whether or not a producer cleared the flag: a producer that
+        // cleared it for an earlier park may have written the eventfd after
+        // that park ended, and a count left behind would make every later
+        // park return at once. A write still in flight now only causes one
+        // spurious wake-up, drained by the next park.
+        me.notifier.drain();
+    }
+
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, DlbError> {
+        if self.prepare_park() {
+            let woke = self.me().notifier.wait(timeout);
+            self.finish_park();
+            woke?;
+        } else {
+            self.finish_park();
+            if !self.me().cq.head_ready() {
+                // A producer has reserved a slot and is about to fill it.
+                crate::loom::spin_hint();
+            }
+        }
+        Ok(cq_of(self.me().state.load(Acquire)) > 0)
+    }
+
+    #[cfg(not(loom))]
+    pub(crate) fn readiness_fd(&self) -> std::os::fd::RawFd {
+        self.me().notifier.fd()
+    }
+
+    pub(crate) fn stats(&self) -> PortStats {
+        let me = self.me();
+        let s = me.state.load(Relaxed);
+        me.counters.snapshot(cq_of(s) + self.owed)
+    }
+}
+
+impl Drop for SoftPort {
+    fn drop(&mut self) {
+        let _ = self.release(self.owed as usize);
+        self.publish_releases();
+        self.me().state.fetch_and(!PARKED, AcqRel);
+        self.me().notifier.drain();
+        self.me().taken.store(false, Release);
+    }
+}

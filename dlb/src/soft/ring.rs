@@ -1,0 +1,152 @@
+//! A bounded lock-free ring of [`Event`]s (Dmitry Vyukov's MPMC array queue).
+//!
+//! Each slot carries a sequence number that tells producers and consumers
+//! whose turn it is:
+//! - `seq == pos`: the slot is free for the producer that claims position
+//!   `pos`;
+//! - `seq == pos + 1`: the slot holds the event written at `pos`, ready for
+//!   the consumer that claims `pos`;
+//! - after the consumer reads it, it sets `seq = pos + capacity`, freeing the
+//!   slot for the producer of the next lap.
+//!
+//! Producers claim positions by CAS on `tail`, consumers by CAS on `head`. The event is published by
+//! the Release store of `seq` and acquired by the Acquire load that sees it.
+//!
+//! What if it is full? [`Ring::push`] returns the event to the caller. The
+//! DLB code sizes every waiting ring to hold the whole credit pool, so that
+//! it is never logically full.
+//! A push can still find its slot busy while a consumer that claimed the
+//! previous lap's event is between its two stores, even though other slots
+//! are free; [`Ring::push_wait`] waits that out.
+
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+
+use crate::event::Event;
+use crate::loom::{AtomicUsize, CachePadded, UnsafeCell};
+
+struct Slot {
+    /// Whose turn it is; see the module docs.
+    seq: AtomicUsize,
+    /// The event; written only by the producer that owns `seq == pos`, read
+    /// only by the consumer that owns `seq == pos + 1`.
+    event: UnsafeCell<Event>,
+}
+
+/// A bounded multi-producer ring of events.
+pub(crate) struct Ring {
+    /// Next position to pop. Written by consumers.
+    head: CachePadded<AtomicUsize>,
+    /// Next position to push. Written by producers.
+    tail: CachePadded<AtomicUsize>,
+    slots: Box<[Slot]>,
+    mask: usize,
+}
+
+// SAFETY: the ring hands each event from exactly one producer to exactly one
+// consumer; the slot sequence numbers (Acquire/Release) make every access to
+// a slot's cell exclusive, as the module docs explain. `Event` is `Copy`
+// plain data, so moving it between threads is sound.
+unsafe impl Sync for Ring {}
+// SAFETY: as above; nothing in the ring is tied to a thread.
+unsafe impl Send for Ring {}
+
+impl Ring {
+    /// A ring holding `capacity` events, rounded up to a power of two.
+    pub(crate) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(2).next_power_of_two();
+        let slots = (0..capacity)
+            .map(|i| Slot {
+                seq: AtomicUsize::new(i),
+                event: UnsafeCell::new(Event::default()),
+            })
+            .collect();
+        Self {
+            head: CachePadded(AtomicUsize::new(0)),
+            tail: CachePadded(AtomicUsize::new(0)),
+            slots,
+            mask: capacity - 1,
+        }
+    }
+
+    #[inline]
+    fn slot(&self, pos: usize) -> &Slot {
+        &self.slots[pos & self.mask]
+    }
+
+    /// Appends `event`, or gives it back if the ring is full.
+    #[inline]
+    pub(crate) fn push(&self, event: Event) -> Result<(), Event> {
+        let mut pos = self.tail.load(Relaxed);
+        loop {
+            let slot = self.slot(pos);
+            let seq = slot.seq.load(Acquire);
+            let diff = seq.wrapping_sub(pos) as isize;
+            if diff == 0 {
+                match self
+                    .tail
+                    .compare_exchange_weak(pos, pos.wrapping_add(1), Relaxed, Relaxed)
+                {
+                    Ok(_) => {
+                        // SAFETY: winning the CAS for `pos` while `seq == pos`
+                        // makes this thread the only one that may touch the
+                        // slot until it stores `seq = pos + 1` below.
+                        slot.event.with_mut(|p| unsafe { p.write(event) });
+                        slot.seq.store(pos.wrapping_add(1), Release);
+                        return Ok(());
+                    }
+                    Err(actual) => pos = actual,
+                }
+            } else if diff < 0 {
+                // The slot still holds the event of the previous lap.
+                return Err(event);
+            } else {
+                pos = self.tail.load(Relaxed);
+            }
+        }
+    }
+
+    /// Appends `event` to a ring that the caller knows is not logically full:
+    /// waits out a consumer that still holds the slot of the previous lap.
+    pub(crate) fn push_wait(&self, mut event: Event) {
+        let mut backoff = crate::loom::Backoff::new();
+        loop {
+            match self.push(event) {
+                Ok(()) => return,
+                Err(back) => event = back,
+            }
+            backoff.snooze();
+        }
+    }
+
+    /// Removes the oldest event, if one is ready. Safe with any number of
+    /// concurrent consumers.
+    #[inline]
+    pub(crate) fn pop(&self) -> Option<Event> {
+        let mut pos = self.head.load(Relaxed);
+        loop {
+            let slot = self.slot(pos);
+            let seq = slot.seq.load(Acquire);
+            let diff = seq.wrapping_sub(pos.wrapping_add(1)) as isize;
+            if diff == 0 {
+                match self
+                    .head
+                    .compare_exchange_weak(pos, pos.wrapping_add(1), Relaxed, Relaxed)
+                {
+                    Ok(_) => {
+                        // SAFETY: winning the CAS for `pos` while
+                        // `seq == pos + 1` makes this thread the only reader
+                        // of the published event until it frees the slot.
+                        let event = slot.event.with(|p| unsafe { p.read() });
+                        slot.seq.store(pos.wrapping_add(self.mask + 1), Release);
+                        return Some(event);
+                    }
+                    Err(actual) => pos = actual,
+                }
+            } else if diff < 0 {
+                return None;
+            } else {
+                pos = self.head.load(Relaxed);
+            }
+        }
+    }
+}
