@@ -1,0 +1,99 @@
+//! Fulcrum's runtime: worker threads that hand tasks to each other only
+//! through a DLB load-balancing queue, never by stealing.
+//!
+//! **Status: in progress.** What works today: [`Builder`] and [`Runtime`]
+//! (multi-thread DLB scheduler and current-thread scheduler), [`spawn`],
+//! [`JoinHandle`] (await, abort, `is_finished`), [`JoinError`],
+//! [`yield_now`], [`Handle::metrics`], and shutdown that cancels every live
+//! task. Not yet: timers, the I/O reactor interface, `spawn_blocking`,
+//! `JoinSet`, the work-stealing comparison mode, the cooperative budget and
+//! the rescue of a busy worker's ready I/O.
+//!
+//! ```
+//! let rt = fulcrum_runtime::Runtime::new()?;
+//! let sum = rt.block_on(async {
+//!     let handles: Vec<_> = (0..10u64).map(|i| fulcrum_runtime::spawn(async move { i * i })).collect();
+//!     let mut sum = 0;
+//!     for h in handles {
+//!         sum += h.await.expect("task panicked");
+//!     }
+//!     sum
+//! });
+//! assert_eq!(sum, 285);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+// Under loom only the task machinery is built, for its models; outside
+// the model tests nothing uses it there.
+#![cfg_attr(loom, allow(dead_code))]
+
+// The scheduler, the runtime and the thread context run real threads, mio
+// and eventfds, so they are not built under loom; the loom build checks the
+// task state machine (`task::loom_tests`).
+#[cfg(not(loom))]
+mod context;
+mod loom;
+#[cfg(not(loom))]
+mod metrics;
+#[cfg(not(loom))]
+mod runtime;
+#[cfg(not(loom))]
+mod scheduler;
+pub mod task;
+#[cfg(not(loom))]
+pub(crate) mod time;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+#[cfg(not(loom))]
+pub use metrics::{RuntimeMetrics, WorkerMetrics};
+#[cfg(not(loom))]
+pub use runtime::{Builder, EnterGuard, Handle, Runtime, Scheduler, TryCurrentError};
+pub use task::{AbortHandle, Id, JoinError, JoinHandle};
+
+/// Spawns a task on the current runtime.
+///
+/// In DLB mode the task goes through the DLB queue when another worker is
+/// idle (or when called from a thread that is not a worker), so the arbiter
+/// picks the worker that runs it.
+///
+/// # Panics
+/// Outside a runtime.
+#[cfg(not(loom))]
+#[track_caller]
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match Handle::try_current() {
+        Ok(handle) => handle.spawn(future),
+        Err(_) => panic!(
+            "`spawn` called outside a Fulcrum runtime: call it from a task, inside \
+             `Runtime::block_on`, or after `Handle::enter`"
+        ),
+    }
+}
+
+/// Yields to the scheduler once: the task is queued again behind the tasks
+/// already waiting.
+pub async fn yield_now() {
+    struct YieldNow(bool);
+
+    impl Future for YieldNow {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 {
+                return Poll::Ready(());
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    YieldNow(false).await
+}

@@ -1,0 +1,90 @@
+//! Per-worker counters, exposed by [`Handle::metrics`](crate::Handle::metrics).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::loom::AtomicU64;
+
+/// A snapshot of one worker's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerMetrics {
+    /// Task polls run by this worker.
+    pub tasks_polled: u64,
+    /// Tasks waiting in this worker's local queue (including tasks received
+    /// from the DLB queue and not yet run).
+    pub local_queue_depth: u64,
+    /// Tasks this worker handed to the DLB queue.
+    pub dlb_sent: u64,
+    /// Tasks this worker received from the DLB queue.
+    pub dlb_received: u64,
+    /// Handoffs that fell back to running locally because a DLB send came up
+    /// short (no credits or full CQs).
+    pub fallbacks: u64,
+    /// Times this worker went to sleep.
+    pub parks: u64,
+    /// Tasks this worker stole (work-stealing mode only; always 0 in DLB
+    /// mode, where nothing is stolen).
+    pub steals: u64,
+    /// I/O resources registered with this worker's reactor.
+    pub io_resources: u64,
+}
+
+/// Counters of a whole runtime.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuntimeMetrics {
+    /// One entry per worker thread (one for the current-thread scheduler).
+    pub workers: Vec<WorkerMetrics>,
+    /// Remote spawns and wakes (from threads that are not workers) that
+    /// fell back to the shared overflow queue because a DLB send came up
+    /// short.
+    pub remote_fallbacks: u64,
+    /// Tasks alive (spawned and not yet completed).
+    pub alive_tasks: u64,
+}
+
+impl RuntimeMetrics {
+    /// Number of worker threads.
+    pub fn num_workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Task polls summed over the workers.
+    pub fn total_tasks_polled(&self) -> u64 {
+        self.workers.iter().map(|w| w.tasks_polled).sum()
+    }
+}
+
+/// The live counters of one worker. Written by that worker only (plain
+/// load + store), read by anyone.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerCounters {
+    pub(crate) tasks_polled: AtomicU64,
+    pub(crate) local_queue_depth: AtomicU64,
+    pub(crate) dlb_sent: AtomicU64,
+    pub(crate) dlb_received: AtomicU64,
+    pub(crate) fallbacks: AtomicU64,
+    pub(crate) parks: AtomicU64,
+    pub(crate) steals: AtomicU64,
+    pub(crate) io_resources: AtomicU64,
+}
+
+impl WorkerCounters {
+    /// Adds `n`; only the owning worker calls this.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> WorkerMetrics {
+        WorkerMetrics {
+            tasks_polled: self.tasks_polled.load(Relaxed),
+            local_queue_depth: self.local_queue_depth.load(Relaxed),
+            dlb_sent: self.dlb_sent.load(Relaxed),
+            dlb_received: self.dlb_received.load(Relaxed),
+            fallbacks: self.fallbacks.load(Relaxed),
+            parks: self.parks.load(Relaxed),
+            steals: self.steals.load(Relaxed),
+            io_resources: self.io_resources.load(Relaxed),
+        }
+    }
+}

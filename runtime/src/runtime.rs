@@ -1,0 +1,435 @@
+//! [`Builder`], [`Runtime`] and [`Handle`].
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fulcrum_dlb::{Backend, Domain};
+use futures_task::ArcWake;
+
+use crate::loom::Arc;
+use crate::metrics::RuntimeMetrics;
+use crate::scheduler::{current, multi};
+use crate::task::JoinHandle;
+
+/// How a multi-thread runtime moves work between its workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scheduler {
+    /// Work crosses between workers only through the DLB queue; nothing is
+    /// stolen. The default.
+    #[default]
+    Dlb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flavor {
+    MultiThread,
+    CurrentThread,
+}
+
+type Hook = Box<dyn Fn() + Send + Sync>;
+
+/// Configures and builds a [`Runtime`], with tokio's method names.
+///
+/// ```
+/// let rt = fulcrum_runtime::Builder::new_multi_thread()
+///     .worker_threads(2)
+///     .thread_name("app-worker")
+///     .build()?;
+/// assert_eq!(rt.block_on(async { 6 * 7 }), 42);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Builder {
+    flavor: Flavor,
+    workers: Option<usize>,
+    scheduler: Scheduler,
+    backend: Backend,
+    thread_name: Box<dyn Fn() -> String + Send + Sync>,
+    on_start: Option<Hook>,
+    on_stop: Option<Hook>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("flavor", &self.flavor)
+            .field("workers", &self.workers)
+            .field("scheduler", &self.scheduler)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    fn new(flavor: Flavor) -> Self {
+        Builder {
+            flavor,
+            workers: None,
+            scheduler: Scheduler::Dlb,
+            backend: Backend::Auto,
+            thread_name: Box::new(|| {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                format!("fulcrum-worker-{}", NEXT.fetch_add(1, Relaxed))
+            }),
+            on_start: None,
+            on_stop: None,
+        }
+    }
+
+    /// A multi-thread runtime: one worker thread per core by default, DLB
+    /// scheduling.
+    pub fn new_multi_thread() -> Self {
+        Self::new(Flavor::MultiThread)
+    }
+
+    /// A single-threaded runtime driven by [`Runtime::block_on`].
+    pub fn new_current_thread() -> Self {
+        Self::new(Flavor::CurrentThread)
+    }
+
+    /// Number of worker threads (default: the available parallelism).
+    /// Ignored by the current-thread runtime.
+    pub fn worker_threads(&mut self, n: usize) -> &mut Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// How work moves between workers (default [`Scheduler::Dlb`]).
+    pub fn scheduler(&mut self, scheduler: Scheduler) -> &mut Self {
+        self.scheduler = scheduler;
+        self
+    }
+
+    /// Which DLB backend carries the handoffs (default [`Backend::Auto`];
+    /// `FULCRUM_DLB` overrides it).
+    pub fn dlb_backend(&mut self, backend: Backend) -> &mut Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Name of the worker threads.
+    pub fn thread_name(&mut self, name: impl Into<String>) -> &mut Self {
+        let name = name.into();
+        self.thread_name = Box::new(move || name.clone());
+        self
+    }
+
+    /// Computes the name of each worker thread.
+    pub fn thread_name_fn(&mut self, f: impl Fn() -> String + Send + Sync + 'static) -> &mut Self {
+        self.thread_name = Box::new(f);
+        self
+    }
+
+    /// Runs `f` on each worker thread when it starts.
+    pub fn on_thread_start(&mut self, f: impl Fn() + Send + Sync + 'static) -> &mut Self {
+        self.on_start = Some(Box::new(f));
+        self
+    }
+
+    /// Runs `f` on each worker thread before it exits.
+    pub fn on_thread_stop(&mut self, f: impl Fn() + Send + Sync + 'static) -> &mut Self {
+        self.on_stop = Some(Box::new(f));
+        self
+    }
+
+    /// Builds the runtime and starts its workers.
+    ///
+    /// # Errors
+    /// A worker count of 0 or above 63, a DLB domain that cannot be built
+    /// (for example `FULCRUM_DLB=hw` on a machine without a device), or an
+    /// OS error creating threads, pollers or eventfds.
+    pub fn build(&mut self) -> io::Result<Runtime> {
+        match self.flavor {
+            Flavor::CurrentThread => {
+                let shared = current::Shared::new();
+                Ok(Runtime {
+                    handle: Handle {
+                        inner: Inner::Current(shared),
+                    },
+                    workers: Vec::new(),
+                })
+            }
+            Flavor::MultiThread => self.build_multi(),
+        }
+    }
+
+    fn build_multi(&mut self) -> io::Result<Runtime> {
+        let workers = match self.workers {
+            Some(n) => n,
+            None => thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if workers == 0 || workers >= fulcrum_dlb::MAX_PORTS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "worker_threads({workers}): a runtime needs 1 to {} workers",
+                    fulcrum_dlb::MAX_PORTS - 1
+                ),
+            ));
+        }
+        // One port per worker, linked to queue 0, plus the injector port for
+        // remote threads (linked to nothing).
+        let mut builder = Domain::builder()
+            .backend(self.backend)
+            .ports(workers + 1)
+            .credits(1024.max(workers as u32 * 64));
+        for w in 0..workers {
+            builder = builder.link(w, 0, 0);
+        }
+        let domain = builder.build()?;
+        let backend = domain.backend();
+        let threads = multi::ThreadConfig {
+            name: std::mem::replace(&mut self.thread_name, Box::new(String::new)),
+            on_start: self.on_start.take(),
+            on_stop: self.on_stop.take(),
+        };
+        let (shared, parts) = multi::build(domain, workers, threads)?;
+        let handle = Handle {
+            inner: Inner::Multi(shared.clone()),
+        };
+        let workers = match multi::start(&shared, &handle, parts) {
+            Ok(w) => w,
+            Err(e) => {
+                shared.begin_shutdown();
+                return Err(e);
+            }
+        };
+        tracing::debug!(workers = workers.len(), %backend, "runtime started");
+        Ok(Runtime {
+            handle,
+            workers: workers.into_iter().map(Some).collect(),
+        })
+    }
+}
+
+#[derive(Clone)]
+enum Inner {
+    Multi(Arc<multi::Shared>),
+    Current(Arc<current::Shared>),
+}
+
+/// A cheap, cloneable reference to a runtime, for spawning from anywhere.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Inner,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            Inner::Multi(s) => f
+                .debug_struct("Handle")
+                .field("flavor", &"multi_thread")
+                .field("workers", &s.num_workers())
+                .finish(),
+            Inner::Current(_) => f
+                .debug_struct("Handle")
+                .field("flavor", &"current_thread")
+                .finish(),
+        }
+    }
+}
+
+/// Returned by [`Handle::try_current`] outside a runtime.
+#[derive(Debug)]
+pub struct TryCurrentError(());
+
+impl fmt::Display for TryCurrentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "there is no reactor running, must be called from the context of a Fulcrum runtime",
+        )
+    }
+}
+
+impl std::error::Error for TryCurrentError {}
+
+impl Handle {
+    /// The handle of the runtime the current thread runs in.
+    ///
+    /// # Panics
+    /// Outside a runtime, with a message saying so.
+    #[track_caller]
+    pub fn current() -> Handle {
+        match Self::try_current() {
+            Ok(h) => h,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The handle of the runtime the current thread runs in, if any.
+    pub fn try_current() -> Result<Handle, TryCurrentError> {
+        crate::context::current().ok_or(TryCurrentError(()))
+    }
+
+    /// Spawns a task on this runtime.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.inner {
+            Inner::Multi(s) => s.spawn(future),
+            Inner::Current(s) => s.spawn(future),
+        }
+    }
+
+    /// Per-worker counters.
+    pub fn metrics(&self) -> RuntimeMetrics {
+        match &self.inner {
+            Inner::Multi(s) => s.metrics(),
+            Inner::Current(s) => s.metrics(),
+        }
+    }
+
+    /// Whether this is a current-thread runtime.
+    pub fn is_current_thread(&self) -> bool {
+        matches!(self.inner, Inner::Current(_))
+    }
+
+    /// Makes this runtime current on this thread until the guard is dropped,
+    /// so that [`spawn`](crate::spawn) works outside its workers.
+    pub fn enter(&self) -> EnterGuard {
+        EnterGuard {
+            _guard: crate::context::enter(self.clone()),
+        }
+    }
+}
+
+/// Returned by [`Handle::enter`].
+pub struct EnterGuard {
+    _guard: crate::context::EnterGuard,
+}
+
+impl fmt::Debug for EnterGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EnterGuard")
+    }
+}
+
+/// The runtime: its worker threads and everything they run.
+///
+/// Dropping it shuts it down: workers stop after their current poll, are
+/// joined, and every task still alive is cancelled (its future dropped on
+/// the dropping thread).
+pub struct Runtime {
+    handle: Handle,
+    workers: Vec<Option<thread::JoinHandle<multi::WorkerExit>>>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+/// Wakes a thread blocked in `block_on`.
+struct ThreadUnpark(thread::Thread);
+
+impl ArcWake for ThreadUnpark {
+    fn wake_by_ref(arc_self: &std::sync::Arc<Self>) {
+        arc_self.0.unpark();
+    }
+}
+
+impl Runtime {
+    /// A multi-thread runtime with default settings.
+    ///
+    /// # Errors
+    /// As [`Builder::build`].
+    pub fn new() -> io::Result<Runtime> {
+        Builder::new_multi_thread().build()
+    }
+
+    /// The runtime's handle.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Spawns a task on the runtime.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(future)
+    }
+
+    /// Runs `future` on the current thread until it completes. The future
+    /// need not be `Send`. On a current-thread runtime this thread also runs
+    /// the spawned tasks.
+    ///
+    /// # Panics
+    /// When called from a thread that already runs a runtime (a worker, or
+    /// inside another `block_on`).
+    #[track_caller]
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let _context = crate::context::enter_running(self.handle.clone());
+        match &self.handle.inner {
+            Inner::Current(shared) => shared.block_on(future),
+            Inner::Multi(_) => {
+                let waker =
+                    futures_task::waker(std::sync::Arc::new(ThreadUnpark(thread::current())));
+                let mut cx = Context::from_waker(&waker);
+                let mut future = pin!(future);
+                loop {
+                    if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                        return out;
+                    }
+                    thread::park();
+                }
+            }
+        }
+    }
+
+    /// Shuts down, waiting at most `timeout` for the workers to finish the
+    /// polls they are in. Workers still busy after that are left to finish
+    /// on their own (detached).
+    pub fn shutdown_timeout(mut self, timeout: Duration) {
+        self.shutdown(Some(timeout));
+    }
+
+    fn shutdown(&mut self, timeout: Option<Duration>) {
+        match &self.handle.inner {
+            Inner::Current(shared) => shared.shutdown(),
+            Inner::Multi(shared) => {
+                shared.begin_shutdown();
+                let deadline = timeout.map(|t| Instant::now() + t);
+                let mut ports = Vec::new();
+                for slot in self.workers.iter_mut() {
+                    let Some(worker) = slot.take() else { continue };
+                    if let Some(deadline) = deadline {
+                        while !worker.is_finished() && Instant::now() < deadline {
+                            thread::sleep(Duration::from_millis(1));
+                        }
+                        if !worker.is_finished() {
+                            tracing::warn!(
+                                "shutdown_timeout: a worker is still busy; detaching it"
+                            );
+                            continue;
+                        }
+                    }
+                    match worker.join() {
+                        Ok(port) => ports.push(port),
+                        Err(_) => tracing::error!("a worker thread panicked outside a task"),
+                    }
+                }
+                shared.finish_shutdown(ports);
+            }
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shutdown(None);
+    }
+}

@@ -1,0 +1,145 @@
+//! The current-thread scheduler: one queue, driven by `block_on` on the
+//! calling thread.
+//!
+//! Tasks spawned from other threads (or while no `block_on` runs) wait in
+//! the queue until a `block_on` drives it, as with tokio's current-thread
+//! runtime.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+use std::task::{Context, Poll};
+use std::thread::{self, Thread};
+
+use futures_task::ArcWake;
+
+use super::owned::OwnedTasks;
+use crate::loom::{lock, Arc, AtomicBool, Mutex};
+use crate::metrics::{RuntimeMetrics, WorkerCounters};
+use crate::task::{self, JoinHandle, Notified, Schedule, Task};
+
+/// Tasks run between two polls of the `block_on` future.
+const BATCH: usize = 61;
+
+pub(crate) struct Shared {
+    queue: Mutex<VecDeque<Notified<Arc<Shared>>>>,
+    /// The thread inside `block_on`, to unpark on a schedule.
+    driver: Mutex<Option<Thread>>,
+    pub(crate) counters: WorkerCounters,
+    pub(crate) owned: OwnedTasks<Arc<Shared>>,
+    shutdown: AtomicBool,
+}
+
+impl Schedule for Arc<Shared> {
+    fn schedule(&self, task: Notified<Self>) {
+        if self.shutdown.load(Acquire) {
+            drop(task);
+            return;
+        }
+        lock(&self.queue).push_back(task);
+        if let Some(t) = lock(&self.driver).as_ref() {
+            t.unpark();
+        }
+    }
+
+    fn release(&self, task: &Task<Self>) -> Option<Task<Self>> {
+        self.owned.remove(task)
+    }
+}
+
+/// Wakes the `block_on` future: sets a flag and unparks the driver.
+struct MainWaker {
+    woken: AtomicBool,
+    thread: Thread,
+}
+
+impl ArcWake for MainWaker {
+    fn wake_by_ref(arc_self: &std::sync::Arc<Self>) {
+        arc_self.woken.store(true, Release);
+        arc_self.thread.unpark();
+    }
+}
+
+impl Shared {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            driver: Mutex::new(None),
+            counters: WorkerCounters::default(),
+            owned: OwnedTasks::new(),
+            shutdown: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn spawn<F>(self: &Arc<Self>, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (task, notified, join) = task::new_task(future, self.clone());
+        if self.owned.bind(task) {
+            self.schedule(notified);
+        }
+        join
+    }
+
+    /// Runs `future` to completion on this thread, running spawned tasks
+    /// while it waits.
+    pub(crate) fn block_on<F: Future>(self: &Arc<Self>, future: F) -> F::Output {
+        let waker = std::sync::Arc::new(MainWaker {
+            woken: AtomicBool::new(true),
+            thread: thread::current(),
+        });
+        let main_waker = futures_task::waker(waker.clone());
+        let mut cx = Context::from_waker(&main_waker);
+        let mut future = pin!(future);
+        *lock(&self.driver) = Some(thread::current());
+        let _clear = ClearDriver(self);
+        loop {
+            if waker.woken.swap(false, AcqRel) {
+                if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                    return out;
+                }
+            }
+            let mut ran = 0;
+            while ran < BATCH {
+                let next = lock(&self.queue).pop_front();
+                let Some(task) = next else { break };
+                WorkerCounters::add(&self.counters.tasks_polled, 1);
+                task.run();
+                ran += 1;
+            }
+            if ran == 0 && !waker.woken.load(Acquire) {
+                WorkerCounters::add(&self.counters.parks, 1);
+                thread::park();
+            }
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> RuntimeMetrics {
+        let mut worker = self.counters.snapshot();
+        worker.local_queue_depth = lock(&self.queue).len() as u64;
+        RuntimeMetrics {
+            workers: vec![worker],
+            remote_fallbacks: 0,
+            alive_tasks: self.owned.alive(),
+        }
+    }
+
+    /// Cancels every live task and drops queued permissions.
+    pub(crate) fn shutdown(&self) {
+        self.shutdown.store(true, Release);
+        self.owned.close_and_shutdown();
+        let queued: Vec<_> = lock(&self.queue).drain(..).collect();
+        drop(queued);
+    }
+}
+
+struct ClearDriver<'a>(&'a Shared);
+
+impl Drop for ClearDriver<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.driver) = None;
+    }
+}

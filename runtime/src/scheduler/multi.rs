@@ -1,0 +1,479 @@
+//! The multi-thread scheduler in DLB mode: work crosses between workers only
+//! as DLB events carrying a task, never by stealing.
+//!
+//! # Workers
+//! Each worker is one OS thread with a local FIFO queue, one DLB port
+//! (linked to the runtime's single load-balanced queue) and a mio `Poll` in
+//! which it sleeps; the port's readiness fd and a mio `Waker` are registered
+//! there.
+//!
+//! # When a task goes through the DLB queue
+//! - **Remote spawns and wakes** (from threads that are not workers of this
+//!   runtime) are sent through the runtime's injector port, a producer-only
+//!   port behind a mutex (remote threads are not on the worker data path).
+//! - **Spawns and wakes on a worker while another worker is idle** are sent
+//!   through the worker's own port; the arbiter picks the least loaded port.
+//! - **Shedding**: every [`MAINTENANCE_INTERVAL`] ticks a worker whose local
+//!   queue holds more than [`SHED_MIN`] tasks sends half of it (at most
+//!   [`SHED_MAX`]) to the DLB queue if another worker is idle.
+//!
+//! A worker releases a received event after it has run the task, so that a
+//! worker busy with a handed-off task looks loaded to the arbiter.
+//!
+//! # What if it is full?
+//! A DLB send that comes up short (no credits, full CQs) never drops the
+//! task: on a worker it runs locally, from a remote thread it goes to the
+//! overflow queue (a mutex-protected list that every worker checks), and a
+//! worker is woken. Both cases are counted in the metrics.
+//!
+//! # Thresholds
+//! The intervals follow tokio's `event_interval` (61) and take the DLB
+//! queue's default CQ depth of 8 as the receive batch. They are first
+//! choices, to be tuned with the side-by-side benchmarks (issue 7).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::thread;
+
+use fulcrum_dlb::{Domain, Event, Port};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::owned::OwnedTasks;
+use crate::loom::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex};
+use crate::metrics::{RuntimeMetrics, WorkerCounters};
+use crate::task::{self, JoinHandle, Notified, Schedule, Task};
+
+/// Ticks between maintenance steps (shedding, checking the overflow queue
+/// first).
+pub(crate) const MAINTENANCE_INTERVAL: u32 = 61;
+/// A local queue longer than this may be shed to idle workers.
+pub(crate) const SHED_MIN: usize = 4;
+/// At most this many tasks are shed at once.
+pub(crate) const SHED_MAX: usize = 32;
+/// Events received from the DLB port at once.
+const RECV_BATCH: usize = 8;
+
+const DLB_TOKEN: Token = Token(0);
+const WAKER_TOKEN: Token = Token(1);
+
+type TaskRef = Notified<Arc<Shared>>;
+
+/// Per-thread hooks and names, shared by the workers.
+pub(crate) struct ThreadConfig {
+    pub(crate) name: Box<dyn Fn() -> String + Send + Sync>,
+    pub(crate) on_start: Option<Box<dyn Fn() + Send + Sync>>,
+    pub(crate) on_stop: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+/// State shared by the workers of one runtime.
+pub(crate) struct Shared {
+    domain: Domain,
+    /// Producer-only port for threads that are not workers.
+    injector: Mutex<Port>,
+    /// Tasks whose remote DLB send came up short.
+    overflow: Mutex<VecDeque<TaskRef>>,
+    overflow_len: AtomicUsize,
+    remote_fallbacks: AtomicU64,
+    next_wake: AtomicUsize,
+    wakers: Box<[mio::Waker]>,
+    pub(crate) counters: Box<[WorkerCounters]>,
+    /// Workers asleep (or about to sleep) in their `Poll`.
+    idle: AtomicUsize,
+    shutdown: AtomicBool,
+    pub(crate) owned: OwnedTasks<Arc<Shared>>,
+    threads: ThreadConfig,
+}
+
+/// What a worker thread hands back when it stops.
+pub(crate) type WorkerExit = Port;
+
+/// What each worker thread starts with: its DLB port and its `Poll`.
+pub(crate) type WorkerParts = (Port, Poll);
+
+/// Builds the shared state and the per-worker parts (port and `Poll`).
+pub(crate) fn build(
+    domain: Domain,
+    workers: usize,
+    threads: ThreadConfig,
+) -> io::Result<(Arc<Shared>, Vec<WorkerParts>)> {
+    let mut parts = Vec::with_capacity(workers);
+    let mut wakers = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let port = domain.port(index)?;
+        let poll = Poll::new()?;
+        let fd: RawFd = port.readiness_fd();
+        poll.registry()
+            .register(&mut SourceFd(&fd), DLB_TOKEN, Interest::READABLE)?;
+        wakers.push(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
+        parts.push((port, poll));
+    }
+    let injector = domain.port(workers)?;
+    let shared = Arc::new(Shared {
+        domain,
+        injector: Mutex::new(injector),
+        overflow: Mutex::new(VecDeque::new()),
+        overflow_len: AtomicUsize::new(0),
+        remote_fallbacks: AtomicU64::new(0),
+        next_wake: AtomicUsize::new(0),
+        wakers: wakers.into_boxed_slice(),
+        counters: (0..workers).map(|_| WorkerCounters::default()).collect(),
+        idle: AtomicUsize::new(0),
+        shutdown: AtomicBool::new(false),
+        owned: OwnedTasks::new(),
+        threads,
+    });
+    Ok((shared, parts))
+}
+
+/// The worker-side state, reachable from tasks running on the worker through
+/// a thread-local pointer.
+struct Local {
+    shared: *const Shared,
+    index: usize,
+    /// Tasks spawned or woken on this worker.
+    queue: RefCell<VecDeque<TaskRef>>,
+    /// Tasks received from the DLB queue and not yet run (each owes a
+    /// release).
+    received: RefCell<VecDeque<TaskRef>>,
+    port: RefCell<Port>,
+}
+
+thread_local! {
+    static LOCAL: Cell<*const Local> = const { Cell::new(std::ptr::null()) };
+}
+
+impl Schedule for Arc<Shared> {
+    fn schedule(&self, task: Notified<Self>) {
+        let local = LOCAL.with(Cell::get);
+        // SAFETY: `LOCAL` is non-null only while the worker that owns the
+        // `Local` (on its stack) runs its loop on this thread.
+        match unsafe { local.as_ref() } {
+            Some(local) if std::ptr::eq(local.shared, Arc::as_ptr(self)) => {
+                local.schedule(self, task)
+            }
+            _ => self.schedule_remote(task),
+        }
+    }
+
+    fn release(&self, task: &Task<Self>) -> Option<Task<Self>> {
+        self.owned.remove(task)
+    }
+}
+
+impl Shared {
+    /// Spawns a future on this runtime.
+    pub(crate) fn spawn<F>(self: &Arc<Self>, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (task, notified, join) = task::new_task(future, self.clone());
+        if self.owned.bind(task) {
+            self.schedule(notified);
+        }
+        join
+    }
+
+    fn schedule_remote(&self, task: TaskRef) {
+        if self.shutdown.load(Acquire) {
+            // The owned-task list cancels it; this permission is not needed.
+            drop(task);
+            return;
+        }
+        let id = task.id();
+        let event = Event::unordered(0, task.into_raw());
+        let sent = lock(&self.injector).send(&[event]).unwrap_or(0);
+        if sent == 1 {
+            tracing::debug!(task = %id, "remote dlb send task");
+            return;
+        }
+        // SAFETY: the event was not sent, so its payload is still ours.
+        let task = unsafe { Notified::from_raw(event.udata) };
+        lock(&self.overflow).push_back(task);
+        self.overflow_len.fetch_add(1, Release);
+        self.remote_fallbacks.fetch_add(1, Relaxed);
+        tracing::debug!(task = %id, "remote dlb send short; task to the overflow queue");
+        let n = self.wakers.len();
+        let target = self.next_wake.fetch_add(1, Relaxed) % n;
+        if let Err(e) = self.wakers[target].wake() {
+            tracing::warn!("waking worker {target}: {e}");
+        }
+    }
+
+    fn pop_overflow(&self) -> Option<TaskRef> {
+        if self.overflow_len.load(Acquire) == 0 {
+            return None;
+        }
+        let task = lock(&self.overflow).pop_front();
+        if task.is_some() {
+            self.overflow_len.fetch_sub(1, AcqRel);
+        }
+        task
+    }
+
+    pub(crate) fn metrics(&self) -> RuntimeMetrics {
+        RuntimeMetrics {
+            workers: self.counters.iter().map(WorkerCounters::snapshot).collect(),
+            remote_fallbacks: self.remote_fallbacks.load(Relaxed),
+            alive_tasks: self.owned.alive(),
+        }
+    }
+
+    pub(crate) fn num_workers(&self) -> usize {
+        self.wakers.len()
+    }
+
+    /// Asks every worker to stop.
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutdown.store(true, SeqCst);
+        for (i, w) in self.wakers.iter().enumerate() {
+            if let Err(e) = w.wake() {
+                tracing::warn!("waking worker {i} for shutdown: {e}");
+            }
+        }
+    }
+
+    /// After the workers stopped: cancels every live task and drops every
+    /// queued permission, including those still in DLB queues.
+    pub(crate) fn finish_shutdown(&self, mut ports: Vec<Port>) {
+        self.owned.close_and_shutdown();
+        lock(&self.overflow).clear();
+        self.overflow_len.store(0, Release);
+        let mut buf = [Event::default(); 32];
+        // Releasing lets waiting events into the CQs; repeat until a whole
+        // pass finds nothing.
+        loop {
+            let mut found = 0;
+            for port in ports.iter_mut() {
+                loop {
+                    let n = port.recv(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    for ev in &buf[..n] {
+                        // SAFETY: every event on this domain carries a task
+                        // permission made by `into_raw`.
+                        drop(unsafe { Notified::<Arc<Shared>>::from_raw(ev.udata) });
+                    }
+                    let _ = port.release(n);
+                    found += n;
+                }
+            }
+            if found == 0 {
+                break;
+            }
+        }
+        // The injector's own CQ is unlinked, so nothing waits there.
+        let _ = &self.domain;
+    }
+}
+
+impl Local {
+    fn shared(&self) -> &Shared {
+        // SAFETY: the worker holds an `Arc<Shared>` for as long as `Local`
+        // exists.
+        unsafe { &*self.shared }
+    }
+
+    fn counters(&self) -> &WorkerCounters {
+        &self.shared().counters[self.index]
+    }
+
+    /// Schedules a task spawned or woken on this worker.
+    fn schedule(&self, shared: &Arc<Shared>, task: TaskRef) {
+        if shared.idle.load(Relaxed) > 0 && !shared.shutdown.load(Relaxed) {
+            if let Ok(mut port) = self.port.try_borrow_mut() {
+                let id = task.id();
+                let event = Event::unordered(0, task.into_raw());
+                if port.send(&[event]).unwrap_or(0) == 1 {
+                    WorkerCounters::add(&self.counters().dlb_sent, 1);
+                    tracing::debug!(worker = self.index, task = %id, "dlb send task");
+                    return;
+                }
+                // SAFETY: not sent: the payload is still ours.
+                let task = unsafe { Notified::from_raw(event.udata) };
+                WorkerCounters::add(&self.counters().fallbacks, 1);
+                tracing::debug!(worker = self.index, task = %id, "dlb send short; running locally");
+                self.queue.borrow_mut().push_back(task);
+                return;
+            }
+        }
+        self.queue.borrow_mut().push_back(task);
+    }
+
+    fn recv_dlb(&self, buf: &mut [Event]) {
+        let n = match self.port.borrow_mut().recv(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(worker = self.index, "dlb recv: {e}");
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let mut received = self.received.borrow_mut();
+        for ev in &buf[..n] {
+            // SAFETY: every event on this domain carries a task permission
+            // made by `into_raw`, received exactly once.
+            let task = unsafe { Notified::<Arc<Shared>>::from_raw(ev.udata) };
+            tracing::debug!(worker = self.index, task = %task.id(), "dlb recv task");
+            received.push_back(task);
+        }
+        WorkerCounters::add(&self.counters().dlb_received, n as u64);
+    }
+
+    /// Sends part of a long local queue to idle workers.
+    fn shed(&self) {
+        let shared = self.shared();
+        let len = self.queue.borrow().len();
+        if len <= SHED_MIN || shared.idle.load(Relaxed) == 0 {
+            return;
+        }
+        let take = (len / 2).min(SHED_MAX);
+        let events: Vec<Event> = {
+            let mut queue = self.queue.borrow_mut();
+            let start = queue.len() - take;
+            queue
+                .drain(start..)
+                .map(|t| Event::unordered(0, t.into_raw()))
+                .collect()
+        };
+        let sent = self.port.borrow_mut().send(&events).unwrap_or(0);
+        if sent > 0 {
+            WorkerCounters::add(&self.counters().dlb_sent, sent as u64);
+            tracing::debug!(worker = self.index, tasks = sent, "dlb send shed tasks");
+        }
+        if sent < events.len() {
+            WorkerCounters::add(&self.counters().fallbacks, (events.len() - sent) as u64);
+            let mut queue = self.queue.borrow_mut();
+            for ev in &events[sent..] {
+                // SAFETY: not sent: the payloads are still ours.
+                queue.push_back(unsafe { Notified::from_raw(ev.udata) });
+            }
+        }
+    }
+
+    fn next_task(&self, tick: u32) -> Option<(TaskRef, bool)> {
+        let shared = self.shared();
+        if tick % MAINTENANCE_INTERVAL == 0 {
+            if let Some(t) = shared.pop_overflow() {
+                return Some((t, false));
+            }
+        }
+        if let Some(t) = self.received.borrow_mut().pop_front() {
+            return Some((t, true));
+        }
+        if let Some(t) = self.queue.borrow_mut().pop_front() {
+            return Some((t, false));
+        }
+        shared.pop_overflow().map(|t| (t, false))
+    }
+}
+
+/// Runs worker `index` until shutdown; returns its port.
+pub(crate) fn run_worker(
+    shared: Arc<Shared>,
+    handle: crate::Handle,
+    index: usize,
+    port: Port,
+    mut poll: Poll,
+) -> WorkerExit {
+    let _context = crate::context::enter_running(handle);
+    if let Some(f) = &shared.threads.on_start {
+        f();
+    }
+    let local = Local {
+        shared: Arc::as_ptr(&shared),
+        index,
+        queue: RefCell::new(VecDeque::with_capacity(256)),
+        received: RefCell::new(VecDeque::with_capacity(RECV_BATCH)),
+        port: RefCell::new(port),
+    };
+    LOCAL.with(|l| l.set(&local));
+    let mut events = Events::with_capacity(64);
+    let mut buf = [Event::default(); RECV_BATCH];
+    let mut tick: u32 = 0;
+    while !shared.shutdown.load(Acquire) {
+        tick = tick.wrapping_add(1);
+        if local.received.borrow().is_empty() {
+            local.recv_dlb(&mut buf);
+        }
+        if let Some((task, from_dlb)) = local.next_task(tick) {
+            WorkerCounters::add(&local.counters().tasks_polled, 1);
+            task.run();
+            if from_dlb {
+                // Released after running: a worker busy with a handed-off
+                // task looks loaded to the arbiter meanwhile.
+                let _ = local.port.borrow_mut().release(1);
+            }
+            if tick % MAINTENANCE_INTERVAL == 0 {
+                local.shed();
+                let depth = local.queue.borrow().len() + local.received.borrow().len();
+                local
+                    .counters()
+                    .local_queue_depth
+                    .store(depth as u64, Relaxed);
+            }
+            continue;
+        }
+        park(&shared, &local, &mut poll, &mut events);
+    }
+    LOCAL.with(|l| l.set(std::ptr::null()));
+    // Queued permissions are dropped here; the owned-task list cancels the
+    // tasks themselves.
+    local.queue.borrow_mut().clear();
+    let received = local.received.borrow_mut().drain(..).count();
+    let mut port = local.port.into_inner();
+    let _ = port.release(received);
+    if let Some(f) = &shared.threads.on_stop {
+        f();
+    }
+    port
+}
+
+fn park(shared: &Shared, local: &Local, poll: &mut Poll, events: &mut Events) {
+    local.counters().local_queue_depth.store(0, Relaxed);
+    {
+        let mut port = local.port.borrow_mut();
+        if !port.prepare_park() {
+            port.finish_park();
+            return;
+        }
+    }
+    shared.idle.fetch_add(1, SeqCst);
+    if shared.overflow_len.load(SeqCst) == 0 && !shared.shutdown.load(SeqCst) {
+        if let Err(e) = poll.poll(events, None) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::warn!(worker = local.index, "poll: {e}");
+            }
+        }
+    }
+    shared.idle.fetch_sub(1, SeqCst);
+    local.port.borrow_mut().finish_park();
+    WorkerCounters::add(&local.counters().parks, 1);
+}
+
+/// Spawns the worker threads.
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    handle: &crate::Handle,
+    parts: Vec<WorkerParts>,
+) -> io::Result<Vec<thread::JoinHandle<WorkerExit>>> {
+    let mut threads = Vec::with_capacity(parts.len());
+    for (index, (port, poll)) in parts.into_iter().enumerate() {
+        let shared2 = shared.clone();
+        let handle = handle.clone();
+        let name = (shared.threads.name)();
+        let t = thread::Builder::new()
+            .name(name)
+            .spawn(move || run_worker(shared2, handle, index, port, poll))?;
+        threads.push(t);
+    }
+    Ok(threads)
+}

@@ -1,0 +1,477 @@
+//! Runtime behaviour in tokio's style, run against every scheduler.
+#![cfg(not(loom))]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fulcrum_dlb::Backend;
+use fulcrum_runtime::{spawn, yield_now, Builder, Handle, Runtime};
+
+/// Every runtime flavour the suite runs against.
+fn runtimes() -> Vec<(&'static str, Runtime)> {
+    vec![
+        (
+            "dlb-2",
+            Builder::new_multi_thread()
+                .worker_threads(2)
+                .dlb_backend(Backend::Software)
+                .build()
+                .unwrap(),
+        ),
+        (
+            "dlb-4",
+            Builder::new_multi_thread()
+                .worker_threads(4)
+                .dlb_backend(Backend::Software)
+                .build()
+                .unwrap(),
+        ),
+        ("current", Builder::new_current_thread().build().unwrap()),
+    ]
+}
+
+/// A future that completes when `release` is set, waking through a stored
+/// waker (set from any thread).
+#[derive(Clone, Default)]
+struct Gate(Arc<Mutex<(bool, Option<Waker>)>>);
+
+impl Gate {
+    fn open(&self) {
+        let waker = {
+            let mut g = self.0.lock().unwrap();
+            g.0 = true;
+            g.1.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn wait(&self) -> GateWait {
+        GateWait(self.clone())
+    }
+}
+
+struct GateWait(Gate);
+
+impl Future for GateWait {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut g = (self.0).0.lock().unwrap();
+        if g.0 {
+            Poll::Ready(())
+        } else {
+            g.1 = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// Sets a flag when dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+#[test]
+fn spawn_ten_thousand_and_join() {
+    for (name, rt) in runtimes() {
+        let total = rt.block_on(async {
+            let handles: Vec<_> = (0..10_000u64).map(|i| spawn(async move { i })).collect();
+            let mut total = 0;
+            for h in handles {
+                total += h.await.unwrap();
+            }
+            total
+        });
+        assert_eq!(total, 10_000 * 9_999 / 2, "{name}");
+        assert_eq!(rt.handle().metrics().alive_tasks, 0, "{name}");
+    }
+}
+
+#[test]
+fn nested_spawns() {
+    fn chain(depth: u32) -> Pin<Box<dyn Future<Output = u32> + Send>> {
+        Box::pin(async move {
+            if depth == 0 {
+                0
+            } else {
+                spawn(chain(depth - 1)).await.unwrap() + 1
+            }
+        })
+    }
+    for (name, rt) in runtimes() {
+        assert_eq!(rt.block_on(chain(1_000)), 1_000, "{name}");
+    }
+}
+
+#[test]
+fn yield_now_interleaves() {
+    for (name, rt) in runtimes() {
+        let count = Arc::new(AtomicUsize::new(0));
+        rt.block_on(async {
+            let handles: Vec<_> = (0..200)
+                .map(|_| {
+                    let count = count.clone();
+                    spawn(async move {
+                        for _ in 0..100 {
+                            count.fetch_add(1, SeqCst);
+                            yield_now().await;
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.await.unwrap();
+            }
+        });
+        assert_eq!(count.load(SeqCst), 20_000, "{name}");
+    }
+}
+
+#[test]
+fn abort_cancels_a_pending_task_and_drops_its_future() {
+    for (name, rt) in runtimes() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = DropFlag(dropped.clone());
+        let err = rt.block_on(async move {
+            let h = spawn(async move {
+                let _flag = flag;
+                std::future::pending::<()>().await;
+            });
+            yield_now().await;
+            h.abort();
+            h.await.unwrap_err()
+        });
+        assert!(err.is_cancelled(), "{name}: {err}");
+        assert!(dropped.load(SeqCst), "{name}: future not dropped");
+    }
+}
+
+#[test]
+fn abort_after_completion_keeps_the_output() {
+    for (name, rt) in runtimes() {
+        let out = rt.block_on(async {
+            let h = spawn(async { 7 });
+            while !h.is_finished() {
+                yield_now().await;
+            }
+            h.abort();
+            h.await
+        });
+        assert_eq!(out.unwrap(), 7, "{name}");
+    }
+}
+
+#[test]
+fn a_panicking_task_reports_and_the_workers_keep_going() {
+    for (name, rt) in runtimes() {
+        let err = rt.block_on(async { spawn(async { panic!("boom {}", 42) }).await.unwrap_err() });
+        assert!(err.is_panic(), "{name}");
+        assert!(err.to_string().contains("boom 42"), "{name}: {err}");
+        let payload = err.into_panic();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        assert_eq!(msg, Some("boom 42"));
+        // Many panics later, every worker still runs tasks.
+        let ok = rt.block_on(async {
+            let hs: Vec<_> = (0..64)
+                .map(|i| {
+                    spawn(async move {
+                        if i % 2 == 0 {
+                            panic!("even");
+                        }
+                        i
+                    })
+                })
+                .collect();
+            let mut ok = 0;
+            for h in hs {
+                if h.await.is_ok() {
+                    ok += 1;
+                }
+            }
+            ok
+        });
+        assert_eq!(ok, 32, "{name}");
+        let m = rt.handle().metrics();
+        let polled = rt.block_on(async {
+            let hs: Vec<_> = (0..200)
+                .map(|_| spawn(async { yield_now().await }))
+                .collect();
+            for h in hs {
+                h.await.unwrap();
+            }
+            Handle::current().metrics()
+        });
+        for (i, (before, after)) in m.workers.iter().zip(&polled.workers).enumerate() {
+            assert!(
+                after.tasks_polled > before.tasks_polled || polled.workers.len() == 1,
+                "{name}: worker {i} stopped polling ({before:?} -> {after:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn dropping_the_join_handle_detaches() {
+    for (name, rt) in runtimes() {
+        let (tx, rx) = mpsc::channel();
+        rt.block_on(async move {
+            drop(spawn(async move {
+                yield_now().await;
+                tx.send(5).unwrap();
+            }));
+            // Keep driving (current-thread) until the detached task ran.
+            for _ in 0..1_000 {
+                yield_now().await;
+            }
+        });
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            5,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn block_on_accepts_non_send_futures() {
+    for (name, rt) in runtimes() {
+        let rc = Rc::new(5);
+        let out = rt.block_on(async move {
+            yield_now().await;
+            *rc + spawn(async { 1 }).await.unwrap()
+        });
+        assert_eq!(out, 6, "{name}");
+    }
+}
+
+#[test]
+fn wakes_from_a_plain_thread() {
+    for (name, rt) in runtimes() {
+        let gate = Gate::default();
+        let g2 = gate.clone();
+        let opener = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            g2.open();
+        });
+        let out = rt.block_on(async move {
+            spawn(async move {
+                gate.wait().await;
+                "opened"
+            })
+            .await
+            .unwrap()
+        });
+        opener.join().unwrap();
+        assert_eq!(out, "opened", "{name}");
+    }
+}
+
+#[test]
+fn spawn_from_outside_through_the_handle() {
+    for (name, rt) in runtimes() {
+        let handle = rt.handle().clone();
+        let (tx, rx) = mpsc::channel();
+        let t = thread::spawn(move || {
+            let hs: Vec<_> = (0..100u32)
+                .map(|i| handle.spawn(async move { i }))
+                .collect();
+            tx.send(hs).unwrap();
+        });
+        t.join().unwrap();
+        let hs = rx.recv().unwrap();
+        let sum = rt.block_on(async move {
+            let mut sum = 0;
+            for h in hs {
+                sum += h.await.unwrap();
+            }
+            sum
+        });
+        assert_eq!(sum, 4_950, "{name}");
+    }
+}
+
+#[test]
+fn shutdown_cancels_pending_tasks_on_drop() {
+    for (name, rt) in runtimes() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = DropFlag(dropped.clone());
+        let gate = Gate::default();
+        let g = gate.clone();
+        let h = rt.spawn(async move {
+            let _flag = flag;
+            g.wait().await;
+        });
+        rt.block_on(async {
+            for _ in 0..100 {
+                yield_now().await;
+            }
+        });
+        drop(rt);
+        assert!(
+            dropped.load(SeqCst),
+            "{name}: pending task's future not dropped"
+        );
+        assert!(h.is_finished(), "{name}");
+        // The join handle outlives the runtime and reports cancellation.
+        let err = futures_block_on(h).unwrap_err();
+        assert!(err.is_cancelled(), "{name}");
+        gate.open();
+    }
+}
+
+#[test]
+fn shutdown_timeout_returns_with_a_blocked_worker() {
+    let rt = Builder::new_multi_thread()
+        .worker_threads(2)
+        .dlb_backend(Backend::Software)
+        .build()
+        .unwrap();
+    let started = Arc::new(AtomicBool::new(false));
+    let s2 = started.clone();
+    rt.spawn(async move {
+        s2.store(true, SeqCst);
+        thread::sleep(Duration::from_millis(500));
+    });
+    while !started.load(SeqCst) {
+        thread::yield_now();
+    }
+    let t = Instant::now();
+    rt.shutdown_timeout(Duration::from_millis(50));
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn spawn_outside_a_runtime_panics_clearly() {
+    let err = std::panic::catch_unwind(|| {
+        drop(spawn(async {}));
+    })
+    .unwrap_err();
+    let msg = err.downcast_ref::<&str>().copied().unwrap_or_default();
+    assert!(msg.contains("outside a Fulcrum runtime"), "{msg}");
+    assert!(Handle::try_current().is_err());
+}
+
+#[test]
+fn block_on_inside_a_runtime_panics_clearly() {
+    for (name, rt) in runtimes() {
+        let rt = Arc::new(rt);
+        let inner = rt.clone();
+        let msg = rt.block_on(async move {
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.block_on(async {})));
+            let err = r.unwrap_err();
+            err.downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| err.downcast_ref::<String>().cloned())
+                .unwrap_or_default()
+        });
+        assert!(
+            msg.contains("Cannot start a runtime from within a runtime"),
+            "{name}: {msg}"
+        );
+        drop(rt);
+    }
+}
+
+#[test]
+fn tasks_cross_workers_through_the_dlb_queue() {
+    let rt = Builder::new_multi_thread()
+        .worker_threads(2)
+        .dlb_backend(Backend::Software)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Spawned from the block_on thread (not a worker): remote handoffs.
+        let hs: Vec<_> = (0..200)
+            .map(|_| {
+                spawn(async {
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_micros(200) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.await.unwrap();
+        }
+    });
+    let m = rt.handle().metrics();
+    let received: u64 = m.workers.iter().map(|w| w.dlb_received).sum();
+    assert!(received >= 200, "{m:?}");
+    for (i, w) in m.workers.iter().enumerate() {
+        assert!(w.tasks_polled > 20, "worker {i} ran too little: {m:?}");
+        assert_eq!(w.steals, 0);
+    }
+}
+
+#[test]
+fn worker_count_and_thread_hooks() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let (s1, s2) = (started.clone(), stopped.clone());
+    let rt = Builder::new_multi_thread()
+        .worker_threads(3)
+        .thread_name("hook-test")
+        .on_thread_start(move || {
+            s1.fetch_add(1, SeqCst);
+        })
+        .on_thread_stop(move || {
+            s2.fetch_add(1, SeqCst);
+        })
+        .dlb_backend(Backend::Software)
+        .build()
+        .unwrap();
+    assert_eq!(rt.handle().metrics().num_workers(), 3);
+    let name = rt.block_on(async {
+        spawn(async { thread::current().name().map(str::to_owned) })
+            .await
+            .unwrap()
+    });
+    assert_eq!(name.as_deref(), Some("hook-test"));
+    drop(rt);
+    assert_eq!(started.load(SeqCst), 3);
+    assert_eq!(stopped.load(SeqCst), 3);
+    let err = Builder::new_multi_thread()
+        .worker_threads(0)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("1 to 63 workers"), "{err}");
+}
+
+/// Polls a future to completion on this thread (no runtime).
+fn futures_block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(thread::Thread);
+    impl futures_task::ArcWake for Unpark {
+        fn wake_by_ref(a: &Arc<Self>) {
+            a.0.unpark();
+        }
+    }
+    let waker = futures_task::waker(Arc::new(Unpark(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        thread::park();
+    }
+}
