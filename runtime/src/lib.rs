@@ -4,8 +4,9 @@
 //! **Status: in progress.** What works today: [`Builder`] and [`Runtime`]
 //! (multi-thread DLB scheduler and current-thread scheduler), [`spawn`],
 //! [`JoinHandle`] (await, abort, `is_finished`), [`JoinError`],
-//! [`yield_now`], [`Handle::metrics`], and shutdown that cancels every live
-//! task. Not yet: timers, the I/O reactor interface, `spawn_blocking`,
+//! [`yield_now`], [`time`] (`sleep`, `timeout`, `interval`),
+//! [`Handle::metrics`], and shutdown that cancels every live task. Not yet:
+//! the I/O reactor interface, `spawn_blocking`,
 //! `JoinSet`, the work-stealing comparison mode, the cooperative budget and
 //! the rescue of a busy worker's ready I/O.
 //!
@@ -41,7 +42,7 @@ mod runtime;
 mod scheduler;
 pub mod task;
 #[cfg(not(loom))]
-pub(crate) mod time;
+pub mod time;
 
 use std::future::Future;
 use std::pin::Pin;

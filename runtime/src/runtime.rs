@@ -380,11 +380,20 @@ impl Runtime {
                     futures_task::waker(std::sync::Arc::new(ThreadUnpark(thread::current())));
                 let mut cx = Context::from_waker(&waker);
                 let mut future = pin!(future);
+                // Timers polled by this future live on this thread.
+                let _timers = crate::time::driver::install();
                 loop {
                     if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
                         return out;
                     }
-                    thread::park();
+                    if crate::time::driver::fire_due() > 0 {
+                        continue;
+                    }
+                    match crate::time::driver::next_timeout() {
+                        Some(t) => thread::park_timeout(t),
+                        None => thread::park(),
+                    }
+                    crate::time::driver::fire_due();
                 }
             }
         }

@@ -475,3 +475,161 @@ fn futures_block_on<F: Future>(f: F) -> F::Output {
         thread::park();
     }
 }
+
+mod time {
+    use super::*;
+    use fulcrum_runtime::time::{
+        interval, sleep, sleep_until, timeout, Elapsed, MissedTickBehavior,
+    };
+
+    #[test]
+    fn sleeps_never_fire_early_and_fire_in_order() {
+        for (name, rt) in runtimes() {
+            let order = Arc::new(Mutex::new(Vec::new()));
+            rt.block_on(async {
+                let hs: Vec<_> = [30u64, 10, 20, 5, 25]
+                    .into_iter()
+                    .map(|ms| {
+                        let order = order.clone();
+                        spawn(async move {
+                            let start = Instant::now();
+                            sleep(Duration::from_millis(ms)).await;
+                            let took = start.elapsed();
+                            assert!(
+                                took >= Duration::from_millis(ms),
+                                "{ms} ms sleep took {took:?}"
+                            );
+                            order.lock().unwrap().push(ms);
+                        })
+                    })
+                    .collect();
+                for h in hs {
+                    h.await.unwrap();
+                }
+            });
+            assert_eq!(*order.lock().unwrap(), [5, 10, 20, 25, 30], "{name}");
+        }
+    }
+
+    #[test]
+    fn sleep_inside_block_on_itself() {
+        for (name, rt) in runtimes() {
+            let t = Instant::now();
+            rt.block_on(sleep(Duration::from_millis(15)));
+            let took = t.elapsed();
+            assert!(took >= Duration::from_millis(15), "{name}: {took:?}");
+            assert!(took < Duration::from_secs(2), "{name}: {took:?}");
+        }
+    }
+
+    #[test]
+    fn timeout_elapses_and_passes_through() {
+        for (name, rt) in runtimes() {
+            let (slow, fast) = rt.block_on(async {
+                let slow = timeout(Duration::from_millis(10), std::future::pending::<()>()).await;
+                let fast = timeout(Duration::from_secs(5), async { 3 }).await;
+                (slow, fast)
+            });
+            assert_eq!(
+                slow,
+                Err::<(), _>(Elapsed::clone(&slow.unwrap_err())),
+                "{name}"
+            );
+            assert_eq!(fast, Ok(3), "{name}");
+            let io: std::io::Error = slow.unwrap_err().into();
+            assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+        }
+    }
+
+    #[test]
+    fn interval_ticks_on_schedule() {
+        for (name, rt) in runtimes() {
+            let ticks = rt.block_on(async {
+                let start = Instant::now();
+                let mut iv = interval(Duration::from_millis(10));
+                let mut ticks = Vec::new();
+                for _ in 0..4 {
+                    ticks.push(iv.tick().await.duration_since(start));
+                }
+                let real = start.elapsed();
+                (ticks, real)
+            });
+            let (ticks, real) = ticks;
+            assert!(
+                ticks[0] < Duration::from_millis(5),
+                "{name}: first tick at once: {ticks:?}"
+            );
+            for w in ticks.windows(2) {
+                let gap = w[1] - w[0];
+                assert!(
+                    gap >= Duration::from_millis(9) && gap <= Duration::from_millis(11),
+                    "{name}: {ticks:?}"
+                );
+            }
+            assert!(real >= Duration::from_millis(30), "{name}: {real:?}");
+        }
+    }
+
+    #[test]
+    fn interval_skip_and_delay_after_a_stall() {
+        let rt = Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            for behavior in [MissedTickBehavior::Skip, MissedTickBehavior::Delay] {
+                let mut iv = interval(Duration::from_millis(10));
+                iv.set_missed_tick_behavior(behavior);
+                iv.tick().await;
+                thread::sleep(Duration::from_millis(35));
+                let late = iv.tick().await;
+                let next = iv.tick().await;
+                let gap = next - late;
+                assert!(gap >= Duration::from_millis(5), "{behavior:?}: {gap:?}");
+            }
+        });
+    }
+
+    #[test]
+    fn dropped_sleeps_do_not_fire_and_many_timers_work() {
+        for (name, rt) in runtimes() {
+            let n = rt.block_on(async {
+                // Most time out, few finish: the dropped sleeps leave the
+                // wheel.
+                let hs: Vec<_> = (0..1_000u64)
+                    .map(|i| {
+                        spawn(async move {
+                            timeout(Duration::from_millis(1 + i % 20), async {
+                                if i % 2 == 0 {
+                                    sleep(Duration::from_secs(60)).await;
+                                }
+                            })
+                            .await
+                            .is_ok()
+                        })
+                    })
+                    .collect();
+                let mut ok = 0;
+                for h in hs {
+                    if h.await.unwrap() {
+                        ok += 1;
+                    }
+                }
+                ok
+            });
+            assert_eq!(n, 500, "{name}");
+        }
+    }
+
+    #[test]
+    fn sleep_until_in_the_past_is_ready() {
+        for (_, rt) in runtimes() {
+            rt.block_on(sleep_until(Instant::now() - Duration::from_millis(5)));
+        }
+    }
+
+    #[test]
+    fn a_timer_outside_a_runtime_panics_clearly() {
+        let err = std::panic::catch_unwind(|| futures_block_on(sleep(Duration::from_millis(5))))
+            .unwrap_err();
+        let msg = err.downcast_ref::<&str>().copied().unwrap_or_default();
+        assert!(msg.contains("outside a Fulcrum runtime"), "{msg}");
+    }
+}

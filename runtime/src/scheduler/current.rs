@@ -96,7 +96,9 @@ impl Shared {
         let mut future = pin!(future);
         *lock(&self.driver) = Some(thread::current());
         let _clear = ClearDriver(self);
+        let _timers = crate::time::driver::install();
         loop {
+            crate::time::driver::fire_due();
             if waker.woken.swap(false, AcqRel) {
                 if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
                     return out;
@@ -110,9 +112,12 @@ impl Shared {
                 task.run();
                 ran += 1;
             }
-            if ran == 0 && !waker.woken.load(Acquire) {
+            if ran == 0 && !waker.woken.load(Acquire) && lock(&self.queue).is_empty() {
                 WorkerCounters::add(&self.counters.parks, 1);
-                thread::park();
+                match crate::time::driver::next_timeout() {
+                    Some(t) => thread::park_timeout(t),
+                    None => thread::park(),
+                }
             }
         }
     }

@@ -57,6 +57,9 @@ pub(crate) const SHED_MIN: usize = 4;
 pub(crate) const SHED_MAX: usize = 32;
 /// Events received from the DLB port at once.
 const RECV_BATCH: usize = 8;
+/// Ticks between checks of the timer wheel while the worker is busy (it also
+/// checks before sleeping and after waking).
+const TIMER_INTERVAL: u32 = 16;
 
 const DLB_TOKEN: Token = Token(0);
 const WAKER_TOKEN: Token = Token(1);
@@ -385,6 +388,7 @@ pub(crate) fn run_worker(
     mut poll: Poll,
 ) -> WorkerExit {
     let _context = crate::context::enter_running(handle);
+    let _timers = crate::time::driver::install();
     if let Some(f) = &shared.threads.on_start {
         f();
     }
@@ -401,6 +405,9 @@ pub(crate) fn run_worker(
     let mut tick: u32 = 0;
     while !shared.shutdown.load(Acquire) {
         tick = tick.wrapping_add(1);
+        if tick % TIMER_INTERVAL == 0 {
+            crate::time::driver::fire_due();
+        }
         if local.received.borrow().is_empty() {
             local.recv_dlb(&mut buf);
         }
@@ -439,6 +446,9 @@ pub(crate) fn run_worker(
 
 fn park(shared: &Shared, local: &Local, poll: &mut Poll, events: &mut Events) {
     local.counters().local_queue_depth.store(0, Relaxed);
+    if crate::time::driver::fire_due() > 0 {
+        return;
+    }
     {
         let mut port = local.port.borrow_mut();
         if !port.prepare_park() {
@@ -448,7 +458,8 @@ fn park(shared: &Shared, local: &Local, poll: &mut Poll, events: &mut Events) {
     }
     shared.idle.fetch_add(1, SeqCst);
     if shared.overflow_len.load(SeqCst) == 0 && !shared.shutdown.load(SeqCst) {
-        if let Err(e) = poll.poll(events, None) {
+        let timeout = crate::time::driver::next_timeout();
+        if let Err(e) = poll.poll(events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 tracing::warn!(worker = local.index, "poll: {e}");
             }
@@ -457,6 +468,7 @@ fn park(shared: &Shared, local: &Local, poll: &mut Poll, events: &mut Events) {
     shared.idle.fetch_sub(1, SeqCst);
     local.port.borrow_mut().finish_park();
     WorkerCounters::add(&local.counters().parks, 1);
+    crate::time::driver::fire_due();
 }
 
 /// Spawns the worker threads.

@@ -1,10 +1,303 @@
-//! Timers: a per-worker hierarchical timing wheel.
+//! Time: [`sleep`], [`sleep_until`], [`timeout`] and [`interval`], with
+//! tokio's names and behaviour.
 //!
-//! Each worker owns one timing wheel (`wheel::Wheel`), counts time in
-//! milliseconds since it started, advances the wheel after every wake-up, and
-//! sleeps in its `Poll` no longer than until the wheel's next deadline.
+//! Each runtime thread (every worker, and a thread inside `block_on`) owns
+//! a hierarchical timing wheel with 1 ms resolution. A timer lives on the
+//! thread that first polls it and drives that thread's sleep: a worker waits
+//! in its `Poll` no longer than until its next deadline. Timers never fire
+//! early: deadlines are rounded up to the next millisecond, and a sleep
+//! completes only once [`Instant::now`] has reached its deadline.
+//!
+//! Polling a timer on a thread that does not run a Fulcrum runtime panics.
 
-// Nothing in the runtime uses the wheel yet; the workers will (see
-// DESIGN.md, "fulcrum-runtime"). Remove this allowance then.
-#[allow(dead_code)]
+pub(crate) mod driver;
 pub(crate) mod wheel;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub use std::time::Instant;
+
+use self::driver::{Entry, Registration};
+
+/// Waits until `duration` has elapsed.
+pub fn sleep(duration: Duration) -> Sleep {
+    sleep_until(
+        Instant::now()
+            .checked_add(duration)
+            .unwrap_or_else(far_future),
+    )
+}
+
+/// Waits until `deadline`.
+pub fn sleep_until(deadline: Instant) -> Sleep {
+    Sleep {
+        deadline,
+        entry: None,
+        registration: None,
+    }
+}
+
+/// About 30 years from now: stands in for a deadline that overflows.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+/// The future returned by [`sleep`] and [`sleep_until`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Sleep {
+    deadline: Instant,
+    entry: Option<Arc<Entry>>,
+    registration: Option<Registration>,
+}
+
+impl fmt::Debug for Sleep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sleep")
+            .field("deadline", &self.deadline)
+            .field("registered", &self.registration.is_some())
+            .finish()
+    }
+}
+
+impl Sleep {
+    /// The instant this sleep completes at.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Whether the deadline has passed.
+    pub fn is_elapsed(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    /// Moves the deadline (re-arming a completed sleep).
+    pub fn reset(self: Pin<&mut Self>, deadline: Instant) {
+        let this = self.get_mut();
+        this.unregister();
+        this.deadline = deadline;
+    }
+
+    fn unregister(&mut self) {
+        if let Some(reg) = self.registration.take() {
+            driver::deregister(reg);
+        }
+        self.entry = None;
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    #[track_caller]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if Instant::now() >= this.deadline {
+            this.unregister();
+            return Poll::Ready(());
+        }
+        if let Some(entry) = &this.entry {
+            if !driver::has_fired(entry) {
+                entry.set_waker(cx.waker());
+                return Poll::Pending;
+            }
+            // Fired, yet the clock says not yet (rounding can only make it
+            // later, so this cannot happen unless the clock misbehaves):
+            // register again.
+            this.unregister();
+        }
+        let entry = Arc::new(Entry::default());
+        entry.set_waker(cx.waker());
+        let Some(reg) = driver::register(this.deadline, &entry) else {
+            panic!(
+                "a Fulcrum timer was polled outside a Fulcrum runtime: poll it from a task, or \
+                 inside `Runtime::block_on`"
+            );
+        };
+        this.entry = Some(entry);
+        this.registration = Some(reg);
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}
+
+/// Returned by [`timeout`] when the deadline passes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elapsed(());
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("deadline has elapsed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+impl From<Elapsed> for io::Error {
+    fn from(e: Elapsed) -> Self {
+        io::Error::new(io::ErrorKind::TimedOut, e)
+    }
+}
+
+/// Runs `future` for at most `duration`: `Err(Elapsed)` if it has not
+/// completed by then (the future is dropped with the `Timeout`).
+pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
+    Timeout {
+        future,
+        sleep: sleep(duration),
+    }
+}
+
+/// Like [`timeout`], with a deadline.
+pub fn timeout_at<F: Future>(deadline: Instant, future: F) -> Timeout<F> {
+    Timeout {
+        future,
+        sleep: sleep_until(deadline),
+    }
+}
+
+/// The future returned by [`timeout`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct Timeout<F> {
+    future: F,
+    sleep: Sleep,
+}
+
+impl<F> Timeout<F> {
+    /// The wrapped future.
+    pub fn get_ref(&self) -> &F {
+        &self.future
+    }
+
+    /// Gives back the wrapped future.
+    pub fn into_inner(self) -> F {
+        self.future
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `future` is structurally pinned: it is never moved out of a
+        // pinned `Timeout` (`into_inner` takes `self` by value, which needs
+        // `Unpin` or an unpinned value), and `Timeout` has no `Drop` that
+        // moves it. `sleep` is `Unpin` and not pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: see above.
+        let future = unsafe { Pin::new_unchecked(&mut this.future) };
+        if let Poll::Ready(out) = future.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        match Pin::new(&mut this.sleep).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed(()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// What an [`Interval`] does when ticks were missed (the task was late).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MissedTickBehavior {
+    /// Fire the missed ticks back to back, then keep the original schedule.
+    #[default]
+    Burst,
+    /// Restart the schedule from now: the next tick is one period later.
+    Delay,
+    /// Skip the missed ticks and keep the original phase.
+    Skip,
+}
+
+/// Ticks every `period`, the first tick at once.
+///
+/// # Panics
+/// If `period` is zero.
+#[track_caller]
+pub fn interval(period: Duration) -> Interval {
+    interval_at(Instant::now(), period)
+}
+
+/// Ticks every `period`, the first tick at `start`.
+///
+/// # Panics
+/// If `period` is zero.
+#[track_caller]
+pub fn interval_at(start: Instant, period: Duration) -> Interval {
+    assert!(period > Duration::ZERO, "`period` must be non-zero.");
+    Interval {
+        sleep: sleep_until(start),
+        period,
+        missed: MissedTickBehavior::Burst,
+    }
+}
+
+/// A stream of ticks; see [`interval`].
+#[derive(Debug)]
+pub struct Interval {
+    sleep: Sleep,
+    period: Duration,
+    missed: MissedTickBehavior,
+}
+
+impl Interval {
+    /// Waits for the next tick; returns its scheduled instant.
+    pub async fn tick(&mut self) -> Instant {
+        std::future::poll_fn(|cx| self.poll_tick(cx)).await
+    }
+
+    /// Polls for the next tick.
+    pub fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<Instant> {
+        if Pin::new(&mut self.sleep).poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let tick = self.sleep.deadline();
+        let now = Instant::now();
+        let next = match self.missed {
+            MissedTickBehavior::Burst => tick + self.period,
+            MissedTickBehavior::Delay => now + self.period,
+            MissedTickBehavior::Skip => {
+                let mut next = tick + self.period;
+                if next <= now {
+                    let behind = now.duration_since(tick).as_nanos();
+                    let periods = behind / self.period.as_nanos() + 1;
+                    let periods = u32::try_from(periods).unwrap_or(u32::MAX);
+                    next = tick + self.period.saturating_mul(periods);
+                }
+                next
+            }
+        };
+        Pin::new(&mut self.sleep).reset(next);
+        Poll::Ready(tick)
+    }
+
+    /// Restarts the schedule: the next tick is one period from now.
+    pub fn reset(&mut self) {
+        Pin::new(&mut self.sleep).reset(Instant::now() + self.period);
+    }
+
+    /// The period.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// What happens to missed ticks.
+    pub fn missed_tick_behavior(&self) -> MissedTickBehavior {
+        self.missed
+    }
+
+    /// Sets what happens to missed ticks.
+    pub fn set_missed_tick_behavior(&mut self, behavior: MissedTickBehavior) {
+        self.missed = behavior;
+    }
+}
