@@ -5,8 +5,9 @@
 //! (multi-thread DLB scheduler and current-thread scheduler), [`spawn`],
 //! [`JoinHandle`] (await, abort, `is_finished`), [`JoinError`],
 //! [`yield_now`], [`time`] (`sleep`, `timeout`, `interval`),
-//! [`Handle::metrics`], and shutdown that cancels every live task. Not yet:
-//! the I/O reactor interface, `spawn_blocking`,
+//! [`Handle::metrics`], the reactor interface that `fulcrum-net` builds on
+//! ([`io::Registration`]), and shutdown that cancels every live task. Not
+//! yet: `spawn_blocking`,
 //! `JoinSet`, the work-stealing comparison mode, the cooperative budget and
 //! the rescue of a busy worker's ready I/O.
 //!
@@ -33,9 +34,13 @@
 // task state machine (`task::loom_tests`).
 #[cfg(not(loom))]
 mod context;
+#[cfg(not(loom))]
+pub mod io;
 mod loom;
 #[cfg(not(loom))]
 mod metrics;
+#[cfg(not(loom))]
+mod park;
 #[cfg(not(loom))]
 mod runtime;
 #[cfg(not(loom))]

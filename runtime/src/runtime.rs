@@ -10,7 +10,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use fulcrum_dlb::{Backend, Domain};
-use futures_task::ArcWake;
 
 use crate::loom::Arc;
 use crate::metrics::RuntimeMetrics;
@@ -331,15 +330,6 @@ impl fmt::Debug for Runtime {
     }
 }
 
-/// Wakes a thread blocked in `block_on`.
-struct ThreadUnpark(thread::Thread);
-
-impl ArcWake for ThreadUnpark {
-    fn wake_by_ref(arc_self: &std::sync::Arc<Self>) {
-        arc_self.0.unpark();
-    }
-}
-
 impl Runtime {
     /// A multi-thread runtime with default settings.
     ///
@@ -376,24 +366,17 @@ impl Runtime {
         match &self.handle.inner {
             Inner::Current(shared) => shared.block_on(future),
             Inner::Multi(_) => {
-                let waker =
-                    futures_task::waker(std::sync::Arc::new(ThreadUnpark(thread::current())));
+                // Timers and sockets polled by this future live on this
+                // thread, served while it waits.
+                let mut parker = crate::park::Parker::new();
+                let waker = futures_task::waker(std::sync::Arc::new(parker.unparker()));
                 let mut cx = Context::from_waker(&waker);
                 let mut future = pin!(future);
-                // Timers polled by this future live on this thread.
-                let _timers = crate::time::driver::install();
                 loop {
                     if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
                         return out;
                     }
-                    if crate::time::driver::fire_due() > 0 {
-                        continue;
-                    }
-                    match crate::time::driver::next_timeout() {
-                        Some(t) => thread::park_timeout(t),
-                        None => thread::park(),
-                    }
-                    crate::time::driver::fire_due();
+                    parker.park();
                 }
             }
         }

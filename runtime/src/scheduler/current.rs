@@ -8,11 +8,13 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::AtomicBool as StdAtomicBool;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 use std::task::{Context, Poll};
-use std::thread::{self, Thread};
 
 use futures_task::ArcWake;
+
+use crate::park::{Parker, Unparker};
 
 use super::owned::OwnedTasks;
 use crate::loom::{lock, Arc, AtomicBool, Mutex};
@@ -24,8 +26,8 @@ const BATCH: usize = 61;
 
 pub(crate) struct Shared {
     queue: Mutex<VecDeque<Notified<Arc<Shared>>>>,
-    /// The thread inside `block_on`, to unpark on a schedule.
-    driver: Mutex<Option<Thread>>,
+    /// Wakes the thread inside `block_on` on a schedule.
+    driver: Mutex<Option<Unparker>>,
     pub(crate) counters: WorkerCounters,
     pub(crate) owned: OwnedTasks<Arc<Shared>>,
     shutdown: AtomicBool,
@@ -38,8 +40,8 @@ impl Schedule for Arc<Shared> {
             return;
         }
         lock(&self.queue).push_back(task);
-        if let Some(t) = lock(&self.driver).as_ref() {
-            t.unpark();
+        if let Some(u) = lock(&self.driver).as_ref() {
+            u.unpark();
         }
     }
 
@@ -50,14 +52,14 @@ impl Schedule for Arc<Shared> {
 
 /// Wakes the `block_on` future: sets a flag and unparks the driver.
 struct MainWaker {
-    woken: AtomicBool,
-    thread: Thread,
+    woken: StdAtomicBool,
+    unparker: Unparker,
 }
 
 impl ArcWake for MainWaker {
     fn wake_by_ref(arc_self: &std::sync::Arc<Self>) {
         arc_self.woken.store(true, Release);
-        arc_self.thread.unpark();
+        arc_self.unparker.unpark();
     }
 }
 
@@ -87,18 +89,18 @@ impl Shared {
     /// Runs `future` to completion on this thread, running spawned tasks
     /// while it waits.
     pub(crate) fn block_on<F: Future>(self: &Arc<Self>, future: F) -> F::Output {
+        let mut parker = Parker::new();
         let waker = std::sync::Arc::new(MainWaker {
-            woken: AtomicBool::new(true),
-            thread: thread::current(),
+            woken: StdAtomicBool::new(true),
+            unparker: parker.unparker(),
         });
         let main_waker = futures_task::waker(waker.clone());
         let mut cx = Context::from_waker(&main_waker);
         let mut future = pin!(future);
-        *lock(&self.driver) = Some(thread::current());
+        *lock(&self.driver) = Some(parker.unparker());
         let _clear = ClearDriver(self);
-        let _timers = crate::time::driver::install();
         loop {
-            crate::time::driver::fire_due();
+            parker.fire_timers();
             if waker.woken.swap(false, AcqRel) {
                 if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
                     return out;
@@ -114,10 +116,7 @@ impl Shared {
             }
             if ran == 0 && !waker.woken.load(Acquire) && lock(&self.queue).is_empty() {
                 WorkerCounters::add(&self.counters.parks, 1);
-                match crate::time::driver::next_timeout() {
-                    Some(t) => thread::park_timeout(t),
-                    None => thread::park(),
-                }
+                parker.park();
             }
         }
     }

@@ -84,6 +84,7 @@ pub(crate) struct Shared {
     remote_fallbacks: AtomicU64,
     next_wake: AtomicUsize,
     wakers: Box<[mio::Waker]>,
+    reactors: Box<[Arc<Reactor>]>,
     pub(crate) counters: Box<[WorkerCounters]>,
     /// Workers asleep (or about to sleep) in their `Poll`.
     idle: AtomicUsize,
@@ -98,6 +99,8 @@ pub(crate) type WorkerExit = Port;
 /// What each worker thread starts with: its DLB port and its `Poll`.
 pub(crate) type WorkerParts = (Port, Poll);
 
+use crate::io::reactor::Reactor;
+
 /// Builds the shared state and the per-worker parts (port and `Poll`).
 pub(crate) fn build(
     domain: Domain,
@@ -106,6 +109,7 @@ pub(crate) fn build(
 ) -> io::Result<(Arc<Shared>, Vec<WorkerParts>)> {
     let mut parts = Vec::with_capacity(workers);
     let mut wakers = Vec::with_capacity(workers);
+    let mut reactors = Vec::with_capacity(workers);
     for index in 0..workers {
         let port = domain.port(index)?;
         let poll = Poll::new()?;
@@ -113,6 +117,10 @@ pub(crate) fn build(
         poll.registry()
             .register(&mut SourceFd(&fd), DLB_TOKEN, Interest::READABLE)?;
         wakers.push(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
+        reactors.push(Arc::new(Reactor::new(
+            poll.registry().try_clone()?,
+            Some(index),
+        )));
         parts.push((port, poll));
     }
     let injector = domain.port(workers)?;
@@ -124,6 +132,7 @@ pub(crate) fn build(
         remote_fallbacks: AtomicU64::new(0),
         next_wake: AtomicUsize::new(0),
         wakers: wakers.into_boxed_slice(),
+        reactors: reactors.into_boxed_slice(),
         counters: (0..workers).map(|_| WorkerCounters::default()).collect(),
         idle: AtomicUsize::new(0),
         shutdown: AtomicBool::new(false),
@@ -221,7 +230,16 @@ impl Shared {
 
     pub(crate) fn metrics(&self) -> RuntimeMetrics {
         RuntimeMetrics {
-            workers: self.counters.iter().map(WorkerCounters::snapshot).collect(),
+            workers: self
+                .counters
+                .iter()
+                .zip(self.reactors.iter())
+                .map(|(c, r)| {
+                    let mut m = c.snapshot();
+                    m.io_resources = r.resources();
+                    m
+                })
+                .collect(),
             remote_fallbacks: self.remote_fallbacks.load(Relaxed),
             alive_tasks: self.owned.alive(),
         }
@@ -389,6 +407,8 @@ pub(crate) fn run_worker(
 ) -> WorkerExit {
     let _context = crate::context::enter_running(handle);
     let _timers = crate::time::driver::install();
+    let reactor = shared.reactors[index].clone();
+    let _reactor = crate::io::reactor::enter(reactor.clone());
     if let Some(f) = &shared.threads.on_start {
         f();
     }
@@ -420,6 +440,13 @@ pub(crate) fn run_worker(
                 let _ = local.port.borrow_mut().release(1);
             }
             if tick % MAINTENANCE_INTERVAL == 0 {
+                // I/O events of this worker's sockets, without blocking.
+                crate::park::poll_and_dispatch(
+                    &mut poll,
+                    &mut events,
+                    &reactor,
+                    Some(std::time::Duration::ZERO),
+                );
                 local.shed();
                 let depth = local.queue.borrow().len() + local.received.borrow().len();
                 local
@@ -429,7 +456,7 @@ pub(crate) fn run_worker(
             }
             continue;
         }
-        park(&shared, &local, &mut poll, &mut events);
+        park(&shared, &local, &reactor, &mut poll, &mut events);
     }
     LOCAL.with(|l| l.set(std::ptr::null()));
     // Queued permissions are dropped here; the owned-task list cancels the
@@ -444,7 +471,7 @@ pub(crate) fn run_worker(
     port
 }
 
-fn park(shared: &Shared, local: &Local, poll: &mut Poll, events: &mut Events) {
+fn park(shared: &Shared, local: &Local, reactor: &Reactor, poll: &mut Poll, events: &mut Events) {
     local.counters().local_queue_depth.store(0, Relaxed);
     if crate::time::driver::fire_due() > 0 {
         return;
@@ -459,11 +486,7 @@ fn park(shared: &Shared, local: &Local, poll: &mut Poll, events: &mut Events) {
     shared.idle.fetch_add(1, SeqCst);
     if shared.overflow_len.load(SeqCst) == 0 && !shared.shutdown.load(SeqCst) {
         let timeout = crate::time::driver::next_timeout();
-        if let Err(e) = poll.poll(events, timeout) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                tracing::warn!(worker = local.index, "poll: {e}");
-            }
-        }
+        crate::park::poll_and_dispatch(poll, events, reactor, timeout);
     }
     shared.idle.fetch_sub(1, SeqCst);
     local.port.borrow_mut().finish_park();

@@ -1,0 +1,138 @@
+//! How a thread inside `block_on` sleeps: in its own mio `Poll` (so that
+//! sockets registered there get their events and timers fire), woken by a
+//! mio `Waker`. If the poller cannot be created (for example when the
+//! process is out of file descriptors), it falls back to parking the thread:
+//! timers and tasks still work, I/O registered on that thread does not.
+
+use std::io;
+use std::sync::Arc;
+use std::thread::{self, Thread};
+use std::time::Duration;
+
+use futures_task::ArcWake;
+use mio::{Events, Poll, Token};
+
+use crate::io::reactor::{self, Reactor, ReactorGuard};
+use crate::time::driver::{self, DriverGuard};
+
+const WAKER_TOKEN: Token = Token(1);
+
+/// Wakes a parked `block_on` thread.
+#[derive(Clone)]
+pub(crate) enum Unparker {
+    Mio(Arc<mio::Waker>),
+    Thread(Thread),
+}
+
+impl Unparker {
+    pub(crate) fn unpark(&self) {
+        match self {
+            Unparker::Mio(w) => {
+                if let Err(e) = w.wake() {
+                    tracing::warn!("waking a block_on thread: {e}");
+                }
+            }
+            Unparker::Thread(t) => t.unpark(),
+        }
+    }
+}
+
+impl ArcWake for Unparker {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.unpark();
+    }
+}
+
+struct MioParker {
+    poll: Poll,
+    events: Events,
+    reactor: Arc<Reactor>,
+    _reactor: ReactorGuard,
+}
+
+/// The sleeping side of a `block_on` thread.
+pub(crate) struct Parker {
+    mio: Option<MioParker>,
+    unparker: Unparker,
+    _timers: DriverGuard,
+}
+
+impl Parker {
+    /// A parker for the current thread; installs its reactor and timers.
+    pub(crate) fn new() -> Self {
+        let timers = driver::install();
+        match Self::mio() {
+            Ok((mio, waker)) => Parker {
+                mio: Some(mio),
+                unparker: Unparker::Mio(waker),
+                _timers: timers,
+            },
+            Err(e) => {
+                tracing::warn!("block_on: no poller ({e}); I/O on this thread is unavailable");
+                Parker {
+                    mio: None,
+                    unparker: Unparker::Thread(thread::current()),
+                    _timers: timers,
+                }
+            }
+        }
+    }
+
+    fn mio() -> io::Result<(MioParker, Arc<mio::Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
+        let reactor = Arc::new(Reactor::new(poll.registry().try_clone()?, None));
+        let guard = reactor::enter(reactor.clone());
+        Ok((
+            MioParker {
+                poll,
+                events: Events::with_capacity(64),
+                reactor,
+                _reactor: guard,
+            },
+            waker,
+        ))
+    }
+
+    pub(crate) fn unparker(&self) -> Unparker {
+        self.unparker.clone()
+    }
+
+    /// Fires due timers; returns whether any fired.
+    pub(crate) fn fire_timers(&self) -> bool {
+        driver::fire_due() > 0
+    }
+
+    /// Sleeps until woken, an I/O event, or the next timer.
+    pub(crate) fn park(&mut self) {
+        if self.fire_timers() {
+            return;
+        }
+        let timeout = driver::next_timeout();
+        match &mut self.mio {
+            Some(m) => poll_and_dispatch(&mut m.poll, &mut m.events, &m.reactor, timeout),
+            None => match timeout {
+                Some(t) => thread::park_timeout(t),
+                None => thread::park(),
+            },
+        }
+        self.fire_timers();
+    }
+}
+
+/// One `epoll_wait` and the dispatch of its I/O events.
+pub(crate) fn poll_and_dispatch(
+    poll: &mut Poll,
+    events: &mut Events,
+    reactor: &Reactor,
+    timeout: Option<Duration>,
+) {
+    reactor.release_pending();
+    if let Err(e) = poll.poll(events, timeout) {
+        if e.kind() != io::ErrorKind::Interrupted {
+            tracing::warn!("poll: {e}");
+        }
+        return;
+    }
+    reactor.dispatch(events);
+}
