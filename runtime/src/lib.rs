@@ -2,14 +2,24 @@
 //! through a DLB load-balancing queue, never by stealing.
 //!
 //! **Status: in progress.** What works today: [`Builder`] and [`Runtime`]
-//! (multi-thread DLB scheduler and current-thread scheduler), [`spawn`],
-//! [`JoinHandle`] (await, abort, `is_finished`), [`JoinError`],
-//! [`yield_now`], [`time`] (`sleep`, `timeout`, `interval`),
-//! [`Handle::metrics`], the reactor interface that `fulcrum-net` builds on
-//! ([`io::Registration`]), and shutdown that cancels every live task. Not
-//! yet: `spawn_blocking`,
-//! `JoinSet`, the work-stealing comparison mode, the cooperative budget and
-//! the rescue of a busy worker's ready I/O.
+//! with three schedulers ([`Scheduler::Dlb`], the default;
+//! [`Scheduler::WorkStealing`], the comparison baseline; and the
+//! current-thread runtime), [`spawn`], [`JoinHandle`] (await, abort,
+//! `is_finished`), [`JoinError`], [`JoinSet`], [`spawn_blocking`] (the
+//! blocking pool), [`yield_now`], [`time`] (`sleep`, `timeout`,
+//! `interval`), [`Handle::metrics`], per-worker reactors and the interface
+//! `fulcrum-net` builds on ([`io::Registration`]), the rescue of a busy
+//! worker's ready I/O by idle workers ([`Builder::rescue_interval`]), and
+//! shutdown that cancels every live task. Not yet: the cooperative budget.
+//!
+//! # Level 2: a busy worker does not hold its sockets hostage
+//! Sockets belong to the worker that registered them. When that worker is
+//! stuck in one long task poll, an idle worker notices (each worker
+//! publishes a poll counter), waits on the stuck worker's epoll fd itself
+//! every rescue interval (default 100 µs), and dispatches the ready I/O it
+//! finds; the tasks it wakes go through the DLB queue, so the arbiter
+//! places them. Cost: while a peer that owns sockets is awake, idle
+//! workers wake once per interval to check on it.
 //!
 //! ```
 //! let rt = fulcrum_runtime::Runtime::new()?;
@@ -33,6 +43,8 @@
 // and eventfds, so they are not built under loom; the loom build checks the
 // task state machine (`task::loom_tests`).
 #[cfg(not(loom))]
+mod blocking;
+#[cfg(not(loom))]
 mod context;
 #[cfg(not(loom))]
 pub mod io;
@@ -54,9 +66,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 #[cfg(not(loom))]
+pub use blocking::spawn_blocking;
+#[cfg(not(loom))]
 pub use metrics::{RuntimeMetrics, WorkerMetrics};
 #[cfg(not(loom))]
 pub use runtime::{Builder, EnterGuard, Handle, Runtime, Scheduler, TryCurrentError};
+#[cfg(not(loom))]
+pub use task::JoinSet;
 pub use task::{AbortHandle, Id, JoinError, JoinHandle};
 
 /// Spawns a task on the current runtime.

@@ -27,6 +27,9 @@ pub struct WorkerMetrics {
     pub steals: u64,
     /// I/O resources registered with this worker's reactor.
     pub io_resources: u64,
+    /// Ready I/O events this worker dispatched for a peer stuck in a long
+    /// poll (the rescue of a busy worker's ready I/O).
+    pub io_rescued: u64,
 }
 
 /// Counters of a whole runtime.
@@ -67,6 +70,7 @@ pub(crate) struct WorkerCounters {
     pub(crate) parks: AtomicU64,
     pub(crate) steals: AtomicU64,
     pub(crate) io_resources: AtomicU64,
+    pub(crate) io_rescued: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -85,6 +89,7 @@ impl WorkerCounters {
             parks: self.parks.load(Relaxed),
             steals: self.steals.load(Relaxed),
             io_resources: self.io_resources.load(Relaxed),
+            io_rescued: self.io_rescued.load(Relaxed),
         }
     }
 }

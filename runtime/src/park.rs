@@ -81,7 +81,7 @@ impl Parker {
     fn mio() -> io::Result<(MioParker, Arc<mio::Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
-        let reactor = Arc::new(Reactor::new(poll.registry().try_clone()?, None));
+        let reactor = Arc::new(Reactor::new(poll.registry().try_clone()?, None, None));
         let guard = reactor::enter(reactor.clone());
         Ok((
             MioParker {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use fulcrum_dlb::{Backend, Domain};
 
+use crate::blocking::{self, BlockingPool};
 use crate::loom::Arc;
 use crate::metrics::RuntimeMetrics;
 use crate::scheduler::{current, multi};
@@ -24,6 +25,12 @@ pub enum Scheduler {
     /// stolen. The default.
     #[default]
     Dlb,
+    /// The comparison baseline: crossbeam-deque work stealing, roughly what
+    /// tokio does (idle workers steal half a victim's queue; at most half
+    /// the workers search at once), with the same per-worker reactors and
+    /// no DLB handoffs and no I/O rescue, so that benchmarks isolate the
+    /// scheduling policy.
+    WorkStealing,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +40,9 @@ enum Flavor {
 }
 
 type Hook = Box<dyn Fn() + Send + Sync>;
+
+/// Default for [`Builder::rescue_interval`].
+pub const DEFAULT_RESCUE_INTERVAL: Duration = Duration::from_micros(100);
 
 /// Configures and builds a [`Runtime`], with tokio's method names.
 ///
@@ -52,6 +62,9 @@ pub struct Builder {
     thread_name: Box<dyn Fn() -> String + Send + Sync>,
     on_start: Option<Hook>,
     on_stop: Option<Hook>,
+    max_blocking_threads: usize,
+    keep_alive: Duration,
+    rescue_interval: Option<Duration>,
 }
 
 impl fmt::Debug for Builder {
@@ -61,6 +74,8 @@ impl fmt::Debug for Builder {
             .field("workers", &self.workers)
             .field("scheduler", &self.scheduler)
             .field("backend", &self.backend)
+            .field("max_blocking_threads", &self.max_blocking_threads)
+            .field("thread_keep_alive", &self.keep_alive)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +93,9 @@ impl Builder {
             }),
             on_start: None,
             on_stop: None,
+            max_blocking_threads: blocking::DEFAULT_MAX_THREADS,
+            keep_alive: blocking::DEFAULT_KEEP_ALIVE,
+            rescue_interval: Some(DEFAULT_RESCUE_INTERVAL),
         }
     }
 
@@ -125,6 +143,17 @@ impl Builder {
         self
     }
 
+    /// How long a worker may stay in one task poll before idle workers
+    /// dispatch the ready I/O of its sockets for it, through the DLB queue
+    /// (default 100 µs; `None` turns the rescue off).
+    ///
+    /// The cost: while any worker is inside a task poll and owns sockets,
+    /// idle workers wake up once per interval to check on it.
+    pub fn rescue_interval(&mut self, interval: Option<Duration>) -> &mut Self {
+        self.rescue_interval = interval;
+        self
+    }
+
     /// Runs `f` on each worker thread when it starts.
     pub fn on_thread_start(&mut self, f: impl Fn() + Send + Sync + 'static) -> &mut Self {
         self.on_start = Some(Box::new(f));
@@ -137,28 +166,54 @@ impl Builder {
         self
     }
 
+    /// Most threads the blocking pool of
+    /// [`spawn_blocking`](crate::spawn_blocking) runs at once (default 512,
+    /// as tokio). Threads start on demand; past the cap, blocking calls wait
+    /// in a queue. The worker threads do not count. 0 is refused by
+    /// [`build`](Self::build).
+    pub fn max_blocking_threads(&mut self, n: usize) -> &mut Self {
+        self.max_blocking_threads = n;
+        self
+    }
+
+    /// How long an idle blocking-pool thread waits for work before it exits
+    /// (default 10 s, as tokio).
+    pub fn thread_keep_alive(&mut self, duration: Duration) -> &mut Self {
+        self.keep_alive = duration;
+        self
+    }
+
     /// Builds the runtime and starts its workers.
     ///
     /// # Errors
-    /// A worker count of 0 or above 63, a DLB domain that cannot be built
-    /// (for example `FULCRUM_DLB=hw` on a machine without a device), or an
-    /// OS error creating threads, pollers or eventfds.
+    /// A worker count of 0 or above 63, `max_blocking_threads(0)`, a DLB
+    /// domain that cannot be built (for example `FULCRUM_DLB=hw` on a
+    /// machine without a device), or an OS error creating threads, pollers
+    /// or eventfds.
     pub fn build(&mut self) -> io::Result<Runtime> {
+        if self.max_blocking_threads == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "max_blocking_threads(0): the blocking pool needs at least 1 thread",
+            ));
+        }
+        let blocking = BlockingPool::new(self.max_blocking_threads, self.keep_alive);
         match self.flavor {
             Flavor::CurrentThread => {
                 let shared = current::Shared::new();
                 Ok(Runtime {
                     handle: Handle {
                         inner: Inner::Current(shared),
+                        blocking,
                     },
                     workers: Vec::new(),
                 })
             }
-            Flavor::MultiThread => self.build_multi(),
+            Flavor::MultiThread => self.build_multi(blocking),
         }
     }
 
-    fn build_multi(&mut self) -> io::Result<Runtime> {
+    fn build_multi(&mut self, blocking: Arc<BlockingPool>) -> io::Result<Runtime> {
         let workers = match self.workers {
             Some(n) => n,
             None => thread::available_parallelism().map_or(1, |n| n.get()),
@@ -184,6 +239,8 @@ impl Builder {
         let domain = builder.build()?;
         let backend = domain.backend();
         let threads = multi::ThreadConfig {
+            stealing: self.scheduler == Scheduler::WorkStealing,
+            rescue_interval: self.rescue_interval,
             name: std::mem::replace(&mut self.thread_name, Box::new(String::new)),
             on_start: self.on_start.take(),
             on_stop: self.on_stop.take(),
@@ -191,6 +248,7 @@ impl Builder {
         let (shared, parts) = multi::build(domain, workers, threads)?;
         let handle = Handle {
             inner: Inner::Multi(shared.clone()),
+            blocking,
         };
         let workers = match multi::start(&shared, &handle, parts) {
             Ok(w) => w,
@@ -217,6 +275,8 @@ enum Inner {
 #[derive(Clone)]
 pub struct Handle {
     inner: Inner,
+    /// The runtime's blocking pool, shared by both flavours.
+    blocking: Arc<BlockingPool>,
 }
 
 impl fmt::Debug for Handle {
@@ -279,6 +339,16 @@ impl Handle {
         }
     }
 
+    /// Runs `f` on this runtime's blocking pool; see
+    /// [`spawn_blocking`](crate::spawn_blocking).
+    pub fn spawn_blocking<F, R>(&self, f: F) -> JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.blocking.spawn(self, f)
+    }
+
     /// Per-worker counters.
     pub fn metrics(&self) -> RuntimeMetrics {
         match &self.inner {
@@ -316,7 +386,9 @@ impl fmt::Debug for EnterGuard {
 ///
 /// Dropping it shuts it down: workers stop after their current poll, are
 /// joined, and every task still alive is cancelled (its future dropped on
-/// the dropping thread).
+/// the dropping thread). Then blocking calls that have not started are
+/// cancelled and those running are waited for, as in tokio;
+/// [`shutdown_timeout`](Self::shutdown_timeout) bounds that wait.
 pub struct Runtime {
     handle: Handle,
     workers: Vec<Option<thread::JoinHandle<multi::WorkerExit>>>,
@@ -353,6 +425,16 @@ impl Runtime {
         self.handle.spawn(future)
     }
 
+    /// Runs `f` on the runtime's blocking pool; see
+    /// [`spawn_blocking`](crate::spawn_blocking).
+    pub fn spawn_blocking<F, R>(&self, f: F) -> JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.handle.spawn_blocking(f)
+    }
+
     /// Runs `future` on the current thread until it completes. The future
     /// need not be `Send`. On a current-thread runtime this thread also runs
     /// the spawned tasks.
@@ -383,19 +465,24 @@ impl Runtime {
     }
 
     /// Shuts down, waiting at most `timeout` for the workers to finish the
-    /// polls they are in. Workers still busy after that are left to finish
-    /// on their own (detached).
+    /// polls they are in and for the blocking pool's running closures.
+    /// Workers and blocking threads still busy after that are left to finish
+    /// on their own (detached). Blocking tasks that have not started are
+    /// cancelled.
     pub fn shutdown_timeout(mut self, timeout: Duration) {
         self.shutdown(Some(timeout));
     }
 
     fn shutdown(&mut self, timeout: Option<Duration>) {
+        let deadline = timeout.map(|t| Instant::now() + t);
         match &self.handle.inner {
             Inner::Current(shared) => shared.shutdown(),
             Inner::Multi(shared) => {
                 shared.begin_shutdown();
-                let deadline = timeout.map(|t| Instant::now() + t);
                 let mut ports = Vec::new();
+                // Dropped only after every worker stopped: idle workers may
+                // be assisting on a peer's epoll fd until then.
+                let mut pollers = Vec::new();
                 for slot in self.workers.iter_mut() {
                     let Some(worker) = slot.take() else { continue };
                     if let Some(deadline) = deadline {
@@ -410,13 +497,20 @@ impl Runtime {
                         }
                     }
                     match worker.join() {
-                        Ok(port) => ports.push(port),
+                        Ok((port, poll)) => {
+                            ports.push(port);
+                            pollers.push(poll);
+                        }
                         Err(_) => tracing::error!("a worker thread panicked outside a task"),
                     }
                 }
                 shared.finish_shutdown(ports);
+                drop(pollers);
             }
         }
+        // After the tasks were cancelled, so that a closure waiting on a task
+        // (through a channel, say) is released rather than waited for.
+        self.handle.blocking.shutdown(deadline);
     }
 }
 

@@ -20,6 +20,15 @@ fn runtimes() -> Vec<(&'static str, Runtime)> {
                 .build()
                 .unwrap(),
         ),
+        (
+            "stealing-2",
+            Builder::new_multi_thread()
+                .worker_threads(2)
+                .scheduler(fulcrum_runtime::Scheduler::WorkStealing)
+                .dlb_backend(Backend::Software)
+                .build()
+                .unwrap(),
+        ),
         ("current", Builder::new_current_thread().build().unwrap()),
     ]
 }
@@ -195,5 +204,123 @@ fn registration_outside_a_runtime_is_an_error() {
     assert!(
         err.to_string().contains("outside a Fulcrum runtime"),
         "{err}"
+    );
+}
+
+/// One worker blocks for 200 ms inside a task, right after registering a
+/// socket whose serving task waits on the other worker. Returns how long a
+/// ping on that socket took to come back and the rescue count, or `None`
+/// if the serving task did not get to the other worker (nothing to test).
+// The owner task hands the serving task's `JoinHandle` back on purpose.
+#[allow(clippy::async_yields_async)]
+fn ping_while_owner_blocks(
+    rescue: Option<std::time::Duration>,
+) -> Option<(std::time::Duration, u64)> {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let rt = Builder::new_multi_thread()
+        .worker_threads(2)
+        .dlb_backend(Backend::Software)
+        .rescue_interval(rescue)
+        .build()
+        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let (server_side, _) = listener.accept().unwrap();
+    server_side.set_nonblocking(true).unwrap();
+    let blocking = Arc::new(AtomicBool::new(false));
+    let gave_up = Arc::new(AtomicBool::new(false));
+    let (b2, g2) = (blocking.clone(), gave_up.clone());
+    let owner = rt.spawn(async move {
+        // All in one poll: register the socket on this worker, hand it to a
+        // serving task, wait until that task runs elsewhere, then block this
+        // worker.
+        let mut s = Stream::new(TcpStream::from_std(server_side)).unwrap();
+        let here = std::thread::current().id();
+        let serving = Arc::new(AtomicBool::new(false));
+        let sv = serving.clone();
+        let server = spawn(async move {
+            if std::thread::current().id() != here {
+                sv.store(true, SeqCst);
+            }
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).await.unwrap();
+            s.write_all(&buf[..n]).await.unwrap();
+        });
+        let t = Instant::now();
+        while !serving.load(SeqCst) && t.elapsed() < Duration::from_millis(100) {
+            std::hint::spin_loop();
+        }
+        if !serving.load(SeqCst) {
+            g2.store(true, SeqCst);
+            return server;
+        }
+        // Give the serving task time to reach its read and wait.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+        b2.store(true, SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        server
+    });
+    while !blocking.load(SeqCst) && !gave_up.load(SeqCst) {
+        std::thread::yield_now();
+    }
+    if gave_up.load(SeqCst) {
+        client.write_all(b"ping").unwrap();
+        let server = rt.block_on(owner).unwrap();
+        rt.block_on(server).unwrap();
+        return None;
+    }
+    std::thread::sleep(Duration::from_millis(2));
+    let t = Instant::now();
+    client.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    client.read_exact(&mut back).unwrap();
+    let took = t.elapsed();
+    assert_eq!(&back, b"ping");
+    let server = rt.block_on(owner).unwrap();
+    rt.block_on(server).unwrap();
+    let rescued = rt
+        .handle()
+        .metrics()
+        .workers
+        .iter()
+        .map(|w| w.io_rescued)
+        .sum();
+    Some((took, rescued))
+}
+
+fn exercised(rescue: Option<std::time::Duration>) -> (std::time::Duration, u64) {
+    for _ in 0..20 {
+        if let Some(r) = ping_while_owner_blocks(rescue) {
+            return r;
+        }
+    }
+    panic!("the serving task never ran on the other worker in 20 tries");
+}
+
+#[test]
+fn a_blocked_worker_does_not_hold_its_sockets_ready_io_hostage() {
+    let (fast, rescued) = exercised(Some(std::time::Duration::from_micros(100)));
+    // Without the rescue the same ping waits for the blocked worker.
+    let (slow, none) = exercised(None);
+    eprintln!("ping while its owner is blocked: rescued {fast:?} ({rescued} events), not rescued {slow:?}");
+    assert!(rescued > 0);
+    assert_eq!(none, 0);
+    assert!(
+        fast < std::time::Duration::from_millis(20),
+        "rescued ping took {fast:?}"
+    );
+    assert!(
+        slow > std::time::Duration::from_millis(100),
+        "unrescued ping took {slow:?}"
     );
 }

@@ -32,6 +32,15 @@ fn runtimes() -> Vec<(&'static str, Runtime)> {
                 .build()
                 .unwrap(),
         ),
+        (
+            "stealing-2",
+            Builder::new_multi_thread()
+                .worker_threads(2)
+                .scheduler(fulcrum_runtime::Scheduler::WorkStealing)
+                .dlb_backend(Backend::Software)
+                .build()
+                .unwrap(),
+        ),
         ("current", Builder::new_current_thread().build().unwrap()),
     ]
 }
@@ -94,6 +103,12 @@ fn spawn_ten_thousand_and_join() {
             total
         });
         assert_eq!(total, 10_000 * 9_999 / 2, "{name}");
+        // A joined task leaves the owned list just after it hands over its
+        // output, on its worker; give the last ones a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rt.handle().metrics().alive_tasks > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(rt.handle().metrics().alive_tasks, 0, "{name}");
     }
 }
@@ -207,8 +222,17 @@ fn a_panicking_task_reports_and_the_workers_keep_going() {
         assert_eq!(ok, 32, "{name}");
         let m = rt.handle().metrics();
         let polled = rt.block_on(async {
+            // Work that takes long enough for every worker to get some.
             let hs: Vec<_> = (0..200)
-                .map(|_| spawn(async { yield_now().await }))
+                .map(|_| {
+                    spawn(async {
+                        let t = Instant::now();
+                        while t.elapsed() < Duration::from_micros(100) {
+                            std::hint::spin_loop();
+                        }
+                        yield_now().await
+                    })
+                })
                 .collect();
             for h in hs {
                 h.await.unwrap();
@@ -421,6 +445,42 @@ fn tasks_cross_workers_through_the_dlb_queue() {
         assert!(w.tasks_polled > 20, "worker {i} ran too little: {m:?}");
         assert_eq!(w.steals, 0);
     }
+}
+
+#[test]
+fn the_stealing_mode_steals_and_hands_off_nothing() {
+    let rt = Builder::new_multi_thread()
+        .worker_threads(2)
+        .scheduler(fulcrum_runtime::Scheduler::WorkStealing)
+        .dlb_backend(Backend::Software)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // All spawned from one task: the other worker only gets work by
+        // stealing.
+        spawn(async {
+            let hs: Vec<_> = (0..200)
+                .map(|_| {
+                    spawn(async {
+                        let t = Instant::now();
+                        while t.elapsed() < Duration::from_micros(200) {
+                            std::hint::spin_loop();
+                        }
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.await.unwrap();
+            }
+        })
+        .await
+        .unwrap();
+    });
+    let m = rt.handle().metrics();
+    let steals: u64 = m.workers.iter().map(|w| w.steals).sum();
+    let sent: u64 = m.workers.iter().map(|w| w.dlb_sent + w.dlb_received).sum();
+    assert!(steals > 0, "{m:?}");
+    assert_eq!(sent, 0, "{m:?}");
 }
 
 #[test]

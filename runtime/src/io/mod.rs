@@ -70,6 +70,28 @@ impl Ready {
         Ready(r)
     }
 
+    /// Readiness from raw `epoll_event.events` bits (assisted polls).
+    fn from_epoll(bits: u32) -> Ready {
+        let has = |flag: libc::c_int| bits & (flag as u32) != 0;
+        let mut r = 0;
+        if has(libc::EPOLLIN) || has(libc::EPOLLPRI) {
+            r |= Self::READABLE.0;
+        }
+        if has(libc::EPOLLOUT) {
+            r |= Self::WRITABLE.0;
+        }
+        if has(libc::EPOLLRDHUP) || has(libc::EPOLLHUP) {
+            r |= Self::READ_CLOSED.0;
+        }
+        if has(libc::EPOLLHUP) {
+            r |= Self::WRITE_CLOSED.0;
+        }
+        if has(libc::EPOLLERR) {
+            r |= Self::ERROR.0;
+        }
+        Ready(r)
+    }
+
     /// The readiness that satisfies a wait for `interest`.
     fn for_interest(interest: Direction) -> Ready {
         match interest {

@@ -9,11 +9,19 @@
 //! after `epoll_ctl(DEL)` returned, and a wait (and the processing of its
 //! events) that was under way then is over by the time the owner releases
 //! the list, so a token never points at freed memory.
+//!
+//! # Assist
+//! An idle worker may rescue a peer stuck in a long poll by waiting on the
+//! peer's epoll fd itself ([`Reactor::assist`]); each ready event goes to
+//! exactly one waiter, so every readiness edge is dispatched once. While any
+//! helper is inside the peer's epoll instance (`assisting > 0`), the owner
+//! keeps its pending releases for later.
 
 use std::cell::RefCell;
 use std::io;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use mio::{Events, Interest, Registry, Token};
@@ -31,6 +39,11 @@ pub(crate) struct Reactor {
     resources: AtomicU64,
     /// The worker index, or `None` for a `block_on` thread.
     worker: Option<usize>,
+    /// The epoll fd of the owner's `Poll` (for assists), if it may be
+    /// assisted.
+    epoll_fd: Option<RawFd>,
+    /// Helpers currently waiting on or dispatching from this epoll fd.
+    assisting: AtomicUsize,
 }
 
 thread_local! {
@@ -60,12 +73,14 @@ impl Drop for ReactorGuard {
 }
 
 impl Reactor {
-    pub(crate) fn new(registry: Registry, worker: Option<usize>) -> Self {
+    pub(crate) fn new(registry: Registry, worker: Option<usize>, epoll_fd: Option<RawFd>) -> Self {
         Self {
             registry,
             pending_release: Mutex::new(Vec::new()),
             resources: AtomicU64::new(0),
             worker,
+            epoll_fd,
+            assisting: AtomicUsize::new(0),
         }
     }
 
@@ -112,13 +127,49 @@ impl Reactor {
 
     /// Called by the owning thread right before `epoll_wait`.
     pub(crate) fn release_pending(&self) {
-        let released = std::mem::take(
-            &mut *self
-                .pending_release
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let mut pending = self
+            .pending_release
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if pending.is_empty() || self.assisting.load(SeqCst) > 0 {
+            // A helper may hold events naming these; keep them for now.
+            return;
+        }
+        let released = std::mem::take(&mut *pending);
+        drop(pending);
         drop(released);
+    }
+
+    /// Waits (without blocking) on the owner's epoll fd from another thread
+    /// and dispatches the I/O events found, on behalf of an owner that is
+    /// stuck in a long poll. Returns how many I/O events were dispatched.
+    ///
+    /// The caller must keep the owner's `Poll` alive meanwhile (the runtime
+    /// drops worker pollers only after every worker stopped).
+    pub(crate) fn assist(&self) -> usize {
+        let Some(fd) = self.epoll_fd else { return 0 };
+        self.assisting.fetch_add(1, SeqCst);
+        // SAFETY: `epoll_event` is plain data; zeroed is a valid value.
+        let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is a live epoll fd (see above) and `events` is a
+        // writable array of 64 entries.
+        let n = unsafe { libc::epoll_wait(fd, events.as_mut_ptr(), 64, 0) };
+        let mut dispatched = 0;
+        for ev in events.iter().take(usize::try_from(n).unwrap_or(0)) {
+            let token = ev.u64 as usize;
+            if token < FIRST_IO_TOKEN {
+                // The owner's DLB fd or waker: the owner re-checks those
+                // sources before it sleeps, so the edge is not needed.
+                continue;
+            }
+            // SAFETY: as in `dispatch`; `assisting > 0` keeps the owner from
+            // releasing registrations until we are done.
+            let io = unsafe { &*(token as *const ScheduledIo) };
+            io.dispatch(Ready::from_epoll(ev.events));
+            dispatched += 1;
+        }
+        self.assisting.fetch_sub(1, SeqCst);
+        dispatched
     }
 
     /// Dispatches the I/O events of one `epoll_wait`; returns how many.

@@ -35,10 +35,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::thread;
 
+use crossbeam_deque::{Injector, Steal, Stealer, Worker as Deque};
 use fulcrum_dlb::{Domain, Event, Port};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -57,6 +58,8 @@ pub(crate) const SHED_MIN: usize = 4;
 pub(crate) const SHED_MAX: usize = 32;
 /// Events received from the DLB port at once.
 const RECV_BATCH: usize = 8;
+/// How long an idle worker polls its DLB port before it sleeps.
+const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(20);
 /// Ticks between checks of the timer wheel while the worker is busy (it also
 /// checks before sleeping and after waking).
 const TIMER_INTERVAL: u32 = 16;
@@ -66,8 +69,20 @@ const WAKER_TOKEN: Token = Token(1);
 
 type TaskRef = Notified<Arc<Shared>>;
 
+/// The work-stealing comparison mode's shared queues (crossbeam-deque, as
+/// a competent tokio-like baseline): a global injector, one stealer per
+/// worker, and a count of workers searching (at most half search at once).
+pub(crate) struct Stealing {
+    injector: Injector<TaskRef>,
+    stealers: Box<[Stealer<TaskRef>]>,
+    searching: AtomicUsize,
+}
+
 /// Per-thread hooks and names, shared by the workers.
 pub(crate) struct ThreadConfig {
+    /// `Some` for the work-stealing comparison mode.
+    pub(crate) stealing: bool,
+    pub(crate) rescue_interval: Option<std::time::Duration>,
     pub(crate) name: Box<dyn Fn() -> String + Send + Sync>,
     pub(crate) on_start: Option<Box<dyn Fn() + Send + Sync>>,
     pub(crate) on_stop: Option<Box<dyn Fn() + Send + Sync>>,
@@ -88,16 +103,42 @@ pub(crate) struct Shared {
     pub(crate) counters: Box<[WorkerCounters]>,
     /// Workers asleep (or about to sleep) in their `Poll`.
     idle: AtomicUsize,
+    /// Per worker: `seq << 1 | in_poll`, bumped around every task poll, so
+    /// that idle workers can tell a peer stuck in one long poll.
+    polling: Box<[CachePadded<AtomicU64>]>,
+    /// Per worker: asleep in its `Poll`, and whether it watches busy peers
+    /// while asleep (it then wakes every rescue interval).
+    parked: Box<[AtomicBool]>,
+    watching: Box<[AtomicBool]>,
+    /// How long a peer may sit in one poll before idle workers rescue its
+    /// ready I/O; `None` disables the rescue.
+    rescue_interval: Option<std::time::Duration>,
     shutdown: AtomicBool,
     pub(crate) owned: OwnedTasks<Arc<Shared>>,
+    /// `Some` in work-stealing mode: no DLB handoff then.
+    stealing: Option<Stealing>,
     threads: ThreadConfig,
 }
 
-/// What a worker thread hands back when it stops.
-pub(crate) type WorkerExit = Port;
+/// What a worker thread hands back when it stops: its port (drained at
+/// shutdown) and its `Poll`, kept open until every worker has stopped
+/// because idle peers may be assisting on its epoll fd.
+pub(crate) type WorkerExit = (Port, Poll);
 
-/// What each worker thread starts with: its DLB port and its `Poll`.
-pub(crate) type WorkerParts = (Port, Poll);
+/// Aligns a per-worker word to its own cache lines.
+#[repr(align(128))]
+struct CachePadded<T>(T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// What each worker thread starts with: its DLB port, its `Poll` and, in
+/// work-stealing mode, its deque.
+pub(crate) type WorkerParts = (Port, Poll, Option<Deque<TaskRef>>);
 
 use crate::io::reactor::Reactor;
 
@@ -110,6 +151,7 @@ pub(crate) fn build(
     let mut parts = Vec::with_capacity(workers);
     let mut wakers = Vec::with_capacity(workers);
     let mut reactors = Vec::with_capacity(workers);
+    let mut stealers = Vec::with_capacity(workers);
     for index in 0..workers {
         let port = domain.port(index)?;
         let poll = Poll::new()?;
@@ -120,9 +162,19 @@ pub(crate) fn build(
         reactors.push(Arc::new(Reactor::new(
             poll.registry().try_clone()?,
             Some(index),
+            Some(poll.as_raw_fd()),
         )));
-        parts.push((port, poll));
+        let deque = threads.stealing.then(Deque::new_fifo);
+        if let Some(d) = &deque {
+            stealers.push(d.stealer());
+        }
+        parts.push((port, poll, deque));
     }
+    let stealing = threads.stealing.then(|| Stealing {
+        injector: Injector::new(),
+        stealers: stealers.into_boxed_slice(),
+        searching: AtomicUsize::new(0),
+    });
     let injector = domain.port(workers)?;
     let shared = Arc::new(Shared {
         domain,
@@ -135,8 +187,16 @@ pub(crate) fn build(
         reactors: reactors.into_boxed_slice(),
         counters: (0..workers).map(|_| WorkerCounters::default()).collect(),
         idle: AtomicUsize::new(0),
+        polling: (0..workers)
+            .map(|_| CachePadded(AtomicU64::new(0)))
+            .collect(),
+        parked: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+        watching: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+        // The comparison mode gets no rescue: it balances by stealing only.
+        rescue_interval: threads.rescue_interval.filter(|_| !threads.stealing),
         shutdown: AtomicBool::new(false),
         owned: OwnedTasks::new(),
+        stealing,
         threads,
     });
     Ok((shared, parts))
@@ -153,6 +213,11 @@ struct Local {
     /// release).
     received: RefCell<VecDeque<TaskRef>>,
     port: RefCell<Port>,
+    /// Set while this worker dispatches a busy peer's I/O: the tasks it
+    /// wakes go through the DLB queue.
+    rescuing: Cell<bool>,
+    /// Work-stealing mode: this worker's deque (instead of `queue`).
+    deque: Option<Deque<TaskRef>>,
 }
 
 thread_local! {
@@ -195,6 +260,11 @@ impl Shared {
         if self.shutdown.load(Acquire) {
             // The owned-task list cancels it; this permission is not needed.
             drop(task);
+            return;
+        }
+        if let Some(st) = &self.stealing {
+            st.injector.push(task);
+            self.notify_parked();
             return;
         }
         let id = task.id();
@@ -307,7 +377,18 @@ impl Local {
 
     /// Schedules a task spawned or woken on this worker.
     fn schedule(&self, shared: &Arc<Shared>, task: TaskRef) {
-        if shared.idle.load(Relaxed) > 0 && !shared.shutdown.load(Relaxed) {
+        if let Some(deque) = &self.deque {
+            deque.push(task);
+            // Wake a sleeper to steal it, unless someone already searches.
+            if let Some(st) = &shared.stealing {
+                if st.searching.load(SeqCst) == 0 {
+                    shared.notify_parked();
+                }
+            }
+            return;
+        }
+        let handoff = self.rescuing.get() || shared.idle.load(Relaxed) > 0;
+        if handoff && !shared.shutdown.load(Relaxed) {
             if let Ok(mut port) = self.port.try_borrow_mut() {
                 let id = task.id();
                 let event = Event::unordered(0, task.into_raw());
@@ -382,6 +463,9 @@ impl Local {
 
     fn next_task(&self, tick: u32) -> Option<(TaskRef, bool)> {
         let shared = self.shared();
+        if let (Some(deque), Some(st)) = (&self.deque, &shared.stealing) {
+            return self.next_stolen(deque, st, tick).map(|t| (t, false));
+        }
         if tick % MAINTENANCE_INTERVAL == 0 {
             if let Some(t) = shared.pop_overflow() {
                 return Some((t, false));
@@ -397,6 +481,79 @@ impl Local {
     }
 }
 
+impl Local {
+    /// Work-stealing mode: own deque, then the injector, then half of a
+    /// peer's deque (at most half the workers search at once).
+    fn next_stolen(&self, deque: &Deque<TaskRef>, st: &Stealing, tick: u32) -> Option<TaskRef> {
+        if tick % MAINTENANCE_INTERVAL == 0 {
+            if let Some(t) = steal_until_done(|| st.injector.steal_batch_and_pop(deque)) {
+                return Some(t);
+            }
+        }
+        if let Some(t) = deque.pop() {
+            return Some(t);
+        }
+        if let Some(t) = steal_until_done(|| st.injector.steal_batch_and_pop(deque)) {
+            return Some(t);
+        }
+        let n = st.stealers.len();
+        if st.searching.load(SeqCst) * 2 >= n {
+            return None;
+        }
+        st.searching.fetch_add(1, SeqCst);
+        let mut found = None;
+        for k in 1..n {
+            let victim = (self.index + k) % n;
+            if let Some(t) = steal_until_done(|| st.stealers[victim].steal_batch_and_pop(deque)) {
+                WorkerCounters::add(&self.counters().steals, 1 + deque.len() as u64);
+                tracing::debug!(worker = self.index, victim, "stole tasks");
+                found = Some(t);
+                break;
+            }
+        }
+        st.searching.fetch_sub(1, SeqCst);
+        if found.is_some() && !deque.is_empty() {
+            // More stolen than needed: let another sleeper help.
+            self.shared().notify_parked();
+        }
+        found
+    }
+}
+
+fn steal_until_done<T>(mut f: impl FnMut() -> Steal<T>) -> Option<T> {
+    loop {
+        match f() {
+            Steal::Success(t) => return Some(t),
+            Steal::Empty => return None,
+            Steal::Retry => std::hint::spin_loop(),
+        }
+    }
+}
+
+impl Shared {
+    /// Wakes one worker asleep in its `Poll`, if any.
+    fn notify_parked(&self) {
+        std::sync::atomic::fence(SeqCst);
+        if self.idle.load(SeqCst) == 0 {
+            return;
+        }
+        if let Some(peer) = (0..self.parked.len()).find(|&i| self.parked[i].load(SeqCst)) {
+            if let Err(e) = self.wakers[peer].wake() {
+                tracing::warn!("waking worker {peer}: {e}");
+            }
+        }
+    }
+
+    /// Work-stealing mode: whether any queue has work (checked after
+    /// announcing idleness, so that a push that missed the announcement is
+    /// seen here).
+    fn stealing_has_work(&self) -> bool {
+        self.stealing
+            .as_ref()
+            .is_some_and(|st| !st.injector.is_empty() || st.stealers.iter().any(|s| !s.is_empty()))
+    }
+}
+
 /// Runs worker `index` until shutdown; returns its port.
 pub(crate) fn run_worker(
     shared: Arc<Shared>,
@@ -404,6 +561,7 @@ pub(crate) fn run_worker(
     index: usize,
     port: Port,
     mut poll: Poll,
+    deque: Option<Deque<TaskRef>>,
 ) -> WorkerExit {
     let _context = crate::context::enter_running(handle);
     let _timers = crate::time::driver::install();
@@ -418,8 +576,11 @@ pub(crate) fn run_worker(
         queue: RefCell::new(VecDeque::with_capacity(256)),
         received: RefCell::new(VecDeque::with_capacity(RECV_BATCH)),
         port: RefCell::new(port),
+        rescuing: Cell::new(false),
+        deque,
     };
     LOCAL.with(|l| l.set(&local));
+    let mut seq: u64 = 0;
     let mut events = Events::with_capacity(64);
     let mut buf = [Event::default(); RECV_BATCH];
     let mut tick: u32 = 0;
@@ -433,7 +594,10 @@ pub(crate) fn run_worker(
         }
         if let Some((task, from_dlb)) = local.next_task(tick) {
             WorkerCounters::add(&local.counters().tasks_polled, 1);
+            shared.polling[index].store((seq << 1) | 1, Release);
             task.run();
+            seq += 1;
+            shared.polling[index].store(seq << 1, Release);
             if from_dlb {
                 // Released after running: a worker busy with a handed-off
                 // task looks loaded to the arbiter meanwhile.
@@ -462,13 +626,16 @@ pub(crate) fn run_worker(
     // Queued permissions are dropped here; the owned-task list cancels the
     // tasks themselves.
     local.queue.borrow_mut().clear();
+    if let Some(deque) = &local.deque {
+        while deque.pop().is_some() {}
+    }
     let received = local.received.borrow_mut().drain(..).count();
     let mut port = local.port.into_inner();
     let _ = port.release(received);
     if let Some(f) = &shared.threads.on_stop {
         f();
     }
-    port
+    (port, poll)
 }
 
 fn park(shared: &Shared, local: &Local, reactor: &Reactor, poll: &mut Poll, events: &mut Events) {
@@ -476,22 +643,145 @@ fn park(shared: &Shared, local: &Local, reactor: &Reactor, poll: &mut Poll, even
     if crate::time::driver::fire_due() > 0 {
         return;
     }
+    // Counted idle from here, so that peers hand work over.
+    shared.idle.fetch_add(1, SeqCst);
+    if spin(shared, local) {
+        shared.idle.fetch_sub(1, SeqCst);
+        return;
+    }
     {
         let mut port = local.port.borrow_mut();
         if !port.prepare_park() {
             port.finish_park();
+            shared.idle.fetch_sub(1, SeqCst);
             return;
         }
     }
-    shared.idle.fetch_add(1, SeqCst);
-    if shared.overflow_len.load(SeqCst) == 0 && !shared.shutdown.load(SeqCst) {
-        let timeout = crate::time::driver::next_timeout();
+    let me = local.index;
+    // Peers that are running and own sockets: while there are any, sleep at
+    // most one rescue interval, then dispatch the ready I/O of those that
+    // stayed inside one poll all along.
+    let watch = shared.rescue_watch(me);
+    shared.watching[me].store(watch.is_some(), SeqCst);
+    shared.parked[me].store(true, SeqCst);
+    // A fence pairs with the pushers' `notify_parked` (push, then read
+    // `idle`/`parked`): either they see this worker parked and wake it, or
+    // it sees their work here.
+    std::sync::atomic::fence(SeqCst);
+    if shared.overflow_len.load(SeqCst) == 0
+        && !shared.shutdown.load(SeqCst)
+        && !shared.stealing_has_work()
+    {
+        let mut timeout = crate::time::driver::next_timeout();
+        if let Some((interval, _, _)) = &watch {
+            timeout = Some(timeout.map_or(*interval, |t| t.min(*interval)));
+        }
         crate::park::poll_and_dispatch(poll, events, reactor, timeout);
     }
+    shared.parked[me].store(false, SeqCst);
+    shared.watching[me].store(false, SeqCst);
     shared.idle.fetch_sub(1, SeqCst);
     local.port.borrow_mut().finish_park();
     WorkerCounters::add(&local.counters().parks, 1);
     crate::time::driver::fire_due();
+    if let Some((interval, since, peers)) = watch {
+        if since.elapsed() >= interval {
+            rescue(shared, local, &peers);
+        }
+    } else if shared.rescue_interval.is_some() && reactor.resources() > 0 {
+        // This worker goes back to work owning sockets: make sure an idle
+        // peer watches it, in case a task here runs long.
+        shared.nudge_watcher(me);
+    }
+}
+
+/// Polls the DLB port for a short, bounded time before sleeping: a handoff
+/// often follows within microseconds (a task spawning its successor on a
+/// peer), and catching it here saves a sleep and a wake-up (an eventfd write
+/// and an `epoll_wait` return, tens of microseconds). Returns `true` if work
+/// arrived.
+fn spin(shared: &Shared, local: &Local) -> bool {
+    let mut buf = [Event::default(); RECV_BATCH];
+    let start = std::time::Instant::now();
+    let mut round = 0u32;
+    while start.elapsed() < SPIN_BEFORE_PARK {
+        local.recv_dlb(&mut buf);
+        if !local.received.borrow().is_empty()
+            || shared.overflow_len.load(Acquire) > 0
+            || shared.stealing_has_work()
+            || shared.shutdown.load(Acquire)
+        {
+            return true;
+        }
+        round += 1;
+        if round % 8 == 0 {
+            // On a machine with fewer cores than threads, let the peer that
+            // is about to hand over run.
+            thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    false
+}
+
+/// A watch over busy peers: the interval, when it started, and each peer's
+/// poll word then.
+type Watch = (std::time::Duration, std::time::Instant, Vec<(usize, u64)>);
+
+/// Dispatches, through the DLB queue, the ready I/O of peers that stayed in
+/// one poll for the whole watch.
+fn rescue(shared: &Shared, local: &Local, peers: &[(usize, u64)]) {
+    for &(peer, word) in peers {
+        if shared.polling[peer].load(Acquire) != word {
+            continue;
+        }
+        local.rescuing.set(true);
+        let n = shared.reactors[peer].assist();
+        local.rescuing.set(false);
+        if n > 0 {
+            WorkerCounters::add(&local.counters().io_rescued, n as u64);
+            tracing::debug!(
+                worker = local.index,
+                peer,
+                events = n,
+                "rescued busy worker's ready I/O"
+            );
+        }
+    }
+}
+
+impl Shared {
+    /// The peers of `me` that are awake and own sockets, with their poll
+    /// words, and when the watch started; `None` if there are none or the
+    /// rescue is disabled.
+    fn rescue_watch(&self, me: usize) -> Option<Watch> {
+        let interval = self.rescue_interval?;
+        let peers: Vec<(usize, u64)> = (0..self.polling.len())
+            .filter(|&i| {
+                i != me && !self.parked[i].load(SeqCst) && self.reactors[i].resources() > 0
+            })
+            .map(|i| (i, self.polling[i].load(Acquire)))
+            .collect();
+        if peers.is_empty() {
+            return None;
+        }
+        Some((interval, std::time::Instant::now(), peers))
+    }
+
+    /// Wakes one idle peer that sleeps without watching, so that it starts
+    /// watching (no-op if one already watches).
+    fn nudge_watcher(&self, me: usize) {
+        let n = self.polling.len();
+        if (0..n).any(|i| i != me && self.watching[i].load(SeqCst)) {
+            return;
+        }
+        if let Some(peer) = (0..n).find(|&i| i != me && self.parked[i].load(SeqCst)) {
+            if let Err(e) = self.wakers[peer].wake() {
+                tracing::warn!("waking worker {peer} to watch: {e}");
+            }
+        }
+    }
 }
 
 /// Spawns the worker threads.
@@ -501,13 +791,13 @@ pub(crate) fn start(
     parts: Vec<WorkerParts>,
 ) -> io::Result<Vec<thread::JoinHandle<WorkerExit>>> {
     let mut threads = Vec::with_capacity(parts.len());
-    for (index, (port, poll)) in parts.into_iter().enumerate() {
+    for (index, (port, poll, deque)) in parts.into_iter().enumerate() {
         let shared2 = shared.clone();
         let handle = handle.clone();
         let name = (shared.threads.name)();
         let t = thread::Builder::new()
             .name(name)
-            .spawn(move || run_worker(shared2, handle, index, port, poll))?;
+            .spawn(move || run_worker(shared2, handle, index, port, poll, deque))?;
         threads.push(t);
     }
     Ok(threads)

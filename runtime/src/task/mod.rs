@@ -20,6 +20,8 @@
 //! documented in `raw.rs`; every unsafe block there argues from it.
 
 mod error;
+#[cfg(not(loom))]
+mod join_set;
 mod raw;
 mod state;
 
@@ -32,8 +34,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
 pub use self::error::JoinError;
+#[cfg(not(loom))]
+pub use self::join_set::JoinSet;
 use self::raw::Header;
 use self::state::COMPLETE;
+#[cfg(not(loom))]
+pub use crate::blocking::spawn_blocking;
 use crate::loom::AtomicU64;
 
 /// Where tasks go when they are woken.
