@@ -10,7 +10,9 @@
 //! `interval`), [`Handle::metrics`], per-worker reactors and the interface
 //! `fulcrum-net` builds on ([`io::Registration`]), the rescue of a busy
 //! worker's ready I/O by idle workers ([`Builder::rescue_interval`]), and
-//! shutdown that cancels every live task. Not yet: the cooperative budget.
+//! shutdown that cancels every live task. A cooperative budget (128
+//! resource operations per task poll) keeps a task whose sockets or timers
+//! are always ready from starving its worker.
 //!
 //! # Level 2: a busy worker does not hold its sockets hostage
 //! Sockets belong to the worker that registered them. When that worker is
@@ -46,6 +48,8 @@
 mod blocking;
 #[cfg(not(loom))]
 mod context;
+#[cfg(not(loom))]
+mod coop;
 #[cfg(not(loom))]
 pub mod io;
 mod loom;

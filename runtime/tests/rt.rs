@@ -693,3 +693,50 @@ mod time {
         assert!(msg.contains("outside a Fulcrum runtime"), "{msg}");
     }
 }
+
+#[test]
+fn the_budget_stops_an_always_ready_task_from_starving_its_worker() {
+    // Without the budget the current-thread runtime never comes back: fail
+    // the run instead of hanging it.
+    let done = Arc::new(AtomicBool::new(false));
+    let d2 = done.clone();
+    thread::spawn(move || {
+        thread::sleep(Duration::from_secs(30));
+        if !d2.load(SeqCst) {
+            eprintln!("the budget test starved for 30 s: a task never yielded");
+            std::process::exit(1);
+        }
+    });
+    let _done = DropFlag(done);
+    for (name, rt) in runtimes() {
+        let ran = Arc::new(AtomicBool::new(false));
+        let r2 = ran.clone();
+        let spins = Arc::new(AtomicUsize::new(0));
+        let s2 = spins.clone();
+        let spins_in = spins.clone();
+        rt.block_on(async move {
+            let spins = spins_in;
+            // An always-ready timer in a loop never returns Pending on its
+            // own; the budget makes it yield.
+            let hog = spawn(async move {
+                loop {
+                    fulcrum_runtime::time::sleep(Duration::ZERO).await;
+                    s2.fetch_add(1, SeqCst);
+                }
+            });
+            let s3 = spins.clone();
+            let other = spawn(async move {
+                // Runs only if the hog yields (always, on current-thread).
+                while s3.load(SeqCst) < 1_000 {
+                    yield_now().await;
+                }
+                r2.store(true, SeqCst)
+            });
+            other.await.unwrap();
+            hog.abort();
+            assert!(hog.await.unwrap_err().is_cancelled());
+        });
+        assert!(ran.load(SeqCst), "{name}");
+        assert!(spins.load(SeqCst) > 0, "{name}");
+    }
+}

@@ -286,8 +286,12 @@ impl Registration {
     /// Polls for readiness in `direction`; registers the task's waker when
     /// not ready.
     pub fn poll_ready(&self, cx: &mut Context<'_>, direction: Direction) -> Poll<ReadyEvent> {
+        if crate::coop::poll_proceed(cx).is_pending() {
+            return Poll::Pending;
+        }
         let want = Ready::for_interest(direction);
         if let Some(ev) = self.ready_now(want) {
+            crate::coop::consume();
             return Poll::Ready(ev);
         }
         {
@@ -304,7 +308,10 @@ impl Registration {
         // Re-check after publishing the waker: an event dispatched before we
         // stored it set the readiness first (the slot mutex orders the two).
         match self.ready_now(want) {
-            Some(ev) => Poll::Ready(ev),
+            Some(ev) => {
+                crate::coop::consume();
+                Poll::Ready(ev)
+            }
             None => Poll::Pending,
         }
     }

@@ -111,7 +111,7 @@ impl Shared {
                 let next = lock(&self.queue).pop_front();
                 let Some(task) = next else { break };
                 WorkerCounters::add(&self.counters.tasks_polled, 1);
-                task.run();
+                crate::coop::budget(|| task.run());
                 ran += 1;
             }
             if ran == 0 && !waker.woken.load(Acquire) && lock(&self.queue).is_empty() {

@@ -595,7 +595,7 @@ pub(crate) fn run_worker(
         if let Some((task, from_dlb)) = local.next_task(tick) {
             WorkerCounters::add(&local.counters().tasks_polled, 1);
             shared.polling[index].store((seq << 1) | 1, Release);
-            task.run();
+            crate::coop::budget(|| task.run());
             seq += 1;
             shared.polling[index].store(seq << 1, Release);
             if from_dlb {

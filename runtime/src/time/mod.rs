@@ -96,9 +96,13 @@ impl Future for Sleep {
 
     #[track_caller]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if crate::coop::poll_proceed(cx).is_pending() {
+            return Poll::Pending;
+        }
         let this = self.get_mut();
         if Instant::now() >= this.deadline {
             this.unregister();
+            crate::coop::consume();
             return Poll::Ready(());
         }
         if let Some(entry) = &this.entry {
