@@ -130,6 +130,22 @@ impl Builder {
         self
     }
 
+    /// Accepted so that tokio code ports unchanged: I/O and timers are
+    /// always enabled on a Fulcrum runtime.
+    pub fn enable_all(&mut self) -> &mut Self {
+        self
+    }
+
+    /// Accepted for tokio compatibility; I/O is always enabled.
+    pub fn enable_io(&mut self) -> &mut Self {
+        self
+    }
+
+    /// Accepted for tokio compatibility; timers are always enabled.
+    pub fn enable_time(&mut self) -> &mut Self {
+        self
+    }
+
     /// Name of the worker threads.
     pub fn thread_name(&mut self, name: impl Into<String>) -> &mut Self {
         let name = name.into();
