@@ -1,9 +1,76 @@
 //! Fulcrum: a multi-threaded async runtime whose workers hand work to each
 //! other only through a load-balancing queue with the semantics of Intel
-//! DLB's unordered queues, never by stealing.
+//! DLB's unordered queues (the DLB hardware where present, a lock-free
+//! software emulation elsewhere), never by stealing.
 //!
-//! This facade re-exports the member crates. Today it carries the queue
-//! itself, [`dlb`]; the runtime, sockets and macros land in their own crates
-//! and are re-exported here as they do.
+//! The paths mirror tokio's, so that a tokio application ports by changing
+//! `tokio::` to `fulcrum::`:
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! let rt = fulcrum::runtime::Builder::new_multi_thread().worker_threads(2).build()?;
+//! let total = rt.block_on(async {
+//!     let mut set = fulcrum::task::JoinSet::new();
+//!     for i in 0..10u64 {
+//!         set.spawn(async move {
+//!             fulcrum::time::sleep(Duration::from_millis(i)).await;
+//!             i
+//!         });
+//!     }
+//!     let mut total = 0;
+//!     while let Some(done) = set.join_next().await {
+//!         total += done.expect("task panicked");
+//!     }
+//!     total
+//! });
+//! assert_eq!(total, 45);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # What is here
+//! - [`runtime`]: [`Builder`](runtime::Builder), [`Runtime`](runtime::Runtime),
+//!   [`Handle`](runtime::Handle), the schedulers and metrics.
+//! - [`spawn`], [`task`] (`JoinHandle`, `JoinSet`, `spawn_blocking`,
+//!   `yield_now`), [`time`] (`sleep`, `timeout`, `interval`).
+//! - [`io`] and [`sync`]: tokio's runtime-agnostic I/O traits and
+//!   synchronisation primitives, re-exported (no tokio runtime is linked).
+//! - [`select!`], [`join!`], [`try_join!`], [`pin!`]: tokio's macros,
+//!   re-exported; they run on any executor.
+//! - [`dlb`]: the load-balancing queue itself.
+//!
+//! Sockets (`fulcrum::net`) and the `#[fulcrum::main]` / `#[fulcrum::test]`
+//! attributes land with their crates.
 
 pub use fulcrum_dlb as dlb;
+pub use fulcrum_runtime::{spawn, time};
+
+/// Runtime construction and control: tokio's `runtime` module.
+pub mod runtime {
+    pub use fulcrum_runtime::{
+        Builder, EnterGuard, Handle, Runtime, RuntimeMetrics, Scheduler, TryCurrentError,
+        WorkerMetrics,
+    };
+}
+
+/// Tasks: tokio's `task` module.
+pub mod task {
+    pub use fulcrum_runtime::task::{AbortHandle, Id, JoinError, JoinHandle, JoinSet};
+    pub use fulcrum_runtime::{spawn, spawn_blocking, yield_now};
+}
+
+/// tokio's runtime-agnostic I/O traits and helpers (`AsyncRead`,
+/// `AsyncWrite`, `AsyncReadExt`, `AsyncWriteExt`, `ReadBuf`, `copy`,
+/// `split`, ...), which Fulcrum's sockets implement.
+pub mod io {
+    pub use tokio::io::*;
+}
+
+/// tokio's runtime-agnostic synchronisation primitives (`mpsc`, `oneshot`,
+/// `Mutex`, `Notify`, `Semaphore`, `watch`, `broadcast`, ...). They work on
+/// Fulcrum unchanged; for timeouts use [`time::timeout`](crate::time::timeout).
+pub mod sync {
+    pub use tokio::sync::*;
+}
+
+pub use tokio::{join, pin, select, try_join};
