@@ -3,15 +3,18 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::future::Future;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Barrier};
-use std::task::{Context, Poll};
+
 use std::thread;
 use std::time::{Duration, Instant};
 
 use fulcrum_dlb::Backend;
 use fulcrum_runtime::{spawn, spawn_blocking, Builder, Handle, Runtime};
+
+mod common;
+use common::futures_block_on;
 
 /// A runtime builder of each flavour.
 fn builders() -> Vec<(&'static str, Builder)> {
@@ -25,25 +28,6 @@ fn runtimes() -> Vec<(&'static str, Runtime)> {
         .into_iter()
         .map(|(name, mut b)| (name, b.build().unwrap()))
         .collect()
-}
-
-/// Polls a future to completion on this thread (no runtime).
-fn futures_block_on<F: Future>(f: F) -> F::Output {
-    struct Unpark(thread::Thread);
-    impl futures_task::ArcWake for Unpark {
-        fn wake_by_ref(a: &Arc<Self>) {
-            a.0.unpark();
-        }
-    }
-    let waker = futures_task::waker(Arc::new(Unpark(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        thread::park();
-    }
 }
 
 /// Counts the live pool threads that ran one of our closures: the first

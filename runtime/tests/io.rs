@@ -7,31 +7,11 @@ use std::net::SocketAddr;
 
 use fulcrum_dlb::Backend;
 use fulcrum_runtime::io::{Direction, Interest, Registration};
-use fulcrum_runtime::{spawn, Builder, Runtime};
+use fulcrum_runtime::{spawn, Builder};
 use mio::net::{TcpListener, TcpStream};
 
-fn runtimes() -> Vec<(&'static str, Runtime)> {
-    vec![
-        (
-            "dlb-2",
-            Builder::new_multi_thread()
-                .worker_threads(2)
-                .dlb_backend(Backend::Software)
-                .build()
-                .unwrap(),
-        ),
-        (
-            "stealing-2",
-            Builder::new_multi_thread()
-                .worker_threads(2)
-                .scheduler(fulcrum_runtime::Scheduler::WorkStealing)
-                .dlb_backend(Backend::Software)
-                .build()
-                .unwrap(),
-        ),
-        ("current", Builder::new_current_thread().build().unwrap()),
-    ]
-}
+mod common;
+use common::runtimes;
 
 /// A minimal async TCP stream over the public reactor interface.
 struct Stream {

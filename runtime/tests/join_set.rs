@@ -6,23 +6,11 @@ use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use fulcrum_dlb::Backend;
 use fulcrum_runtime::time::sleep;
-use fulcrum_runtime::{spawn, yield_now, Builder, JoinSet, Runtime};
+use fulcrum_runtime::{spawn, yield_now, JoinSet};
 
-fn runtimes() -> Vec<(&'static str, Runtime)> {
-    vec![
-        (
-            "dlb-2",
-            Builder::new_multi_thread()
-                .worker_threads(2)
-                .dlb_backend(Backend::Software)
-                .build()
-                .unwrap(),
-        ),
-        ("current", Builder::new_current_thread().build().unwrap()),
-    ]
-}
+mod common;
+use common::runtimes;
 
 /// Sets a flag when dropped.
 struct DropFlag(Arc<AtomicUsize>);

@@ -11,39 +11,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use fulcrum_dlb::Backend;
-use fulcrum_runtime::{spawn, yield_now, Builder, Handle, Runtime};
+use fulcrum_runtime::{spawn, yield_now, Builder, Handle};
 
-/// Every runtime flavour the suite runs against.
-fn runtimes() -> Vec<(&'static str, Runtime)> {
-    vec![
-        (
-            "dlb-2",
-            Builder::new_multi_thread()
-                .worker_threads(2)
-                .dlb_backend(Backend::Software)
-                .build()
-                .unwrap(),
-        ),
-        (
-            "dlb-4",
-            Builder::new_multi_thread()
-                .worker_threads(4)
-                .dlb_backend(Backend::Software)
-                .build()
-                .unwrap(),
-        ),
-        (
-            "stealing-2",
-            Builder::new_multi_thread()
-                .worker_threads(2)
-                .scheduler(fulcrum_runtime::Scheduler::WorkStealing)
-                .dlb_backend(Backend::Software)
-                .build()
-                .unwrap(),
-        ),
-        ("current", Builder::new_current_thread().build().unwrap()),
-    ]
-}
+mod common;
+use common::{futures_block_on, runtimes};
 
 /// A future that completes when `release` is set, waking through a stored
 /// waker (set from any thread).
@@ -515,25 +486,6 @@ fn worker_count_and_thread_hooks() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("1 to 63 workers"), "{err}");
-}
-
-/// Polls a future to completion on this thread (no runtime).
-fn futures_block_on<F: Future>(f: F) -> F::Output {
-    struct Unpark(thread::Thread);
-    impl futures_task::ArcWake for Unpark {
-        fn wake_by_ref(a: &Arc<Self>) {
-            a.0.unpark();
-        }
-    }
-    let waker = futures_task::waker(Arc::new(Unpark(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        thread::park();
-    }
 }
 
 mod time {

@@ -19,7 +19,7 @@ use crate::park::{Parker, Unparker};
 use super::owned::OwnedTasks;
 use crate::loom::{lock, Arc, AtomicBool, Mutex};
 use crate::metrics::{RuntimeMetrics, WorkerCounters};
-use crate::task::{self, JoinHandle, Notified, Schedule, Task};
+use crate::task::{JoinHandle, Notified, Schedule, Task};
 
 /// Tasks run between two polls of the `block_on` future.
 const BATCH: usize = 61;
@@ -79,11 +79,7 @@ impl Shared {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let (task, notified, join) = task::new_task(future, self.clone());
-        if self.owned.bind(task) {
-            self.schedule(notified);
-        }
-        join
+        super::spawn_task(&self.owned, self, future)
     }
 
     /// Runs `future` to completion on this thread, running spawned tasks

@@ -47,7 +47,7 @@ use mio::{Events, Interest, Poll, Token};
 use super::owned::OwnedTasks;
 use crate::loom::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex};
 use crate::metrics::{RuntimeMetrics, WorkerCounters};
-use crate::task::{self, JoinHandle, Notified, Schedule, Task};
+use crate::task::{JoinHandle, Notified, Schedule, Task};
 
 /// Ticks between maintenance steps (shedding, checking the overflow queue
 /// first).
@@ -249,11 +249,7 @@ impl Shared {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let (task, notified, join) = task::new_task(future, self.clone());
-        if self.owned.bind(task) {
-            self.schedule(notified);
-        }
-        join
+        super::spawn_task(&self.owned, self, future)
     }
 
     fn schedule_remote(&self, task: TaskRef) {
