@@ -52,6 +52,11 @@ mod context;
 mod coop;
 #[cfg(not(loom))]
 pub mod io;
+/// Under loom, only the readiness state machine of the reactor (its models).
+#[cfg(loom)]
+mod io {
+    pub(crate) mod scheduled;
+}
 mod loom;
 #[cfg(not(loom))]
 mod metrics;

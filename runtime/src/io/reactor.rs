@@ -184,7 +184,7 @@ impl Reactor {
             // addresses kept alive until this thread's next `epoll_wait`
             // (module docs); this wait's events are dispatched before then.
             let io = unsafe { &*(token as *const ScheduledIo) };
-            io.dispatch(Ready::from_event(event));
+            io.dispatch(super::ready_from_event(event));
             n += 1;
         }
         n
