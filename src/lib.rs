@@ -39,11 +39,25 @@
 //!   re-exported; they run on any executor.
 //! - [`dlb`]: the load-balancing queue itself.
 //!
-//! Sockets (`fulcrum::net`) and the `#[fulcrum::main]` / `#[fulcrum::test]`
-//! attributes land with their crates.
+//! - [`main`] and [`test`]: `#[fulcrum::main]` and `#[fulcrum::test]`, with
+//!   tokio's options as aliases (`flavor`, `worker_threads`) besides
+//!   `workers`, `scheduler = "dlb" | "stealing" | "current"` and
+//!   `dlb = "auto" | "soft" | "hw"`. `#[fulcrum::test]` defaults to the DLB
+//!   scheduler with 2 workers, so tests exercise the real handoff path.
+//!
+//! Sockets (`fulcrum::net`) land with their crate.
 
 pub use fulcrum_dlb as dlb;
+pub use fulcrum_macros::{main, test};
 pub use fulcrum_runtime::{spawn, time};
+
+/// What `#[fulcrum::main]` and `#[fulcrum::test]` expand to. Not a public
+/// API: kept stable for the macros only.
+#[doc(hidden)]
+pub mod __private {
+    pub use fulcrum_dlb::Backend;
+    pub use fulcrum_runtime::{Builder, Scheduler};
+}
 
 /// Runtime construction and control: tokio's `runtime` module.
 pub mod runtime {

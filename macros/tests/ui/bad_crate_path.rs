@@ -1,0 +1,2 @@
+#[fulcrum_macros::main(crate = "not a path")]
+async fn main() {}

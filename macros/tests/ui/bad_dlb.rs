@@ -1,0 +1,4 @@
+#[fulcrum_macros::test(dlb = "hardware")]
+async fn bad_dlb() {}
+
+fn main() {}

@@ -1,0 +1,2 @@
+#[fulcrum_macros::main(flavor = "multi_threaded")]
+async fn main() {}

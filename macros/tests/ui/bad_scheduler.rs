@@ -1,0 +1,2 @@
+#[fulcrum_macros::main(scheduler = "work_stealing")]
+async fn main() {}

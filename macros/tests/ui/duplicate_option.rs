@@ -1,0 +1,2 @@
+#[fulcrum_macros::main(workers = 2, workers = 4)]
+async fn main() {}

@@ -1,0 +1,2 @@
+#[fulcrum_macros::main(flavor = "current_thread", scheduler = "dlb")]
+async fn main() {}

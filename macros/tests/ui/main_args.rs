@@ -1,0 +1,4 @@
+#[fulcrum_macros::main]
+async fn main(args: Vec<String>) {
+    drop(args);
+}

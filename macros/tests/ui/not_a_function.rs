@@ -1,0 +1,4 @@
+#[fulcrum_macros::main]
+struct Main;
+
+fn main() {}

@@ -1,0 +1,2 @@
+#[fulcrum_macros::main]
+fn main() {}

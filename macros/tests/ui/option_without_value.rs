@@ -1,0 +1,2 @@
+#[fulcrum_macros::main(multi_thread)]
+async fn main() {}

@@ -1,0 +1,2 @@
+#[fulcrum_macros::main(scheduler = dlb)]
+async fn main() {}

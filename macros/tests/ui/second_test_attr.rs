@@ -1,0 +1,5 @@
+#[fulcrum_macros::test]
+#[test]
+async fn twice() {}
+
+fn main() {}

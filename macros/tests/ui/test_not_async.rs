@@ -1,0 +1,4 @@
+#[fulcrum_macros::test]
+fn not_async() {}
+
+fn main() {}

@@ -1,0 +1,2 @@
+#[fulcrum_macros::main(scheduler = "current", workers = 2)]
+async fn main() {}

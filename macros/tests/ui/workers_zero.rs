@@ -1,0 +1,2 @@
+#[fulcrum_macros::main(workers = 0)]
+async fn main() {}
