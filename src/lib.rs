@@ -4,7 +4,35 @@
 //! software emulation elsewhere), never by stealing.
 //!
 //! The paths mirror tokio's, so that a tokio application ports by changing
-//! `tokio::` to `fulcrum::`:
+//! `tokio::` to `fulcrum::`. A TCP echo server, and a client to try it:
+//!
+//! ```
+//! use fulcrum::io::{AsyncReadExt, AsyncWriteExt};
+//! use fulcrum::net::{TcpListener, TcpStream};
+//!
+//! #[fulcrum::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let listener = TcpListener::bind("127.0.0.1:0").await?;
+//!     let addr = listener.local_addr()?;
+//!     fulcrum::spawn(async move {
+//!         while let Ok((mut conn, _peer)) = listener.accept().await {
+//!             // Each connection's task lands where the DLB arbiter puts it.
+//!             fulcrum::spawn(async move {
+//!                 let (mut rd, mut wr) = conn.split();
+//!                 fulcrum::io::copy(&mut rd, &mut wr).await
+//!             });
+//!         }
+//!     });
+//!     let mut client = TcpStream::connect(addr).await?;
+//!     client.write_all(b"ping").await?;
+//!     let mut buf = [0u8; 4];
+//!     client.read_exact(&mut buf).await?;
+//!     assert_eq!(&buf, b"ping");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Building a runtime by hand, tokio's way:
 //!
 //! ```
 //! use std::time::Duration;
@@ -37,6 +65,8 @@
 //!   synchronisation primitives, re-exported (no tokio runtime is linked).
 //! - [`select!`], [`join!`], [`try_join!`], [`pin!`]: tokio's macros,
 //!   re-exported; they run on any executor.
+//! - [`net`]: `TcpListener` and `TcpStream` (more sockets and balanced
+//!   serving to come).
 //! - [`dlb`]: the load-balancing queue itself.
 //!
 //! - [`main`] and [`test`]: `#[fulcrum::main]` and `#[fulcrum::test]`, with
@@ -44,11 +74,10 @@
 //!   `workers`, `scheduler = "dlb" | "stealing" | "current"` and
 //!   `dlb = "auto" | "soft" | "hw"`. `#[fulcrum::test]` defaults to the DLB
 //!   scheduler with 2 workers, so tests exercise the real handoff path.
-//!
-//! Sockets (`fulcrum::net`) land with their crate.
 
 pub use fulcrum_dlb as dlb;
 pub use fulcrum_macros::{main, test};
+pub use fulcrum_net as net;
 pub use fulcrum_runtime::{spawn, time};
 
 /// What `#[fulcrum::main]` and `#[fulcrum::test]` expand to. Not a public

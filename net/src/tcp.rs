@@ -1,0 +1,516 @@
+//! TCP: [`TcpListener`], [`TcpStream`] and its owned halves.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use fulcrum_runtime::io::{Direction, Interest, Registration};
+use mio::unix::SourceFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A mio socket plus its registration, made on first use on the thread
+/// that polls it (see the crate docs).
+struct Io<S: AsRawFd> {
+    sock: S,
+    reg: OnceLock<Registration>,
+    /// Serialises the first registration (two halves may race to it).
+    init: Mutex<()>,
+    interest: Interest,
+}
+
+impl<S: AsRawFd> Io<S> {
+    fn new(sock: S, interest: Interest) -> Self {
+        Self {
+            sock,
+            reg: OnceLock::new(),
+            init: Mutex::new(()),
+            interest,
+        }
+    }
+
+    /// The registration, made now if this is the first use.
+    fn reg(&self) -> io::Result<&Registration> {
+        if let Some(r) = self.reg.get() {
+            return Ok(r);
+        }
+        let _guard = self.init.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = self.reg.get() {
+            return Ok(r);
+        }
+        let fd = self.sock.as_raw_fd();
+        let reg = Registration::new(&mut SourceFd(&fd), self.interest)?;
+        Ok(self.reg.get_or_init(|| reg))
+    }
+
+    fn poll_io<R>(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Direction,
+        f: impl FnMut() -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        match self.reg() {
+            Ok(reg) => reg.poll_io(cx, dir, f),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl<S: AsRawFd> Drop for Io<S> {
+    fn drop(&mut self) {
+        if let Some(mut reg) = self.reg.take() {
+            let fd = self.sock.as_raw_fd();
+            if let Err(e) = reg.deregister(&mut SourceFd(&fd)) {
+                tracing::debug!(fd, "deregistering a socket: {e}");
+            }
+        }
+    }
+}
+
+/// Adds the address to an OS error, as in "bind 127.0.0.1:8080: Address
+/// already in use".
+fn with_addr(op: &str, addr: impl fmt::Display, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{op} {addr}: {e}"))
+}
+
+fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "could not resolve to any address",
+        ));
+    }
+    Ok(addrs)
+}
+
+/// A TCP listening socket.
+pub struct TcpListener {
+    io: Io<mio::net::TcpListener>,
+}
+
+impl fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("addr", &self.io.sock.local_addr().ok())
+            .field("fd", &self.io.sock.as_raw_fd())
+            .finish()
+    }
+}
+
+impl TcpListener {
+    /// Binds to `addr` (the first address that works, of those it resolves
+    /// to) and listens.
+    ///
+    /// # Errors
+    /// The OS error, with the address: "bind 127.0.0.1:8080: Address in use".
+    pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        let mut last = None;
+        for a in resolve(addr)? {
+            match mio::net::TcpListener::bind(a) {
+                Ok(l) => return Ok(Self::from_mio(l)),
+                Err(e) => last = Some(with_addr("bind", a, e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::ErrorKind::InvalidInput.into()))
+    }
+
+    fn from_mio(l: mio::net::TcpListener) -> Self {
+        Self {
+            io: Io::new(l, Interest::READABLE),
+        }
+    }
+
+    /// Wraps a std listener (set to non-blocking here).
+    ///
+    /// # Errors
+    /// If the socket cannot be made non-blocking.
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        listener.set_nonblocking(true)?;
+        Ok(Self::from_mio(mio::net::TcpListener::from_std(listener)))
+    }
+
+    /// Accepts a connection. The stream is not registered anywhere yet: it
+    /// registers with the worker that first polls it.
+    ///
+    /// # Errors
+    /// The OS error of `accept4`.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// Polls for a connection.
+    pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+        self.io
+            .poll_io(cx, Direction::Read, || self.io.sock.accept())
+            .map_ok(|(s, peer)| (TcpStream::from_mio(s), peer))
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    /// The OS error of `getsockname`.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.local_addr()
+    }
+}
+
+impl AsRawFd for TcpListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.io.sock.as_raw_fd()
+    }
+}
+
+/// A TCP connection. Implements tokio's `AsyncRead` and `AsyncWrite`.
+pub struct TcpStream {
+    io: Arc<Io<mio::net::TcpStream>>,
+}
+
+impl fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("local", &self.io.sock.local_addr().ok())
+            .field("peer", &self.io.sock.peer_addr().ok())
+            .field("fd", &self.io.sock.as_raw_fd())
+            .finish()
+    }
+}
+
+impl TcpStream {
+    fn from_mio(s: mio::net::TcpStream) -> Self {
+        Self {
+            io: Arc::new(Io::new(s, Interest::READABLE | Interest::WRITABLE)),
+        }
+    }
+
+    /// Connects to `addr` (trying each address it resolves to in turn).
+    ///
+    /// # Errors
+    /// The OS error of the last attempt, with its address.
+    pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        let mut last = None;
+        for a in resolve(addr)? {
+            match Self::connect_one(a).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(with_addr("connect", a, e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::ErrorKind::InvalidInput.into()))
+    }
+
+    async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
+        let stream = Self::from_mio(mio::net::TcpStream::connect(addr)?);
+        // Writable once the handshake finished (or failed).
+        let reg = stream.io.reg()?;
+        let ev = reg.ready(Direction::Write).await;
+        if let Some(e) = stream.io.sock.take_error()? {
+            return Err(e);
+        }
+        match stream.io.sock.peer_addr() {
+            Ok(_) => Ok(stream),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                reg.clear_readiness(ev);
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "connection refused",
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Wraps a connected std stream (set to non-blocking here).
+    ///
+    /// # Errors
+    /// If the socket cannot be made non-blocking.
+    pub fn from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+        stream.set_nonblocking(true)?;
+        Ok(Self::from_mio(mio::net::TcpStream::from_std(stream)))
+    }
+
+    /// The peer's address.
+    ///
+    /// # Errors
+    /// The OS error of `getpeername`.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.peer_addr()
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    /// The OS error of `getsockname`.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.local_addr()
+    }
+
+    /// Sets `TCP_NODELAY`.
+    ///
+    /// # Errors
+    /// The OS error of `setsockopt`.
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.io.sock.set_nodelay(nodelay)
+    }
+
+    /// Whether `TCP_NODELAY` is set.
+    ///
+    /// # Errors
+    /// The OS error of `getsockopt`.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        self.io.sock.nodelay()
+    }
+
+    /// Waits until the stream is readable.
+    ///
+    /// # Errors
+    /// If the stream cannot be registered with the reactor.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.io.reg()?.ready(Direction::Read).await;
+        Ok(())
+    }
+
+    /// Waits until the stream is writable.
+    ///
+    /// # Errors
+    /// If the stream cannot be registered with the reactor.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.io.reg()?.ready(Direction::Write).await;
+        Ok(())
+    }
+
+    /// Reads without waiting: `WouldBlock` if nothing is ready.
+    ///
+    /// # Errors
+    /// The OS error of `read`, or `WouldBlock`.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io
+            .reg()?
+            .try_io(Direction::Read, || (&self.io.sock).read(buf))
+    }
+
+    /// Writes without waiting: `WouldBlock` if the socket is full.
+    ///
+    /// # Errors
+    /// The OS error of `write`, or `WouldBlock`.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.io
+            .reg()?
+            .try_io(Direction::Write, || (&self.io.sock).write(buf))
+    }
+
+    /// Splits into owned read and write halves, which can move to different
+    /// tasks.
+    pub fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        (
+            OwnedReadHalf {
+                io: self.io.clone(),
+            },
+            OwnedWriteHalf { io: self.io },
+        )
+    }
+
+    /// Borrowed halves (for `copy_bidirectional`-style code in one task).
+    pub fn split(&mut self) -> (OwnedReadHalfRef<'_>, OwnedWriteHalfRef<'_>) {
+        (
+            OwnedReadHalfRef { io: &self.io },
+            OwnedWriteHalfRef { io: &self.io },
+        )
+    }
+}
+
+fn poll_read(
+    io: &Io<mio::net::TcpStream>,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let n = match io.poll_io(cx, Direction::Read, || {
+        (&io.sock).read(buf.initialize_unfilled())
+    }) {
+        Poll::Ready(Ok(n)) => n,
+        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+        Poll::Pending => return Poll::Pending,
+    };
+    buf.advance(n);
+    Poll::Ready(Ok(()))
+}
+
+fn poll_write(
+    io: &Io<mio::net::TcpStream>,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<io::Result<usize>> {
+    io.poll_io(cx, Direction::Write, || (&io.sock).write(buf))
+}
+
+fn poll_write_vectored(
+    io: &Io<mio::net::TcpStream>,
+    cx: &mut Context<'_>,
+    bufs: &[io::IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    io.poll_io(cx, Direction::Write, || (&io.sock).write_vectored(bufs))
+}
+
+fn shutdown_write(io: &Io<mio::net::TcpStream>) -> Poll<io::Result<()>> {
+    match io.sock.shutdown(Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
+        _ => Poll::Ready(Ok(())),
+    }
+}
+
+impl AsyncRead for TcpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        poll_read(&self.io, cx, buf)
+    }
+}
+
+impl AsyncWrite for TcpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        poll_write(&self.io, cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        poll_write_vectored(&self.io, cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        shutdown_write(&self.io)
+    }
+}
+
+impl AsRawFd for TcpStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.io.sock.as_raw_fd()
+    }
+}
+
+macro_rules! read_half {
+    ($name:ident $(<$lt:lifetime>)?, $io:ty, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug)]
+        pub struct $name$(<$lt>)? {
+            io: $io,
+        }
+
+        impl$(<$lt>)? AsyncRead for $name$(<$lt>)? {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                poll_read(&self.io, cx, buf)
+            }
+        }
+    };
+}
+
+macro_rules! write_half {
+    ($name:ident $(<$lt:lifetime>)?, $io:ty, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug)]
+        pub struct $name$(<$lt>)? {
+            io: $io,
+        }
+
+        impl$(<$lt>)? AsyncWrite for $name$(<$lt>)? {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                poll_write(&self.io, cx, buf)
+            }
+
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                poll_write_vectored(&self.io, cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                true
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                shutdown_write(&self.io)
+            }
+        }
+    };
+}
+
+impl<S: AsRawFd> fmt::Debug for Io<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Io")
+            .field("fd", &self.sock.as_raw_fd())
+            .finish()
+    }
+}
+
+read_half!(
+    OwnedReadHalf,
+    Arc<Io<mio::net::TcpStream>>,
+    "The read half of a [`TcpStream`], from [`TcpStream::into_split`]."
+);
+write_half!(
+    OwnedWriteHalf,
+    Arc<Io<mio::net::TcpStream>>,
+    "The write half of a [`TcpStream`], from [`TcpStream::into_split`]. Shutting it down shuts down the stream's write side."
+);
+read_half!(
+    OwnedReadHalfRef<'a>,
+    &'a Io<mio::net::TcpStream>,
+    "A borrowed read half of a [`TcpStream`], from [`TcpStream::split`]."
+);
+write_half!(
+    OwnedWriteHalfRef<'a>,
+    &'a Io<mio::net::TcpStream>,
+    "A borrowed write half of a [`TcpStream`], from [`TcpStream::split`]."
+);
+
+impl OwnedReadHalf {
+    /// The peer's address.
+    ///
+    /// # Errors
+    /// The OS error of `getpeername`.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.peer_addr()
+    }
+}
+
+impl OwnedWriteHalf {
+    /// The peer's address.
+    ///
+    /// # Errors
+    /// The OS error of `getpeername`.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.io.sock.peer_addr()
+    }
+}
