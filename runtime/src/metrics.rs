@@ -30,6 +30,9 @@ pub struct WorkerMetrics {
     /// Ready I/O events this worker dispatched for a peer stuck in a long
     /// poll (the rescue of a busy worker's ready I/O).
     pub io_rescued: u64,
+    /// Events scheduled to this worker's DLB port and not yet released (in
+    /// its CQ, or received and not yet run), as the port last published.
+    pub dlb_in_flight: u64,
 }
 
 /// Counters of a whole runtime.
@@ -90,6 +93,7 @@ impl WorkerCounters {
             steals: self.steals.load(Relaxed),
             io_resources: self.io_resources.load(Relaxed),
             io_rescued: self.io_rescued.load(Relaxed),
+            dlb_in_flight: 0,
         }
     }
 }

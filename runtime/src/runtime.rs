@@ -355,6 +355,53 @@ impl Handle {
         }
     }
 
+    /// Spawns a task through the DLB queue whatever the load, so that the
+    /// arbiter picks its worker (connection handoff: `Balance::Dlb`). On the
+    /// work-stealing and current-thread schedulers, a plain spawn.
+    pub fn spawn_balanced<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.inner {
+            Inner::Multi(s) => s.spawn_routed(future, multi::Route::Balanced),
+            Inner::Current(s) => s.spawn(future),
+        }
+    }
+
+    /// Spawns a task on worker `worker` (modulo the worker count) with a
+    /// directed DLB event: its first poll runs there, so sockets it creates
+    /// register there. On the work-stealing and current-thread schedulers,
+    /// a plain spawn.
+    pub fn spawn_on_worker<F>(&self, worker: usize, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.inner {
+            Inner::Multi(s) => s.spawn_routed(future, multi::Route::Worker(worker)),
+            Inner::Current(s) => s.spawn(future),
+        }
+    }
+
+    /// The index of the worker running the calling code, if it is a worker
+    /// of this runtime (`Some(0)` on a current-thread runtime's thread
+    /// inside `block_on`).
+    pub fn current_worker(&self) -> Option<usize> {
+        match &self.inner {
+            Inner::Multi(s) => s.current_worker(),
+            Inner::Current(_) => Some(0),
+        }
+    }
+
+    /// Number of worker threads (1 for the current-thread runtime).
+    pub fn num_workers(&self) -> usize {
+        match &self.inner {
+            Inner::Multi(s) => s.num_workers(),
+            Inner::Current(_) => 1,
+        }
+    }
+
     /// Runs `f` on this runtime's blocking pool; see
     /// [`spawn_blocking`](crate::spawn_blocking).
     pub fn spawn_blocking<F, R>(&self, f: F) -> JoinHandle<R>

@@ -146,8 +146,15 @@ impl Reactor {
     ///
     /// The caller must keep the owner's `Poll` alive meanwhile (the runtime
     /// drops worker pollers only after every worker stopped).
-    pub(crate) fn assist(&self) -> usize {
-        let Some(fd) = self.epoll_fd else { return 0 };
+    ///
+    /// Also returns whether it took one of the owner's own wake-up events
+    /// (its DLB readiness fd or its waker): the caller must then wake the
+    /// owner, in case it went to sleep meanwhile and that event was its
+    /// wake-up.
+    pub(crate) fn assist(&self) -> (usize, bool) {
+        let Some(fd) = self.epoll_fd else {
+            return (0, false);
+        };
         self.assisting.fetch_add(1, SeqCst);
         // SAFETY: `epoll_event` is plain data; zeroed is a valid value.
         let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
@@ -155,11 +162,13 @@ impl Reactor {
         // writable array of 64 entries.
         let n = unsafe { libc::epoll_wait(fd, events.as_mut_ptr(), 64, 0) };
         let mut dispatched = 0;
+        let mut took_owner_event = false;
         for ev in events.iter().take(usize::try_from(n).unwrap_or(0)) {
             let token = ev.u64 as usize;
             if token < FIRST_IO_TOKEN {
-                // The owner's DLB fd or waker: the owner re-checks those
-                // sources before it sleeps, so the edge is not needed.
+                // The owner's DLB fd or waker: its edge is consumed now, so
+                // the caller re-signals the owner.
+                took_owner_event = true;
                 continue;
             }
             // SAFETY: as in `dispatch`; `assisting > 0` keeps the owner from
@@ -169,7 +178,7 @@ impl Reactor {
             dispatched += 1;
         }
         self.assisting.fetch_sub(1, SeqCst);
-        dispatched
+        (dispatched, took_owner_event)
     }
 
     /// Dispatches the I/O events of one `epoll_wait`; returns how many.

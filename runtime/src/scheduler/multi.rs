@@ -78,6 +78,15 @@ pub(crate) struct Stealing {
     searching: AtomicUsize,
 }
 
+/// Where [`Shared::spawn_routed`] sends a task.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Route {
+    /// An unordered DLB event: the arbiter picks the worker.
+    Balanced,
+    /// A directed DLB event to this worker.
+    Worker(usize),
+}
+
 /// Per-thread hooks and names, shared by the workers.
 pub(crate) struct ThreadConfig {
     /// `Some` for the work-stealing comparison mode.
@@ -252,6 +261,85 @@ impl Shared {
         super::spawn_task(&self.owned, self, future)
     }
 
+    /// Spawns through the DLB queue whatever the load: unordered (the
+    /// arbiter picks the worker) or directed at one worker. In stealing mode
+    /// there is no DLB queue: a plain spawn.
+    pub(crate) fn spawn_routed<F>(
+        self: &Arc<Self>,
+        future: F,
+        route: Route,
+    ) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        if self.stealing.is_some() {
+            return self.spawn(future);
+        }
+        let (task, notified, join) = crate::task::new_task(future, self.clone());
+        if !self.owned.bind(task) {
+            return join;
+        }
+        let id = notified.id();
+        let event = match route {
+            Route::Balanced => Event::unordered(0, notified.into_raw()),
+            Route::Worker(w) => {
+                Event::directed((w % self.num_workers()) as u8, notified.into_raw())
+            }
+        };
+        let local = LOCAL.with(Cell::get);
+        // SAFETY: as in `schedule`: non-null only on this runtime's worker
+        // thread, while its loop runs.
+        let local = unsafe { local.as_ref() }.filter(|l| std::ptr::eq(l.shared, Arc::as_ptr(self)));
+        let sent = match local {
+            Some(l) => match l.port.try_borrow_mut() {
+                Ok(mut port) => port.send(&[event]).unwrap_or(0),
+                Err(_) => 0,
+            },
+            None => lock(&self.injector).send(&[event]).unwrap_or(0),
+        };
+        if sent == 1 {
+            if let Some(l) = local {
+                WorkerCounters::add(&l.counters().dlb_sent, 1);
+            }
+            tracing::debug!(task = %id, ?route, "dlb send task");
+            return join;
+        }
+        // SAFETY: not sent: the payload is still ours.
+        let task = unsafe { Notified::from_raw(event.udata) };
+        match local {
+            Some(l) => {
+                WorkerCounters::add(&l.counters().fallbacks, 1);
+                l.queue.borrow_mut().push_back(task);
+            }
+            None => {
+                self.remote_fallbacks.fetch_add(1, Relaxed);
+                lock(&self.overflow).push_back(task);
+                self.overflow_len.fetch_add(1, Release);
+                self.notify_any();
+            }
+        }
+        tracing::debug!(task = %id, ?route, "dlb send short; task kept");
+        join
+    }
+
+    /// The index of the calling thread if it is a worker of this runtime.
+    pub(crate) fn current_worker(self: &Arc<Self>) -> Option<usize> {
+        let local = LOCAL.with(Cell::get);
+        // SAFETY: as in `schedule`.
+        unsafe { local.as_ref() }
+            .filter(|l| std::ptr::eq(l.shared, Arc::as_ptr(self)))
+            .map(|l| l.index)
+    }
+
+    fn notify_any(&self) {
+        let n = self.wakers.len();
+        let target = self.next_wake.fetch_add(1, Relaxed) % n;
+        if let Err(e) = self.wakers[target].wake() {
+            tracing::warn!("waking worker {target}: {e}");
+        }
+    }
+
     fn schedule_remote(&self, task: TaskRef) {
         if self.shutdown.load(Acquire) {
             // The owned-task list cancels it; this permission is not needed.
@@ -300,9 +388,11 @@ impl Shared {
                 .counters
                 .iter()
                 .zip(self.reactors.iter())
-                .map(|(c, r)| {
+                .enumerate()
+                .map(|(i, (c, r))| {
                     let mut m = c.snapshot();
                     m.io_resources = r.resources();
+                    m.dlb_in_flight = self.domain.port_stats(i).map_or(0, |p| p.in_flight);
                     m
                 })
                 .collect(),
@@ -729,12 +819,22 @@ type Watch = (std::time::Duration, std::time::Instant, Vec<(usize, u64)>);
 /// one poll for the whole watch.
 fn rescue(shared: &Shared, local: &Local, peers: &[(usize, u64)]) {
     for &(peer, word) in peers {
-        if shared.polling[peer].load(Acquire) != word {
+        // Only a peer that was inside a task poll at the start of the watch
+        // and still is (same odd word): one that sleeps in its own
+        // `epoll_wait` handles its events itself.
+        if word & 1 == 0 || shared.polling[peer].load(Acquire) != word {
             continue;
         }
         local.rescuing.set(true);
-        let n = shared.reactors[peer].assist();
+        let (n, took_owner_event) = shared.reactors[peer].assist();
         local.rescuing.set(false);
+        if took_owner_event {
+            // The peer may have finished its poll and gone to sleep since
+            // we looked: give it back the wake-up we consumed.
+            if let Err(e) = shared.wakers[peer].wake() {
+                tracing::warn!("re-waking worker {peer}: {e}");
+            }
+        }
         if n > 0 {
             WorkerCounters::add(&local.counters().io_rescued, n as u64);
             tracing::debug!(
