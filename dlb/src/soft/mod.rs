@@ -80,7 +80,7 @@ use self::cq::{Cq, Popped};
 use self::notify::Notifier;
 use self::ring::Ring;
 use crate::config::Config;
-use crate::loom::{Arc, AtomicBool, AtomicU32, AtomicU64, CachePadded};
+use crate::loom::{Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, CachePadded};
 use crate::stats::{PortCounters, PortStats};
 use crate::{DlbError, Event, Sched, PRIORITY_LOWEST};
 
@@ -200,6 +200,11 @@ struct PortShared {
 }
 
 struct QueueShared {
+    /// Where the next tie-break starts among the linked ports: one cursor
+    /// per queue, like the hardware arbiter's, so that round-robin among
+    /// equally loaded ports holds across all producers (updated with a
+    /// plain store: a race only perturbs the rotation).
+    rr: CachePadded<AtomicUsize>,
     waiting: Waiting,
     /// The ports linked to this queue.
     consumers: Box<[usize]>,
@@ -287,13 +292,15 @@ impl Shared {
         cursor: &mut usize,
         run: u64,
     ) -> Option<(Reservation, u64)> {
-        let consumers = &self.queues[queue].consumers;
+        let q = &self.queues[queue];
+        let consumers = &q.consumers;
         let n = consumers.len();
         if n == 1 {
             return self.try_reserve_n(consumers[0], run);
         }
         loop {
-            let mut at = if *cursor < n { *cursor } else { 0 };
+            let start = q.rr.load(Relaxed);
+            let mut at = if start < n { start } else { 0 };
             let mut best: Option<(usize, u64)> = None;
             let mut second = u64::MAX;
             let mut eligible = 0u64;
@@ -325,6 +332,7 @@ impl Shared {
                 gap.saturating_add(extra.div_ceil(eligible)).min(run)
             };
             if let Some(got) = self.try_reserve_n(consumers[at], want) {
+                q.rr.store(at + 1, Relaxed);
                 *cursor = at + 1;
                 return Some(got);
             }
@@ -673,6 +681,7 @@ impl SoftDomain {
             .collect::<Result<Box<[_]>, DlbError>>()?;
         let queues = (0..cfg.queues)
             .map(|q| QueueShared {
+                rr: CachePadded(AtomicUsize::new(0)),
                 waiting: Waiting::new(PRIORITIES, wait_capacity),
                 consumers: (0..cfg.ports)
                     .filter(|&p| cfg.links[p].iter().any(|&(lq, _)| usize::from(lq) == q))
