@@ -1,0 +1,433 @@
+//! Balanced serving: run a handler for every connection on the worker that
+//! the balance mode picks.
+//!
+//! ```no_run
+//! use fulcrum_net::{Balance, Server};
+//! # async fn run() -> std::io::Result<()> {
+//! let serving = Server::bind("127.0.0.1:8080".parse().unwrap())
+//!     .balance(Balance::Dlb)
+//!     .serve(|stream, peer| async move {
+//!         let _ = (stream, peer); // handle the connection
+//!     })
+//!     .await?;
+//! println!("listening on {}", serving.local_addr());
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fulcrum_runtime::{Handle, JoinHandle};
+
+use crate::{TcpListener, TcpStream};
+
+/// How connections are spread over the workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// One listener; the accepting worker sends each connection as an
+    /// unordered DLB event and the arbiter picks the worker. The default.
+    #[default]
+    Dlb,
+    /// Envoy's exact balance: under a lock, pick the worker with the fewest
+    /// open connections and count the new one; hand the connection to it
+    /// with a directed DLB event.
+    Exact,
+    /// One `SO_REUSEPORT` listener per worker; the kernel hashes each
+    /// connection to one of them (Envoy's default "Nop" balancer).
+    Reuseport,
+    /// One listening socket registered in every worker; whichever worker
+    /// accepts first keeps the connection.
+    AcceptRace,
+}
+
+impl std::str::FromStr for Balance {
+    type Err = io::Error;
+
+    /// Parses `dlb`, `exact`, `reuseport` or `race`.
+    fn from_str(s: &str) -> io::Result<Self> {
+        match s {
+            "dlb" => Ok(Balance::Dlb),
+            "exact" => Ok(Balance::Exact),
+            "reuseport" => Ok(Balance::Reuseport),
+            "race" | "accept_race" => Ok(Balance::AcceptRace),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown balance mode {other:?}; expected dlb, exact, reuseport or race"),
+            )),
+        }
+    }
+}
+
+/// Configures balanced serving on an address.
+#[derive(Clone, Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    balance: Balance,
+}
+
+/// Per-worker connection counts of a [`Serving`].
+#[derive(Debug)]
+struct Counts {
+    handled: Box<[AtomicU64]>,
+    open: Box<[AtomicU64]>,
+    /// Envoy's exact balancer: open counts under one lock.
+    exact: Mutex<Vec<u64>>,
+}
+
+impl Counts {
+    fn new(workers: usize) -> Self {
+        Self {
+            handled: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            open: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            exact: Mutex::new(vec![0; workers]),
+        }
+    }
+}
+
+/// A server that is running; dropping it stops accepting (connections in
+/// progress go on).
+pub struct Serving {
+    local_addr: SocketAddr,
+    counts: Arc<Counts>,
+    acceptors: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Serving {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Serving")
+            .field("local_addr", &self.local_addr)
+            .field("handled", &self.handled_per_worker())
+            .finish()
+    }
+}
+
+impl Serving {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Connections handled so far, per worker.
+    pub fn handled_per_worker(&self) -> Vec<u64> {
+        self.counts
+            .handled
+            .iter()
+            .map(|c| c.load(Relaxed))
+            .collect()
+    }
+
+    /// Connections open now, per worker.
+    pub fn open_per_worker(&self) -> Vec<u64> {
+        self.counts.open.iter().map(|c| c.load(Relaxed)).collect()
+    }
+
+    /// Stops accepting.
+    pub fn stop(&self) {
+        for a in &self.acceptors {
+            a.abort();
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Server {
+    /// Serving on `addr`.
+    pub fn bind(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            balance: Balance::Dlb,
+        }
+    }
+
+    /// The balance mode (default [`Balance::Dlb`]).
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
+        self
+    }
+
+    /// Starts accepting; `handler(stream, peer)` runs for each connection on
+    /// the worker the mode picks, with the socket registered there.
+    ///
+    /// # Errors
+    /// Binding errors, with the address; outside a runtime, `Other`.
+    pub async fn serve<F, Fut>(self, handler: F) -> io::Result<Serving>
+    where
+        F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handle = Handle::try_current().map_err(io::Error::other)?;
+        let workers = handle.num_workers();
+        let counts = Arc::new(Counts::new(workers));
+        let handler = Arc::new(handler);
+        let mut acceptors = Vec::new();
+        let local_addr;
+        match self.balance {
+            Balance::Dlb | Balance::Exact => {
+                let listener = TcpListener::bind(self.addr).await?;
+                local_addr = listener.local_addr()?;
+                let ctx = Ctx {
+                    handle: handle.clone(),
+                    counts: counts.clone(),
+                    handler,
+                    mode: self.balance,
+                };
+                acceptors.push(handle.spawn(accept_loop(listener, ctx, None)));
+            }
+            Balance::Reuseport => {
+                let first = reuseport_listener(self.addr)?;
+                local_addr = first.local_addr()?;
+                let mut listeners = vec![first];
+                for _ in 1..workers {
+                    listeners.push(reuseport_listener(local_addr)?);
+                }
+                for (w, l) in listeners.into_iter().enumerate() {
+                    let ctx = Ctx {
+                        handle: handle.clone(),
+                        counts: counts.clone(),
+                        handler: handler.clone(),
+                        mode: self.balance,
+                    };
+                    let l = TcpListener::from_std(l)?;
+                    acceptors.push(handle.spawn_on_worker(w, accept_loop(l, ctx, Some(w))));
+                }
+            }
+            Balance::AcceptRace => {
+                let std_listener = std::net::TcpListener::bind(self.addr)
+                    .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", self.addr)))?;
+                local_addr = std_listener.local_addr()?;
+                for w in 0..workers {
+                    // One fd per worker, so each registers with its own
+                    // worker's reactor; all share the listening socket.
+                    let l = TcpListener::from_std(std_listener.try_clone()?)?;
+                    let ctx = Ctx {
+                        handle: handle.clone(),
+                        counts: counts.clone(),
+                        handler: handler.clone(),
+                        mode: self.balance,
+                    };
+                    acceptors.push(handle.spawn_on_worker(w, accept_loop(l, ctx, Some(w))));
+                }
+            }
+        }
+        Ok(Serving {
+            local_addr,
+            counts,
+            acceptors,
+        })
+    }
+}
+
+struct Ctx<F> {
+    handle: Handle,
+    counts: Arc<Counts>,
+    handler: Arc<F>,
+    mode: Balance,
+}
+
+impl<F> Clone for Ctx<F> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+            counts: self.counts.clone(),
+            handler: self.handler.clone(),
+            mode: self.mode,
+        }
+    }
+}
+
+/// Accepts forever; `pinned` is the worker this loop runs on (for the
+/// per-worker listener modes, whose connections stay on that worker).
+async fn accept_loop<F, Fut>(listener: TcpListener, ctx: Ctx<F>, pinned: Option<usize>)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => {
+                backoff = Duration::from_millis(10);
+                c
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                | Some(libc::ENOMEM) => {
+                    // Out of descriptors: keep serving what is open, retry
+                    // later instead of spinning on the full accept queue.
+                    tracing::warn!("accept: {e}; backing off {backoff:?}");
+                    fulcrum_runtime::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
+                    continue;
+                }
+                Some(libc::ECONNABORTED) | Some(libc::EINTR) => continue,
+                _ => {
+                    tracing::error!("accept: {e}; stopping this listener");
+                    return;
+                }
+            },
+        };
+        let ctx2 = ctx.clone();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        match (ctx.mode, pinned) {
+            (Balance::Exact, _) => {
+                let w = {
+                    let mut open = ctx.counts.exact.lock().unwrap_or_else(|e| e.into_inner());
+                    let (w, _) = open
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|&(_, n)| *n)
+                        .unwrap_or((0, &0));
+                    open[w] += 1;
+                    w
+                };
+                tracing::debug!(fd, worker = w, mode = "exact", "connection handoff");
+                drop(
+                    ctx.handle
+                        .spawn_on_worker(w, handle_conn(ctx2, stream, peer, Some(w))),
+                );
+            }
+            (_, Some(w)) => {
+                tracing::debug!(fd, worker = w, mode = ?ctx.mode, "connection kept");
+                drop(
+                    ctx.handle
+                        .spawn_on_worker(w, handle_conn(ctx2, stream, peer, None)),
+                );
+            }
+            (_, None) => {
+                tracing::debug!(fd, mode = "dlb", "connection handoff");
+                drop(
+                    ctx.handle
+                        .spawn_balanced(handle_conn(ctx2, stream, peer, None)),
+                );
+            }
+        }
+    }
+}
+
+/// Runs the handler for one connection and keeps the per-worker counts.
+/// `exact` is the worker the exact balancer counted the connection on.
+async fn handle_conn<F, Fut>(ctx: Ctx<F>, stream: TcpStream, peer: SocketAddr, exact: Option<usize>)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let w = ctx.handle.current_worker().unwrap_or(0) % ctx.counts.handled.len();
+    ctx.counts.handled[w].fetch_add(1, Relaxed);
+    ctx.counts.open[w].fetch_add(1, Relaxed);
+    let _open = OpenGuard(ctx.counts.clone(), w);
+    let _exact = exact.map(|chosen| ExactGuard(ctx.counts.clone(), chosen));
+    (ctx.handler)(stream, peer).await;
+}
+
+/// Counts a connection out of its worker's open count when it closes.
+struct OpenGuard(Arc<Counts>, usize);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open[self.1].fetch_sub(1, Relaxed);
+    }
+}
+
+/// Gives back the exact balancer's count of a connection when it closes.
+struct ExactGuard(Arc<Counts>, usize);
+
+impl Drop for ExactGuard {
+    fn drop(&mut self) {
+        let mut exact = self.0.exact.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = exact.get_mut(self.1) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// A listening socket with `SO_REUSEADDR` and `SO_REUSEPORT`, bound to
+/// `addr`.
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; the result is checked.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let one: libc::c_int = 1;
+    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        // SAFETY: `one` is a live c_int and its size is passed.
+        let r = unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
+    if unsafe { libc::bind(raw, (&storage as *const libc::sockaddr_storage).cast(), len) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("bind {addr}: {e}")));
+    }
+    // SAFETY: plain syscall on our socket.
+    if unsafe { libc::listen(raw, 1024) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::net::TcpListener::from(fd))
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and
+            // suitably aligned for it.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
