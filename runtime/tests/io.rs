@@ -225,7 +225,10 @@ fn ping_while_owner_blocks(
         let here = std::thread::current().id();
         let serving = Arc::new(AtomicBool::new(false));
         let sv = serving.clone();
-        let server = spawn(async move {
+        // Straight to the other worker (a directed DLB event).
+        let handle = fulcrum_runtime::Handle::current();
+        let other = handle.current_worker().map_or(0, |w| w + 1);
+        let server = handle.spawn_on_worker(other, async move {
             if std::thread::current().id() != here {
                 sv.store(true, SeqCst);
             }
@@ -234,7 +237,7 @@ fn ping_while_owner_blocks(
             s.write_all(&buf[..n]).await.unwrap();
         });
         let t = Instant::now();
-        while !serving.load(SeqCst) && t.elapsed() < Duration::from_millis(100) {
+        while !serving.load(SeqCst) && t.elapsed() < Duration::from_secs(2) {
             std::hint::spin_loop();
         }
         if !serving.load(SeqCst) {
