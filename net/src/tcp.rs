@@ -360,60 +360,15 @@ fn shutdown_write(io: &Io<mio::net::TcpStream>) -> Poll<io::Result<()>> {
     }
 }
 
-impl AsyncRead for TcpStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        poll_read(&self.io, cx, buf)
-    }
-}
-
-impl AsyncWrite for TcpStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        poll_write(&self.io, cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        poll_write_vectored(&self.io, cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        shutdown_write(&self.io)
-    }
-}
-
 impl AsRawFd for TcpStream {
     fn as_raw_fd(&self) -> RawFd {
         self.io.sock.as_raw_fd()
     }
 }
 
-macro_rules! read_half {
-    ($name:ident $(<$lt:lifetime>)?, $io:ty, $doc:literal) => {
-        #[doc = $doc]
-        #[derive(Debug)]
-        pub struct $name$(<$lt>)? {
-            io: $io,
-        }
-
+/// `AsyncRead` for a type whose `io` field derefs to the stream's `Io`.
+macro_rules! impl_async_read {
+    ($name:ident $(<$lt:lifetime>)?) => {
         impl$(<$lt>)? AsyncRead for $name$(<$lt>)? {
             fn poll_read(
                 self: Pin<&mut Self>,
@@ -426,14 +381,10 @@ macro_rules! read_half {
     };
 }
 
-macro_rules! write_half {
-    ($name:ident $(<$lt:lifetime>)?, $io:ty, $doc:literal) => {
-        #[doc = $doc]
-        #[derive(Debug)]
-        pub struct $name$(<$lt>)? {
-            io: $io,
-        }
-
+/// `AsyncWrite` for a type whose `io` field derefs to the stream's `Io`;
+/// shutting it down shuts down the stream's write side.
+macro_rules! impl_async_write {
+    ($name:ident $(<$lt:lifetime>)?) => {
         impl$(<$lt>)? AsyncWrite for $name$(<$lt>)? {
             fn poll_write(
                 self: Pin<&mut Self>,
@@ -474,26 +425,37 @@ impl<S: AsRawFd> fmt::Debug for Io<S> {
     }
 }
 
-read_half!(
-    OwnedReadHalf,
-    Arc<Io<mio::net::TcpStream>>,
-    "The read half of a [`TcpStream`], from [`TcpStream::into_split`]."
-);
-write_half!(
-    OwnedWriteHalf,
-    Arc<Io<mio::net::TcpStream>>,
-    "The write half of a [`TcpStream`], from [`TcpStream::into_split`]. Shutting it down shuts down the stream's write side."
-);
-read_half!(
-    OwnedReadHalfRef<'a>,
-    &'a Io<mio::net::TcpStream>,
-    "A borrowed read half of a [`TcpStream`], from [`TcpStream::split`]."
-);
-write_half!(
-    OwnedWriteHalfRef<'a>,
-    &'a Io<mio::net::TcpStream>,
-    "A borrowed write half of a [`TcpStream`], from [`TcpStream::split`]."
-);
+/// The read half of a [`TcpStream`], from [`TcpStream::into_split`].
+#[derive(Debug)]
+pub struct OwnedReadHalf {
+    io: Arc<Io<mio::net::TcpStream>>,
+}
+
+/// The write half of a [`TcpStream`], from [`TcpStream::into_split`].
+/// Shutting it down shuts down the stream's write side.
+#[derive(Debug)]
+pub struct OwnedWriteHalf {
+    io: Arc<Io<mio::net::TcpStream>>,
+}
+
+/// A borrowed read half of a [`TcpStream`], from [`TcpStream::split`].
+#[derive(Debug)]
+pub struct OwnedReadHalfRef<'a> {
+    io: &'a Io<mio::net::TcpStream>,
+}
+
+/// A borrowed write half of a [`TcpStream`], from [`TcpStream::split`].
+#[derive(Debug)]
+pub struct OwnedWriteHalfRef<'a> {
+    io: &'a Io<mio::net::TcpStream>,
+}
+
+impl_async_read!(TcpStream);
+impl_async_write!(TcpStream);
+impl_async_read!(OwnedReadHalf);
+impl_async_write!(OwnedWriteHalf);
+impl_async_read!(OwnedReadHalfRef<'a>);
+impl_async_write!(OwnedWriteHalfRef<'a>);
 
 impl OwnedReadHalf {
     /// The peer's address.
