@@ -143,6 +143,30 @@ fn lit_str(name: &Ident, value: &Expr, accepted: &str) -> syn::Result<syn::LitSt
     }
 }
 
+/// Reads a string option whose value must be one of `table`'s names;
+/// returns the matching value and the text given.
+fn choice<T: Copy>(
+    name: &Ident,
+    value: &Expr,
+    what: &str,
+    table: &[(&str, T)],
+) -> syn::Result<(T, String)> {
+    let accepted = table
+        .iter()
+        .map(|(n, _)| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let s = lit_str(name, value, &accepted)?;
+    let text = s.value();
+    match table.iter().find(|(n, _)| *n == text) {
+        Some(&(_, v)) => Ok((v, text)),
+        None => Err(syn::Error::new(
+            s.span(),
+            format!("unknown {what} `{text}`; expected one of: {accepted}"),
+        )),
+    }
+}
+
 /// The options seen so far, each with the name it was given under (for
 /// messages and spans) and its position (to report conflicts on the later
 /// one).
@@ -231,62 +255,36 @@ pub(crate) fn parse_config(args: TokenStream, kind: Kind) -> syn::Result<Config>
                 }
             }
             "scheduler" => {
-                let accepted = "\"dlb\", \"stealing\", \"current\"";
-                let parsed = lit_str(&name, &value, accepted).and_then(|s| {
-                    let sched = match s.value().as_str() {
-                        "dlb" => Sched::Dlb,
-                        "stealing" => Sched::Stealing,
-                        "current" => Sched::Current,
-                        other => {
-                            return Err(syn::Error::new(
-                                s.span(),
-                                format!("unknown scheduler `{other}`; expected one of: {accepted}"),
-                            ))
-                        }
-                    };
-                    Ok((sched, s.value()))
-                });
-                match parsed {
+                let table = [
+                    ("dlb", Sched::Dlb),
+                    ("stealing", Sched::Stealing),
+                    ("current", Sched::Current),
+                ];
+                match choice(&name, &value, "scheduler", &table) {
                     Ok((sched, text)) => seen.scheduler = Some((name, sched, text, index)),
                     Err(e) => errors.push(e),
                 }
             }
             "flavor" => {
-                let accepted = "\"multi_thread\", \"current_thread\"";
-                let parsed = lit_str(&name, &value, accepted).and_then(|s| {
-                    let sched = match s.value().as_str() {
-                        // The scheduler of a multi-thread runtime is the
-                        // `scheduler` option's business; DLB by default.
-                        "multi_thread" => Sched::Dlb,
-                        "current_thread" => Sched::Current,
-                        other => {
-                            return Err(syn::Error::new(
-                                s.span(),
-                                format!("unknown flavor `{other}`; expected one of: {accepted}"),
-                            ))
-                        }
-                    };
-                    Ok((sched, s.value()))
-                });
-                match parsed {
+                // The scheduler of a multi-thread runtime is the `scheduler`
+                // option's business; DLB by default.
+                let table = [
+                    ("multi_thread", Sched::Dlb),
+                    ("current_thread", Sched::Current),
+                ];
+                match choice(&name, &value, "flavor", &table) {
                     Ok((sched, text)) => seen.flavor = Some((name, sched, text, index)),
                     Err(e) => errors.push(e),
                 }
             }
             "dlb" => {
-                let accepted = "\"auto\", \"soft\", \"hw\"";
-                let parsed =
-                    lit_str(&name, &value, accepted).and_then(|s| match s.value().as_str() {
-                        "auto" => Ok(DlbBackend::Auto),
-                        "soft" => Ok(DlbBackend::Soft),
-                        "hw" => Ok(DlbBackend::Hw),
-                        other => Err(syn::Error::new(
-                            s.span(),
-                            format!("unknown DLB backend `{other}`; expected one of: {accepted}"),
-                        )),
-                    });
-                match parsed {
-                    Ok(backend) => seen.dlb = Some((name, backend)),
+                let table = [
+                    ("auto", DlbBackend::Auto),
+                    ("soft", DlbBackend::Soft),
+                    ("hw", DlbBackend::Hw),
+                ];
+                match choice(&name, &value, "DLB backend", &table) {
+                    Ok((backend, _)) => seen.dlb = Some((name, backend)),
                     Err(e) => errors.push(e),
                 }
             }
