@@ -421,6 +421,19 @@ impl Shared {
         self.owned.close_and_shutdown();
         lock(&self.overflow).clear();
         self.overflow_len.store(0, Release);
+        // Registrations released after the workers' last `epoll_wait` still
+        // hold their tasks' wakers (and so this `Shared`): no worker will
+        // poll again, so let them go now.
+        for r in self.reactors.iter() {
+            r.release_pending();
+        }
+        if let Some(st) = &self.stealing {
+            // Permissions pushed while the workers stopped: each holds the
+            // task, which holds this `Shared` (a cycle if left here).
+            while let Some(task) = steal_until_done(|| st.injector.steal()) {
+                drop(task);
+            }
+        }
         let mut buf = [Event::default(); 32];
         // Releasing lets waiting events into the CQs; repeat until a whole
         // pass finds nothing.
