@@ -286,12 +286,7 @@ impl Shared {
     /// spread as per-event arbitration would spread it, with one CAS per
     /// port instead of one per event.
     #[inline]
-    fn pick_reserve_run(
-        &self,
-        queue: usize,
-        cursor: &mut usize,
-        run: u64,
-    ) -> Option<(Reservation, u64)> {
+    fn pick_reserve_run(&self, queue: usize, run: u64) -> Option<(Reservation, u64)> {
         let q = &self.queues[queue];
         let consumers = &q.consumers;
         let n = consumers.len();
@@ -333,7 +328,6 @@ impl Shared {
             };
             if let Some(got) = self.try_reserve_n(consumers[at], want) {
                 q.rr.store(at + 1, Relaxed);
-                *cursor = at + 1;
                 return Some(got);
             }
             // The chosen port changed under us; look again.
@@ -370,10 +364,10 @@ impl Shared {
     }
 
     /// Picks the least loaded eligible port linked to `queue`, round-robin
-    /// among equals from `cursor`, and reserves a slot in its CQ.
+    /// among equals (one rotation per queue), and reserves a slot in its CQ.
     #[inline]
-    fn pick_reserve(&self, queue: usize, cursor: &mut usize) -> Option<Reservation> {
-        self.pick_reserve_run(queue, cursor, 1).map(|(r, _)| r)
+    fn pick_reserve(&self, queue: usize) -> Option<Reservation> {
+        self.pick_reserve_run(queue, 1).map(|(r, _)| r)
     }
 
     /// Writes `event` into the reserved CQ slot and wakes the owner if the
@@ -436,10 +430,10 @@ impl Shared {
     }
 
     /// Runs every dispatcher that can deliver to `port`.
-    fn pull_for(&self, port: usize, cursor: &mut usize) {
+    fn pull_for(&self, port: usize) {
         self.dispatch_directed(port);
         for &(queue, _) in self.ports[port].links.iter() {
-            self.dispatch_queue(usize::from(queue), cursor);
+            self.dispatch_queue(usize::from(queue));
         }
     }
 
@@ -464,11 +458,11 @@ impl Shared {
     }
 
     /// Moves waiting events of `queue` to eligible ports.
-    fn dispatch_queue(&self, queue: usize, cursor: &mut usize) {
+    fn dispatch_queue(&self, queue: usize) {
         let q = &self.queues[queue];
         while !q.waiting.is_empty() && self.any_eligible_or_mark(queue) {
             let Some(event) = q.waiting.take() else { break };
-            match self.place(queue, event, cursor, true) {
+            match self.place(queue, event, true) {
                 Ok(Placed::Delivered) => self.return_credit(),
                 Ok(Placed::Redirected) => {}
                 // Lost a race for the last slot: publish it again and
@@ -483,22 +477,16 @@ impl Shared {
     /// back if no port can take it now. `holds_credit` says whether the event
     /// holds a credit (it then moves to a directed ring with it, if needed).
     #[inline]
-    fn place(
-        &self,
-        queue: usize,
-        event: Event,
-        cursor: &mut usize,
-        holds_credit: bool,
-    ) -> Result<Placed, Event> {
+    fn place(&self, queue: usize, event: Event, holds_credit: bool) -> Result<Placed, Event> {
         if event.sched != Sched::Atomic {
-            let r = self.pick_reserve(queue, cursor).ok_or(event)?;
+            let r = self.pick_reserve(queue).ok_or(event)?;
             self.deliver(r, event);
             return Ok(Placed::Delivered);
         }
         let owner = match self.join_pinned_flow(queue, event.flow) {
             Some(owner) => owner,
             None => {
-                let r = self.pick_reserve(queue, cursor).ok_or(event)?;
+                let r = self.pick_reserve(queue).ok_or(event)?;
                 match self.claim_flow(queue, event.flow, r.port) {
                     Ok(()) => {
                         self.deliver(r, event);
@@ -597,10 +585,10 @@ impl Shared {
     /// Sends one event to load-balanced `queue`. Returns `false` if it had to
     /// wait and no credit was left.
     #[inline]
-    fn send_to_queue(&self, queue: usize, event: Event, cursor: &mut usize) -> bool {
+    fn send_to_queue(&self, queue: usize, event: Event) -> bool {
         let q = &self.queues[queue];
         let event = if q.waiting.is_empty() {
-            match self.place(queue, event, cursor, false) {
+            match self.place(queue, event, false) {
                 Ok(_) => return true,
                 Err(event) => event,
             }
@@ -611,7 +599,7 @@ impl Shared {
             return false;
         }
         q.waiting.push(event);
-        self.dispatch_queue(queue, cursor);
+        self.dispatch_queue(queue);
         true
     }
 
@@ -634,14 +622,14 @@ impl Shared {
     /// because no field underflows). If `PULL` was set, clears it and runs
     /// the port's dispatchers. Returns whether it pulled.
     #[inline]
-    fn owner_update(&self, port: usize, delta: u64, cursor: &mut usize) -> bool {
+    fn owner_update(&self, port: usize, delta: u64) -> bool {
         let state = &self.ports[port].state;
         let old = state.fetch_add(delta, AcqRel);
         if old & PULL == 0 {
             return false;
         }
         state.fetch_and(!PULL, AcqRel);
-        self.pull_for(port, cursor);
+        self.pull_for(port);
         true
     }
 }
@@ -719,7 +707,6 @@ impl SoftDomain {
         Ok(SoftPort {
             shared: Arc::clone(&self.shared),
             id,
-            cursor: id,
             history: VecDeque::with_capacity(4),
             owed: 0,
             unpublished_releases: 0,
@@ -764,8 +751,6 @@ fn record(history: &mut VecDeque<(u32, u32)>, owed: u64, event: &Event) {
 pub struct SoftPort {
     shared: Arc<Shared>,
     id: usize,
-    /// Round-robin position for this port's sends.
-    cursor: usize,
     /// Received, unreleased events, oldest first, run-length encoded:
     /// `(queue << 16 | flow, count)` for atomic events, `(NOT_ATOMIC, count)`
     /// for the others. Kept only while an atomic event is owed; empty means
@@ -819,7 +804,7 @@ impl SoftPort {
                             && e.priority <= PRIORITY_LOWEST
                     })
                     .count();
-                if let Some((r, k)) = shared.pick_reserve_run(queue, &mut self.cursor, run as u64) {
+                if let Some((r, k)) = shared.pick_reserve_run(queue, run as u64) {
                     shared.deliver_run(r, &events[sent..sent + k as usize]);
                     sent += k as usize;
                     continue;
@@ -827,9 +812,7 @@ impl SoftPort {
             }
             let ok = match event.sched {
                 Sched::Directed => shared.send_to_port(queue, *event),
-                Sched::Unordered | Sched::Atomic => {
-                    shared.send_to_queue(queue, *event, &mut self.cursor)
-                }
+                Sched::Unordered | Sched::Atomic => shared.send_to_queue(queue, *event),
             };
             if !ok {
                 PortCounters::bump(
@@ -891,7 +874,7 @@ impl SoftPort {
             .wrapping_sub(self.unpublished_releases << OWED_SHIFT)
             .wrapping_sub(freed << CQ_SHIFT);
         self.unpublished_releases = 0;
-        let pulled = shared.owner_update(self.id, delta, &mut self.cursor);
+        let pulled = shared.owner_update(self.id, delta);
         (n, pulled)
     }
 
@@ -946,7 +929,7 @@ impl SoftPort {
         if self.unpublished_releases > 0 {
             let delta = (self.unpublished_releases << OWED_SHIFT).wrapping_neg();
             self.unpublished_releases = 0;
-            self.shared.owner_update(self.id, delta, &mut self.cursor);
+            self.shared.owner_update(self.id, delta);
         }
     }
 
@@ -963,7 +946,7 @@ impl SoftPort {
             if s & PULL != 0 && !pulled {
                 // Events wait for this port: dispatch them before sleeping.
                 pulled = true;
-                shared.owner_update(self.id, 0, &mut self.cursor);
+                shared.owner_update(self.id, 0);
                 s = state.load(Acquire);
                 continue;
             }

@@ -458,8 +458,6 @@ impl Shared {
                 break;
             }
         }
-        // The injector's own CQ is unlinked, so nothing waits there.
-        let _ = &self.domain;
     }
 }
 
