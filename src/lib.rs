@@ -65,8 +65,8 @@
 //!   synchronisation primitives, re-exported (no tokio runtime is linked).
 //! - [`select!`], [`join!`], [`try_join!`], [`pin!`]: tokio's macros,
 //!   re-exported; they run on any executor.
-//! - [`net`]: `TcpListener` and `TcpStream` (more sockets and balanced
-//!   serving to come).
+//! - [`net`]: TCP (`TcpListener`, `TcpStream`, `TcpSocket`), UDP and Unix
+//!   sockets, and balanced serving; [`signal`]: `ctrl_c` and Unix signals.
 //! - [`dlb`]: the load-balancing queue itself.
 //!
 //! - [`main`] and [`test`]: `#[fulcrum::main]` and `#[fulcrum::test]`, with
@@ -78,6 +78,8 @@
 pub use fulcrum_dlb as dlb;
 pub use fulcrum_macros::{main, test};
 pub use fulcrum_net as net;
+/// Signals: `ctrl_c()` and `unix::signal(SignalKind)`, with tokio's paths.
+pub use fulcrum_net::signal;
 pub use fulcrum_runtime::{spawn, time};
 
 /// What `#[fulcrum::main]` and `#[fulcrum::test]` expand to. Not a public

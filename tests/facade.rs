@@ -161,25 +161,28 @@ fn join_set_and_oneshot() {
     }
 }
 
-/// A program depending on `fulcrum` gets no tokio runtime: tokio comes
-/// without its `rt` features (checked on the resolved dependency graph, not
-/// on this test binary, whose dev-dependencies may differ).
-#[test]
-fn no_tokio_runtime_in_the_dependency_graph() {
+/// The tokio features that `cargo tree` resolves for `package` (with
+/// `features`), inverted on tokio: checked on the resolved dependency graph,
+/// not on this test binary, whose dev-dependencies may differ.
+fn assert_no_tokio_runtime(package: &str, features: &str) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args = vec![
+        "tree",
+        "-p",
+        package,
+        "--edges",
+        "normal,features",
+        "--invert",
+        "tokio",
+        "--prefix",
+        "none",
+        "--offline",
+    ];
+    if !features.is_empty() {
+        args.extend(["--features", features]);
+    }
     let out = std::process::Command::new(cargo)
-        .args([
-            "tree",
-            "-p",
-            "fulcrum",
-            "--edges",
-            "normal,features",
-            "--invert",
-            "tokio",
-            "--prefix",
-            "none",
-            "--offline",
-        ])
+        .args(&args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo tree");
@@ -193,7 +196,22 @@ fn no_tokio_runtime_in_the_dependency_graph() {
     for forbidden in ["\"rt\"", "\"rt-multi-thread\"", "\"time\"", "\"net\""] {
         assert!(
             !tree.contains(&format!("tokio feature {forbidden}")),
-            "tokio {forbidden} is enabled for fulcrum users:\n{tree}"
+            "tokio {forbidden} is enabled for users of {package} [{features}]:\n{tree}"
         );
     }
+}
+
+/// A program depending on `fulcrum` gets no tokio runtime: tokio comes
+/// without its `rt` features.
+#[test]
+fn no_tokio_runtime_in_the_dependency_graph() {
+    assert_no_tokio_runtime("fulcrum", "");
+}
+
+/// Nor with the `hyper` feature: hyper runs on Fulcrum's executor, timer
+/// and I/O adapter, without hyper-util's `tokio` feature.
+#[test]
+fn no_tokio_runtime_with_the_hyper_feature() {
+    assert_no_tokio_runtime("fulcrum", "hyper");
+    assert_no_tokio_runtime("fulcrum-net", "hyper");
 }

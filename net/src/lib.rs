@@ -1,10 +1,13 @@
 //! Fulcrum's sockets.
 //!
-//! **Status: in progress.** Today: [`TcpListener`] and [`TcpStream`], which
-//! implement tokio's `AsyncRead`/`AsyncWrite` (so tokio-util codecs,
-//! `copy_bidirectional` and the other ecosystem helpers work on them), and
-//! balanced serving ([`Server`]) with four modes ([`Balance`]). Still to
-//! come: `TcpSocket`, UDP and Unix sockets, and the hyper integration.
+//! **Status: in progress.** Today: [`TcpListener`], [`TcpStream`] and
+//! [`TcpSocket`]; [`UdpSocket`]; Unix sockets ([`UnixListener`],
+//! [`UnixStream`], [`UnixDatagram`]); signals ([`signal::ctrl_c`],
+//! [`signal::unix::signal`]); and balanced serving ([`Server`]) with four
+//! modes ([`Balance`]). The streams implement tokio's
+//! `AsyncRead`/`AsyncWrite` (so tokio-util codecs, `copy_bidirectional` and
+//! the other ecosystem helpers work on them). Still to come: the hyper
+//! integration.
 //!
 //! # Where a socket lives
 //! A socket registers with the reactor of the worker that first polls it,
@@ -13,10 +16,21 @@
 //! task lands on: in the DLB scheduler the spawn goes through the DLB queue
 //! while another worker is idle, so the arbiter places the connection.
 
+#[cfg(feature = "hyper")]
+pub mod hyper;
+mod io;
 mod serve;
+pub mod signal;
+mod socket;
+mod sys;
 mod tcp;
+mod udp;
+pub mod unix;
 
 pub use serve::{Balance, Server, Serving};
+pub use socket::TcpSocket;
 pub use tcp::{
     OwnedReadHalf, OwnedReadHalfRef, OwnedWriteHalf, OwnedWriteHalfRef, TcpListener, TcpStream,
 };
+pub use udp::UdpSocket;
+pub use unix::{UnixDatagram, UnixListener, UnixStream};

@@ -2,90 +2,14 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use fulcrum_runtime::io::{Direction, Interest, Registration};
-use mio::unix::SourceFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use fulcrum_runtime::io::{Direction, Interest};
 
-/// A mio socket plus its registration, made on first use on the thread
-/// that polls it (see the crate docs).
-struct Io<S: AsRawFd> {
-    sock: S,
-    reg: OnceLock<Registration>,
-    /// Serialises the first registration (two halves may race to it).
-    init: Mutex<()>,
-    interest: Interest,
-}
-
-impl<S: AsRawFd> Io<S> {
-    fn new(sock: S, interest: Interest) -> Self {
-        Self {
-            sock,
-            reg: OnceLock::new(),
-            init: Mutex::new(()),
-            interest,
-        }
-    }
-
-    /// The registration, made now if this is the first use.
-    fn reg(&self) -> io::Result<&Registration> {
-        if let Some(r) = self.reg.get() {
-            return Ok(r);
-        }
-        let _guard = self.init.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = self.reg.get() {
-            return Ok(r);
-        }
-        let fd = self.sock.as_raw_fd();
-        let reg = Registration::new(&mut SourceFd(&fd), self.interest)?;
-        Ok(self.reg.get_or_init(|| reg))
-    }
-
-    fn poll_io<R>(
-        &self,
-        cx: &mut Context<'_>,
-        dir: Direction,
-        f: impl FnMut() -> io::Result<R>,
-    ) -> Poll<io::Result<R>> {
-        match self.reg() {
-            Ok(reg) => reg.poll_io(cx, dir, f),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-}
-
-impl<S: AsRawFd> Drop for Io<S> {
-    fn drop(&mut self) {
-        if let Some(mut reg) = self.reg.take() {
-            let fd = self.sock.as_raw_fd();
-            if let Err(e) = reg.deregister(&mut SourceFd(&fd)) {
-                tracing::debug!(fd, "deregistering a socket: {e}");
-            }
-        }
-    }
-}
-
-/// Adds the address to an OS error, as in "bind 127.0.0.1:8080: Address
-/// already in use".
-fn with_addr(op: &str, addr: impl fmt::Display, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{op} {addr}: {e}"))
-}
-
-fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
-    let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
-    if addrs.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "could not resolve to any address",
-        ));
-    }
-    Ok(addrs)
-}
+use crate::io::{impl_async_read, impl_async_write, resolve, with_addr, Io};
 
 /// A TCP listening socket.
 pub struct TcpListener {
@@ -118,7 +42,7 @@ impl TcpListener {
         Err(last.unwrap_or_else(|| io::ErrorKind::InvalidInput.into()))
     }
 
-    fn from_mio(l: mio::net::TcpListener) -> Self {
+    pub(crate) fn from_mio(l: mio::net::TcpListener) -> Self {
         Self {
             io: Io::new(l, Interest::READABLE),
         }
@@ -180,7 +104,7 @@ impl fmt::Debug for TcpStream {
 }
 
 impl TcpStream {
-    fn from_mio(s: mio::net::TcpStream) -> Self {
+    pub(crate) fn from_mio(s: mio::net::TcpStream) -> Self {
         Self {
             io: Arc::new(Io::new(s, Interest::READABLE | Interest::WRITABLE)),
         }
@@ -202,7 +126,14 @@ impl TcpStream {
     }
 
     async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
-        let stream = Self::from_mio(mio::net::TcpStream::connect(addr)?);
+        Self::from_mio(mio::net::TcpStream::connect(addr)?)
+            .connected()
+            .await
+    }
+
+    /// Waits for a connection in progress to finish (or fail).
+    pub(crate) async fn connected(self) -> io::Result<TcpStream> {
+        let stream = self;
         // Writable once the handshake finished (or failed).
         let reg = stream.io.reg()?;
         let ev = reg.ready(Direction::Write).await;
@@ -321,107 +252,9 @@ impl TcpStream {
     }
 }
 
-fn poll_read(
-    io: &Io<mio::net::TcpStream>,
-    cx: &mut Context<'_>,
-    buf: &mut ReadBuf<'_>,
-) -> Poll<io::Result<()>> {
-    let n = match io.poll_io(cx, Direction::Read, || {
-        (&io.sock).read(buf.initialize_unfilled())
-    }) {
-        Poll::Ready(Ok(n)) => n,
-        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-        Poll::Pending => return Poll::Pending,
-    };
-    buf.advance(n);
-    Poll::Ready(Ok(()))
-}
-
-fn poll_write(
-    io: &Io<mio::net::TcpStream>,
-    cx: &mut Context<'_>,
-    buf: &[u8],
-) -> Poll<io::Result<usize>> {
-    io.poll_io(cx, Direction::Write, || (&io.sock).write(buf))
-}
-
-fn poll_write_vectored(
-    io: &Io<mio::net::TcpStream>,
-    cx: &mut Context<'_>,
-    bufs: &[io::IoSlice<'_>],
-) -> Poll<io::Result<usize>> {
-    io.poll_io(cx, Direction::Write, || (&io.sock).write_vectored(bufs))
-}
-
-fn shutdown_write(io: &Io<mio::net::TcpStream>) -> Poll<io::Result<()>> {
-    match io.sock.shutdown(Shutdown::Write) {
-        Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
-        _ => Poll::Ready(Ok(())),
-    }
-}
-
 impl AsRawFd for TcpStream {
     fn as_raw_fd(&self) -> RawFd {
         self.io.sock.as_raw_fd()
-    }
-}
-
-/// `AsyncRead` for a type whose `io` field derefs to the stream's `Io`.
-macro_rules! impl_async_read {
-    ($name:ident $(<$lt:lifetime>)?) => {
-        impl$(<$lt>)? AsyncRead for $name$(<$lt>)? {
-            fn poll_read(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                poll_read(&self.io, cx, buf)
-            }
-        }
-    };
-}
-
-/// `AsyncWrite` for a type whose `io` field derefs to the stream's `Io`;
-/// shutting it down shuts down the stream's write side.
-macro_rules! impl_async_write {
-    ($name:ident $(<$lt:lifetime>)?) => {
-        impl$(<$lt>)? AsyncWrite for $name$(<$lt>)? {
-            fn poll_write(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                poll_write(&self.io, cx, buf)
-            }
-
-            fn poll_write_vectored(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                bufs: &[io::IoSlice<'_>],
-            ) -> Poll<io::Result<usize>> {
-                poll_write_vectored(&self.io, cx, bufs)
-            }
-
-            fn is_write_vectored(&self) -> bool {
-                true
-            }
-
-            fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                Poll::Ready(Ok(()))
-            }
-
-            fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                shutdown_write(&self.io)
-            }
-        }
-    };
-}
-
-impl<S: AsRawFd> fmt::Debug for Io<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Io")
-            .field("fd", &self.sock.as_raw_fd())
-            .finish()
     }
 }
 

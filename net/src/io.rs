@@ -1,0 +1,247 @@
+//! What every socket type shares: [`Io`], a mio socket plus its lazily made
+//! reactor registration; the stream plumbing behind `AsyncRead` and
+//! `AsyncWrite` (one implementation for TCP and Unix streams and their
+//! halves); and the error and address helpers.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::{Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use fulcrum_runtime::io::{Direction, Interest, Registration};
+use mio::unix::SourceFd;
+use tokio::io::ReadBuf;
+
+/// A mio socket plus its registration, made on first use on the thread
+/// that polls it (see the crate docs).
+pub(crate) struct Io<S: AsRawFd> {
+    pub(crate) sock: S,
+    reg: OnceLock<Registration>,
+    /// Serialises the first registration (two halves may race to it).
+    init: Mutex<()>,
+    interest: Interest,
+}
+
+impl<S: AsRawFd> Io<S> {
+    pub(crate) fn new(sock: S, interest: Interest) -> Self {
+        Self {
+            sock,
+            reg: OnceLock::new(),
+            init: Mutex::new(()),
+            interest,
+        }
+    }
+
+    /// The registration, made now if this is the first use.
+    pub(crate) fn reg(&self) -> io::Result<&Registration> {
+        if let Some(r) = self.reg.get() {
+            return Ok(r);
+        }
+        let _guard = self.init.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = self.reg.get() {
+            return Ok(r);
+        }
+        let fd = self.sock.as_raw_fd();
+        let reg = Registration::new(&mut SourceFd(&fd), self.interest)?;
+        Ok(self.reg.get_or_init(|| reg))
+    }
+
+    /// Runs `f` when ready in `dir`, waiting again on `WouldBlock`.
+    pub(crate) fn poll_io<R>(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Direction,
+        f: impl FnMut() -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        match self.reg() {
+            Ok(reg) => reg.poll_io(cx, dir, f),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Waits for readiness in `dir` (for `readable`/`writable`).
+    pub(crate) async fn ready(&self, dir: Direction) -> io::Result<()> {
+        self.reg()?.ready(dir).await;
+        Ok(())
+    }
+
+    /// Runs `f` once if the socket looks ready in `dir`, else `WouldBlock`
+    /// (for the `try_` operations).
+    pub(crate) fn try_io<R>(
+        &self,
+        dir: Direction,
+        f: impl FnOnce() -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.reg()?.try_io(dir, f)
+    }
+}
+
+impl<S: AsRawFd> Drop for Io<S> {
+    fn drop(&mut self) {
+        if let Some(mut reg) = self.reg.take() {
+            let fd = self.sock.as_raw_fd();
+            if let Err(e) = reg.deregister(&mut SourceFd(&fd)) {
+                tracing::debug!(fd, "deregistering a socket: {e}");
+            }
+        }
+    }
+}
+
+impl<S: AsRawFd> fmt::Debug for Io<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Io")
+            .field("fd", &self.sock.as_raw_fd())
+            .finish()
+    }
+}
+
+/// Adds the address to an OS error, as in "bind 127.0.0.1:8080: Address
+/// already in use".
+pub(crate) fn with_addr(op: &str, addr: impl fmt::Display, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{op} {addr}: {e}"))
+}
+
+/// The addresses `addr` resolves to; an error if none.
+pub(crate) fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "could not resolve to any address",
+        ));
+    }
+    Ok(addrs)
+}
+
+/// A connected mio stream socket (TCP or Unix): what the shared
+/// `AsyncRead`/`AsyncWrite` implementation needs of it.
+pub(crate) trait StreamSocket: AsRawFd {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn write(&self, buf: &[u8]) -> io::Result<usize>;
+    fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize>;
+    fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+}
+
+macro_rules! stream_socket {
+    ($($ty:ty),*) => {$(
+        impl StreamSocket for $ty {
+            fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                Read::read(&mut &*self, buf)
+            }
+
+            fn write(&self, buf: &[u8]) -> io::Result<usize> {
+                Write::write(&mut &*self, buf)
+            }
+
+            fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                Write::write_vectored(&mut &*self, bufs)
+            }
+
+            fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+                <$ty>::shutdown(self, how)
+            }
+        }
+    )*};
+}
+
+stream_socket!(mio::net::TcpStream, mio::net::UnixStream);
+
+pub(crate) fn poll_read<S: StreamSocket>(
+    io: &Io<S>,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let n = match io.poll_io(cx, Direction::Read, || {
+        io.sock.read(buf.initialize_unfilled())
+    }) {
+        Poll::Ready(Ok(n)) => n,
+        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+        Poll::Pending => return Poll::Pending,
+    };
+    buf.advance(n);
+    Poll::Ready(Ok(()))
+}
+
+pub(crate) fn poll_write<S: StreamSocket>(
+    io: &Io<S>,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<io::Result<usize>> {
+    io.poll_io(cx, Direction::Write, || io.sock.write(buf))
+}
+
+pub(crate) fn poll_write_vectored<S: StreamSocket>(
+    io: &Io<S>,
+    cx: &mut Context<'_>,
+    bufs: &[io::IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    io.poll_io(cx, Direction::Write, || io.sock.write_vectored(bufs))
+}
+
+pub(crate) fn shutdown_write<S: StreamSocket>(io: &Io<S>) -> Poll<io::Result<()>> {
+    match io.sock.shutdown(Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
+        _ => Poll::Ready(Ok(())),
+    }
+}
+
+/// `AsyncRead` for a type whose `io` field derefs to a stream's `Io`.
+macro_rules! impl_async_read {
+    ($name:ident $(<$lt:lifetime>)?) => {
+        impl$(<$lt>)? ::tokio::io::AsyncRead for $name$(<$lt>)? {
+            fn poll_read(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                buf: &mut ::tokio::io::ReadBuf<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                $crate::io::poll_read(&self.io, cx, buf)
+            }
+        }
+    };
+}
+
+/// `AsyncWrite` for a type whose `io` field derefs to a stream's `Io`;
+/// shutting it down shuts down the stream's write side.
+macro_rules! impl_async_write {
+    ($name:ident $(<$lt:lifetime>)?) => {
+        impl$(<$lt>)? ::tokio::io::AsyncWrite for $name$(<$lt>)? {
+            fn poll_write(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                buf: &[u8],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
+                $crate::io::poll_write(&self.io, cx, buf)
+            }
+
+            fn poll_write_vectored(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                bufs: &[::std::io::IoSlice<'_>],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
+                $crate::io::poll_write_vectored(&self.io, cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                true
+            }
+
+            fn poll_flush(
+                self: ::std::pin::Pin<&mut Self>,
+                _cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::std::task::Poll::Ready(Ok(()))
+            }
+
+            fn poll_shutdown(
+                self: ::std::pin::Pin<&mut Self>,
+                _cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                $crate::io::shutdown_write(&self.io)
+            }
+        }
+    };
+}
+
+pub(crate) use {impl_async_read, impl_async_write};
