@@ -394,6 +394,16 @@ impl Handle {
         }
     }
 
+    /// The DLB backend that carries work between the workers: the software
+    /// queue or a hardware device. `None` on a current-thread runtime,
+    /// which has no queue.
+    pub fn dlb_backend(&self) -> Option<fulcrum_dlb::BackendKind> {
+        match &self.inner {
+            Inner::Multi(s) => Some(s.dlb_backend()),
+            Inner::Current(_) => None,
+        }
+    }
+
     /// Number of worker threads (1 for the current-thread runtime).
     pub fn num_workers(&self) -> usize {
         match &self.inner {

@@ -405,6 +405,11 @@ impl Shared {
         self.wakers.len()
     }
 
+    /// The DLB backend the workers' queue runs on.
+    pub(crate) fn dlb_backend(&self) -> fulcrum_dlb::BackendKind {
+        self.domain.backend()
+    }
+
     /// Asks every worker to stop.
     pub(crate) fn begin_shutdown(&self) {
         self.shutdown.store(true, SeqCst);

@@ -1,0 +1,242 @@
+//! The admin listener (loopback by default): `/stats` (JSON, or Prometheus
+//! text with `?format=prometheus` or at `/stats/prometheus`), `/healthz`
+//! and `/config`.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fulcrum::net::hyper::{FulcrumTimer, HyperIo};
+use fulcrum::net::{Server, Serving, TcpStream};
+use fulcrum::runtime::Handle;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::proxy::Gateway;
+
+/// What the admin pages read.
+pub struct State {
+    pub gateway: Arc<Gateway>,
+    pub serving: Arc<Serving>,
+    pub handle: Handle,
+    pub draining: AtomicBool,
+}
+
+impl State {
+    /// The statistics as JSON.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let metrics = self.handle.metrics();
+        let open = self.serving.open_per_worker();
+        let handled = self.serving.handled_per_worker();
+        let workers: Vec<_> = metrics
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let w = &self.gateway.workers[i];
+                json!({
+                    "worker": i,
+                    "open_connections": open.get(i).copied().unwrap_or(0),
+                    "connections": handled.get(i).copied().unwrap_or(0),
+                    "requests": w.requests.load(Relaxed),
+                    "responses_5xx": w.responses_5xx.load(Relaxed),
+                    "dlb_handoffs_sent": m.dlb_sent,
+                    "dlb_handoffs_received": m.dlb_received,
+                    "dlb_fallbacks": m.fallbacks,
+                    "io_rescued": m.io_rescued,
+                    "tasks_polled": m.tasks_polled,
+                })
+            })
+            .collect();
+        let clusters: Vec<_> = self
+            .gateway
+            .clusters
+            .iter()
+            .map(|c| {
+                let endpoints: Vec<_> = c
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "address": e.name,
+                            "healthy": e.healthy.load(Relaxed),
+                            "requests": e.requests.load(Relaxed),
+                            "active": e.active.load(Relaxed),
+                            "failures": e.failures.load(Relaxed),
+                        })
+                    })
+                    .collect();
+                json!({"name": c.spec.name, "endpoints": endpoints})
+            })
+            .collect();
+        json!({
+            "dlb_backend": self.handle.dlb_backend().map(|b| b.to_string()),
+            "balance": format!("{:?}", self.gateway.config.balance),
+            "draining": self.draining.load(Relaxed),
+            "remote_fallbacks": metrics.remote_fallbacks,
+            "workers": workers,
+            "clusters": clusters,
+        })
+    }
+
+    /// The statistics as Prometheus text.
+    pub fn stats_prometheus(&self) -> String {
+        let v = self.stats_json();
+        let mut out = String::new();
+        let worker_metrics = [
+            (
+                "open_connections",
+                "gauge",
+                "Client connections open on the worker.",
+            ),
+            (
+                "connections",
+                "counter",
+                "Client connections the worker has handled.",
+            ),
+            ("requests", "counter", "Requests served on the worker."),
+            (
+                "responses_5xx",
+                "counter",
+                "5xx responses sent from the worker.",
+            ),
+            (
+                "dlb_handoffs_sent",
+                "counter",
+                "Tasks and connections the worker sent through the DLB queue.",
+            ),
+            (
+                "dlb_handoffs_received",
+                "counter",
+                "Tasks and connections the worker received from the DLB queue.",
+            ),
+            (
+                "dlb_fallbacks",
+                "counter",
+                "DLB sends that came up short, handled locally instead.",
+            ),
+            (
+                "io_rescued",
+                "counter",
+                "Ready I/O of a busy peer this worker rescued.",
+            ),
+        ];
+        let empty = Vec::new();
+        let workers = v["workers"].as_array().unwrap_or(&empty);
+        for (name, kind, help) in worker_metrics {
+            let _ = writeln!(out, "# HELP fulcrum_gateway_worker_{name} {help}");
+            let _ = writeln!(out, "# TYPE fulcrum_gateway_worker_{name} {kind}");
+            for w in workers {
+                let _ = writeln!(
+                    out,
+                    "fulcrum_gateway_worker_{name}{{worker=\"{}\"}} {}",
+                    w["worker"], w[name]
+                );
+            }
+        }
+        let endpoint_metrics = [
+            ("healthy", "gauge", "1 if the endpoint is in rotation."),
+            ("requests", "counter", "Requests sent to the endpoint."),
+            ("active", "gauge", "Requests in flight to the endpoint."),
+            (
+                "failures",
+                "counter",
+                "Requests that failed to connect, were reset or timed out.",
+            ),
+        ];
+        let clusters = v["clusters"].as_array().unwrap_or(&empty);
+        for (name, kind, help) in endpoint_metrics {
+            let _ = writeln!(out, "# HELP fulcrum_gateway_endpoint_{name} {help}");
+            let _ = writeln!(out, "# TYPE fulcrum_gateway_endpoint_{name} {kind}");
+            for c in clusters {
+                for e in c["endpoints"].as_array().unwrap_or(&empty) {
+                    let value = match &e[name] {
+                        serde_json::Value::Bool(b) => u64::from(*b).to_string(),
+                        other => other.to_string(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "fulcrum_gateway_endpoint_{name}{{cluster={},endpoint={}}} {value}",
+                        c["name"], e["address"]
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+fn page(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let query = req.uri().query().unwrap_or("");
+    let prometheus = query.split('&').any(|kv| kv == "format=prometheus");
+    match req.uri().path() {
+        "/healthz" if state.draining.load(Relaxed) => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "draining\n".into(),
+        ),
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/stats/prometheus" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.stats_prometheus(),
+        ),
+        "/stats" if prometheus => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.stats_prometheus(),
+        ),
+        "/stats" => respond(
+            StatusCode::OK,
+            "application/json",
+            format!("{:#}\n", state.stats_json()),
+        ),
+        "/config" => match serde_json::to_string_pretty(&state.gateway.config.raw) {
+            Ok(s) => respond(StatusCode::OK, "application/json", s + "\n"),
+            Err(e) => respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{e}\n"),
+            ),
+        },
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "admin pages: /stats, /stats?format=prometheus, /healthz, /config\n".into(),
+        ),
+    }
+}
+
+/// Starts the admin listener.
+pub async fn start(addr: SocketAddr, state: Arc<State>) -> io::Result<Serving> {
+    Server::bind(addr)
+        .serve(move |stream: TcpStream, _peer| {
+            let state = state.clone();
+            async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let resp = page(&state, &req);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(FulcrumTimer::new())
+                    .serve_connection(HyperIo::new(stream), svc)
+                    .await;
+            }
+        })
+        .await
+}

@@ -1,0 +1,684 @@
+//! The configuration file (TOML), and its validation.
+//!
+//! TOML rather than YAML: the `toml` crate is actively maintained (the
+//! common YAML binding for serde, `serde_yaml`, is archived), TOML has no
+//! implicit typing surprises (`no` is not `false`), and its parser reports
+//! the line and column of every error, so a bad file fails with the file,
+//! the field and the reason.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The smallest value hyper accepts for its read buffer (and so for the
+/// header-size limit).
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// A configuration error: which file, which field, and why.
+#[derive(Debug)]
+pub struct ConfigError {
+    file: String,
+    field: String,
+    reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The client-facing listener.
+    pub listener: Listener,
+    /// The admin listener.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Routes, tried in order; the first match wins.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Upstream clusters.
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+}
+
+/// `[listener]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Address to listen on.
+    pub address: String,
+    /// Worker threads; default: the available parallelism.
+    pub workers: Option<usize>,
+    /// How connections are spread over the workers.
+    #[serde(default = "default_balance")]
+    pub balance: String,
+    /// The DLB backend: `auto`, `soft`, `hw` or `hw:N`.
+    #[serde(default = "default_backend")]
+    pub dlb_backend: String,
+    /// Time allowed to read a request head (slowloris guard).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// Largest request head, in bytes (at least 8192).
+    #[serde(default = "default_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Largest request body, in bytes.
+    #[serde(default = "default_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Time allowed for requests in flight to finish on SIGTERM/ctrl-c.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_ms: u64,
+    /// One `tracing` line per request.
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address of the admin listener (loopback by default).
+    #[serde(default = "default_admin")]
+    pub address: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            address: default_admin(),
+        }
+    }
+}
+
+/// `[[routes]]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Host to match: exact (`api.example.com`), a suffix wildcard
+    /// (`*.example.com`) or any (`*`, the default). Ports are ignored.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Path prefix to match (default `/`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Replaces the matched prefix before the request goes upstream.
+    pub rewrite: Option<String>,
+    /// The cluster to send to.
+    pub cluster: String,
+}
+
+/// `[[clusters]]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// The name routes refer to.
+    pub name: String,
+    /// Upstream `host:port`s.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Start this many built-in httpbin-style backends on loopback and add
+    /// them to the endpoints.
+    #[serde(default)]
+    pub demo_backends: usize,
+    /// `round_robin`, `least_request` or `maglev`.
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// Maglev's key: `client_ip` (default) or `header:<name>`.
+    pub hash_key: Option<String>,
+    /// Maglev's table size: a prime (default 65537).
+    #[serde(default = "default_table")]
+    pub maglev_table_size: usize,
+    /// Time allowed to connect to an endpoint.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Time allowed for the upstream's response head.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_ms: u64,
+    /// Idle keep-alive connections kept per endpoint and worker.
+    #[serde(default = "default_idle")]
+    pub max_idle_per_endpoint: usize,
+    /// The active health check (none: every endpoint is always healthy).
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `[clusters.health_check]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path to GET; a 2xx answer is a pass.
+    pub path: String,
+    /// Time between checks of one endpoint.
+    #[serde(default = "default_hc_interval")]
+    pub interval_ms: u64,
+    /// Time allowed for one check.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout_ms: u64,
+    /// Consecutive passes that put an ejected endpoint back.
+    #[serde(default = "default_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that eject an endpoint.
+    #[serde(default = "default_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_balance() -> String {
+    "dlb".into()
+}
+fn default_backend() -> String {
+    "auto".into()
+}
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_drain_timeout() -> u64 {
+    10_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_admin() -> String {
+    "127.0.0.1:9901".into()
+}
+fn default_host() -> String {
+    "*".into()
+}
+fn default_prefix() -> String {
+    "/".into()
+}
+fn default_policy() -> String {
+    "round_robin".into()
+}
+fn default_table() -> usize {
+    65_537
+}
+fn default_connect_timeout() -> u64 {
+    1_000
+}
+fn default_request_timeout() -> u64 {
+    15_000
+}
+fn default_idle() -> usize {
+    32
+}
+fn default_hc_interval() -> u64 {
+    1_000
+}
+fn default_hc_timeout() -> u64 {
+    500
+}
+fn default_threshold() -> u32 {
+    2
+}
+
+/// Load-balancing policy of a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Each healthy endpoint in turn.
+    RoundRobin,
+    /// Envoy's least request: the less busy of two random endpoints.
+    LeastRequest,
+    /// Maglev consistent hashing on a key.
+    Maglev,
+}
+
+/// What Maglev hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address.
+    ClientIp,
+    /// A request header (lower-case name); requests without it go round
+    /// robin.
+    Header(String),
+}
+
+/// A validated cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub demo_backends: usize,
+    pub policy: Policy,
+    pub hash_key: HashKey,
+    pub table_size: usize,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_idle: usize,
+    pub health: Option<HealthSpec>,
+}
+
+/// A validated health check.
+#[derive(Clone, Debug)]
+pub struct HealthSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+/// A validated route; `cluster` indexes [`Validated::clusters`].
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    pub host: String,
+    pub prefix: String,
+    pub rewrite: Option<String>,
+    pub cluster: usize,
+}
+
+/// The configuration, checked and in the types the gateway uses.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub balance: fulcrum::net::Balance,
+    pub backend: fulcrum::dlb::Backend,
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub drain_timeout: Duration,
+    pub access_log: bool,
+    pub admin: SocketAddr,
+    pub routes: Vec<RouteSpec>,
+    pub clusters: Vec<ClusterSpec>,
+    /// The file as parsed, for the admin's `/config`.
+    pub raw: Config,
+}
+
+/// Parses and validates `text`, read from `file`.
+pub fn parse(file: &str, text: &str) -> Result<Validated, ConfigError> {
+    let raw: Config = toml::from_str(text).map_err(|e| parse_error(file, text, &e))?;
+    validate(file, raw)
+}
+
+/// Turns a TOML error into file + field + reason: the field is the key
+/// on the line the error points at.
+fn parse_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let reason = e.message().trim().to_owned();
+    let Some(span) = e.span() else {
+        return ConfigError {
+            file: file.into(),
+            field: "(document)".into(),
+            reason,
+        };
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = match line.split_once('=') {
+        Some((k, _)) => k.trim().trim_matches('"').to_owned(),
+        None => line.trim().to_owned(),
+    };
+    ConfigError {
+        file: file.into(),
+        field: format!("line {line_no}, `{key}`"),
+        reason,
+    }
+}
+
+/// Resolves `addr` (`host:port`) to one socket address.
+fn socket_addr(addr: &str) -> Result<SocketAddr, String> {
+    let mut it = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr:?} is not a host:port address ({e})"))?;
+    it.next()
+        .ok_or_else(|| format!("{addr:?} resolves to no address"))
+}
+
+/// Checks that `addr` has the `host:port` form; the name is resolved at
+/// start-up, so that `--check` works away from the deployment's DNS.
+fn host_port(addr: &str) -> Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{addr:?} is not a host:port address")),
+    }
+}
+
+fn is_prime(n: usize) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
+    let err = |field: String, reason: String| ConfigError {
+        file: file.into(),
+        field,
+        reason,
+    };
+    let l = &raw.listener;
+    let listen = socket_addr(&l.address).map_err(|r| err("listener.address".into(), r))?;
+    let workers = match l.workers {
+        Some(0) => return Err(err("listener.workers".into(), "must be at least 1".into())),
+        Some(n) if n > 1024 => {
+            return Err(err(
+                "listener.workers".into(),
+                format!("{n} is more than 1024"),
+            ))
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let balance = l
+        .balance
+        .parse()
+        .map_err(|e: std::io::Error| err("listener.balance".into(), e.to_string()))?;
+    let backend = l
+        .dlb_backend
+        .parse()
+        .map_err(|e: fulcrum::dlb::DlbError| err("listener.dlb_backend".into(), e.to_string()))?;
+    if l.max_header_bytes < MIN_HEADER_BYTES {
+        return Err(err(
+            "listener.max_header_bytes".into(),
+            format!(
+                "{} is below the minimum of {MIN_HEADER_BYTES}",
+                l.max_header_bytes
+            ),
+        ));
+    }
+    if l.header_timeout_ms == 0 {
+        return Err(err(
+            "listener.header_timeout_ms".into(),
+            "must be above 0".into(),
+        ));
+    }
+    let admin = socket_addr(&raw.admin.address).map_err(|r| err("admin.address".into(), r))?;
+
+    let mut clusters = Vec::new();
+    for (i, c) in raw.clusters.iter().enumerate() {
+        let at = |f: &str| format!("clusters[{i}] ({}).{f}", c.name);
+        if c.name.is_empty() {
+            return Err(err(
+                format!("clusters[{i}].name"),
+                "must not be empty".into(),
+            ));
+        }
+        if raw.clusters[..i].iter().any(|o| o.name == c.name) {
+            return Err(err(
+                at("name"),
+                "a cluster of that name comes earlier".into(),
+            ));
+        }
+        for (j, e) in c.endpoints.iter().enumerate() {
+            host_port(e).map_err(|r| err(at(&format!("endpoints[{j}]")), r))?;
+        }
+        if c.endpoints.is_empty() && c.demo_backends == 0 {
+            return Err(err(
+                at("endpoints"),
+                "a cluster needs at least one endpoint (or demo_backends)".into(),
+            ));
+        }
+        if c.demo_backends > 16 {
+            return Err(err(at("demo_backends"), "at most 16".into()));
+        }
+        let policy = match c.policy.as_str() {
+            "round_robin" => Policy::RoundRobin,
+            "least_request" => Policy::LeastRequest,
+            "maglev" => Policy::Maglev,
+            other => {
+                return Err(err(
+                    at("policy"),
+                    format!(
+                        "unknown policy {other:?}; expected round_robin, least_request or maglev"
+                    ),
+                ))
+            }
+        };
+        let hash_key = match c.hash_key.as_deref() {
+            None | Some("client_ip") => HashKey::ClientIp,
+            Some(h) => match h.strip_prefix("header:") {
+                Some(name) if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
+                    HashKey::Header(name.to_ascii_lowercase())
+                }
+                _ => {
+                    return Err(err(
+                        at("hash_key"),
+                        format!("{h:?}: expected client_ip or header:<name>"),
+                    ))
+                }
+            },
+        };
+        if c.hash_key.is_some() && policy != Policy::Maglev {
+            return Err(err(at("hash_key"), "only the maglev policy hashes".into()));
+        }
+        if !is_prime(c.maglev_table_size) || c.maglev_table_size > 5_000_011 {
+            return Err(err(
+                at("maglev_table_size"),
+                format!("{} is not a prime up to 5000011", c.maglev_table_size),
+            ));
+        }
+        if c.maglev_table_size < 100 * (c.endpoints.len() + c.demo_backends) {
+            return Err(err(
+                at("maglev_table_size"),
+                "should be at least 100 times the number of endpoints".into(),
+            ));
+        }
+        for (f, v) in [
+            ("connect_timeout_ms", c.connect_timeout_ms),
+            ("request_timeout_ms", c.request_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(err(at(f), "must be above 0".into()));
+            }
+        }
+        let health = match &c.health_check {
+            None => None,
+            Some(h) => {
+                if !h.path.starts_with('/') {
+                    return Err(err(at("health_check.path"), "must start with /".into()));
+                }
+                if h.interval_ms == 0 || h.timeout_ms == 0 {
+                    return Err(err(
+                        at("health_check"),
+                        "interval_ms and timeout_ms must be above 0".into(),
+                    ));
+                }
+                if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+                    return Err(err(
+                        at("health_check"),
+                        "thresholds must be at least 1".into(),
+                    ));
+                }
+                Some(HealthSpec {
+                    path: h.path.clone(),
+                    interval: Duration::from_millis(h.interval_ms),
+                    timeout: Duration::from_millis(h.timeout_ms),
+                    healthy_threshold: h.healthy_threshold,
+                    unhealthy_threshold: h.unhealthy_threshold,
+                })
+            }
+        };
+        clusters.push(ClusterSpec {
+            name: c.name.clone(),
+            endpoints: c.endpoints.clone(),
+            demo_backends: c.demo_backends,
+            policy,
+            hash_key,
+            table_size: c.maglev_table_size,
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            request_timeout: Duration::from_millis(c.request_timeout_ms),
+            max_idle: c.max_idle_per_endpoint,
+            health,
+        });
+    }
+
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let at = |f: &str| format!("routes[{i}].{f}");
+        if !r.prefix.starts_with('/') {
+            return Err(err(
+                at("prefix"),
+                format!("{:?} must start with /", r.prefix),
+            ));
+        }
+        if let Some(rw) = &r.rewrite {
+            if !rw.starts_with('/') {
+                return Err(err(at("rewrite"), format!("{rw:?} must start with /")));
+            }
+        }
+        if r.host.is_empty() || (r.host.contains('*') && r.host != "*" && !r.host.starts_with("*."))
+        {
+            return Err(err(
+                at("host"),
+                format!("{:?}: expected a host name, *.suffix or *", r.host),
+            ));
+        }
+        let cluster = raw
+            .clusters
+            .iter()
+            .position(|c| c.name == r.cluster)
+            .ok_or_else(|| err(at("cluster"), format!("no cluster named {:?}", r.cluster)))?;
+        routes.push(RouteSpec {
+            host: r.host.to_ascii_lowercase(),
+            prefix: r.prefix.clone(),
+            rewrite: r.rewrite.clone(),
+            cluster,
+        });
+    }
+
+    Ok(Validated {
+        listen,
+        workers,
+        balance,
+        backend,
+        header_timeout: Duration::from_millis(l.header_timeout_ms),
+        max_header_bytes: l.max_header_bytes,
+        max_body_bytes: l.max_body_bytes,
+        drain_timeout: Duration::from_millis(l.drain_timeout_ms),
+        access_log: l.access_log,
+        admin,
+        routes,
+        clusters,
+        raw,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: &str = include_str!("gateway.toml");
+
+    #[test]
+    fn the_shipped_file_is_the_default_and_valid() {
+        let v = parse("gateway.toml", DEFAULT).unwrap();
+        assert_eq!(v.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(v.admin.ip().to_string(), "127.0.0.1", "admin on loopback");
+        assert_eq!(v.balance, fulcrum::net::Balance::Dlb);
+        assert!(!v.routes.is_empty() && !v.clusters.is_empty());
+    }
+
+    fn error_of(text: &str) -> String {
+        parse("bad.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_deployment_file_is_valid() {
+        let text = include_str!("deploy/gateway.toml");
+        let v = parse("deploy/gateway.toml", text).unwrap();
+        assert_eq!(v.admin.ip().to_string(), "127.0.0.1", "admin on loopback");
+    }
+
+    #[test]
+    fn errors_name_the_file_the_field_and_the_reason() {
+        let base = "[listener]\naddress = \"127.0.0.1:0\"\n";
+        let e = error_of("[listener]\naddress = \"127.0.0.1:0\"\nworkers = \"two\"\n");
+        assert!(
+            e.starts_with("bad.toml: line 3, `workers`: invalid type"),
+            "{e}"
+        );
+        let e = error_of("[listener]\naddress = \"127.0.0.1:0\"\nworkerz = 2\n");
+        assert!(
+            e.contains("`workerz`") && e.contains("unknown field"),
+            "{e}"
+        );
+        let e = error_of("[listener]\naddress = \"nowhere\"\n");
+        assert!(
+            e.starts_with("bad.toml: listener.address: \"nowhere\""),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{base}[[clusters]]\nname = \"a\"\nendpoints = [\"no-port\"]\n"
+        ));
+        assert!(
+            e.contains("clusters[0] (a).endpoints[0]: \"no-port\" is not a host:port"),
+            "{e}"
+        );
+        let e = error_of(&format!("{base}balance = \"random\"\n"));
+        assert!(e.contains("listener.balance: unknown balance mode"), "{e}");
+        let e = error_of(&format!("{base}max_header_bytes = 100\n"));
+        assert!(e.contains("listener.max_header_bytes: 100 is below"), "{e}");
+        let e = error_of(&format!(
+            "{base}[[routes]]\nprefix = \"/\"\ncluster = \"nope\"\n"
+        ));
+        assert!(
+            e.contains("routes[0].cluster: no cluster named \"nope\""),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{base}[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\npolicy = \"maglev\"\nmaglev_table_size = 65536\n"
+        ));
+        assert!(
+            e.contains("clusters[0] (a).maglev_table_size: 65536 is not a prime"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{base}[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\npolicy = \"random\"\n"
+        ));
+        assert!(e.contains("clusters[0] (a).policy: unknown policy"), "{e}");
+        let e = error_of(&format!(
+            "{base}[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n[clusters.health_check]\npath = \"x\"\n"
+        ));
+        assert!(e.contains("health_check.path: must start with /"), "{e}");
+        let e = error_of("listener = 3");
+        assert!(e.starts_with("bad.toml: "), "{e}");
+        let e = error_of("[listener\n");
+        assert!(e.starts_with("bad.toml: line 1"), "{e}");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A cheap mutation fuzz of the shipped file: delete, duplicate and
+        // replace bytes; every outcome is Ok or a ConfigError.
+        let bytes = DEFAULT.as_bytes();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..2_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut v = bytes.to_vec();
+            let at = (seed as usize) % v.len();
+            match seed % 3 {
+                0 => {
+                    v.remove(at);
+                }
+                1 => v.insert(at, v[at]),
+                _ => v[at] = (seed >> 32) as u8 % 128,
+            }
+            if let Ok(text) = std::str::from_utf8(&v) {
+                let _ = parse("fuzz.toml", text);
+            }
+        }
+    }
+}

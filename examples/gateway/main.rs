@@ -1,0 +1,292 @@
+//! The Fulcrum gateway: an HTTP/1.1 reverse proxy on Fulcrum and hyper.
+//!
+//! ```text
+//! cargo run --release --example gateway                       # the built-in default
+//! cargo run --release --example gateway -- --config my.toml   # a configuration file
+//! cargo run --release --example gateway -- --config my.toml --check
+//! ```
+//!
+//! With no arguments it runs `examples/gateway/gateway.toml` (embedded):
+//! a listener on 127.0.0.1:8080 whose connections the DLB queue spreads
+//! over the workers, three built-in httpbin-style backends, routes for
+//! `/status` and `/delay`, and the admin pages on 127.0.0.1:9901.
+//! See `examples/gateway/README.md`.
+
+mod admin;
+mod cluster;
+mod config;
+mod demo;
+mod health;
+mod maglev;
+mod proxy;
+
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fulcrum::net::hyper::{FulcrumTimer, HyperIo};
+use fulcrum::net::signal::unix::{signal, SignalKind};
+use fulcrum::net::{Server, TcpStream};
+use fulcrum::runtime::{Builder, Handle};
+use fulcrum::sync::watch;
+
+use crate::cluster::Cluster;
+use crate::config::Validated;
+use crate::proxy::Gateway;
+
+/// The default configuration: the shipped file, embedded.
+const DEFAULT_CONFIG: &str = include_str!("gateway.toml");
+
+struct Args {
+    config: Option<String>,
+    check: bool,
+}
+
+const USAGE: &str = "usage: gateway [--config FILE.toml] [--check]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        config: None,
+        check: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "-c" => {
+                args.config = Some(it.next().ok_or("--config needs a file")?);
+            }
+            "--check" => args.check = true,
+            "--help" | "-h" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+fn load(args: &Args) -> Result<Validated, String> {
+    match &args.config {
+        None => config::parse("<built-in gateway.toml>", DEFAULT_CONFIG).map_err(|e| e.to_string()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            config::parse(path, &text).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gateway: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("gateway: configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    let rt = match Builder::new_multi_thread()
+        .worker_threads(config.workers)
+        .dlb_backend(config.backend)
+        .thread_name("gateway-worker")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves the configured endpoints and starts the demo backends.
+async fn clusters(
+    config: &Validated,
+) -> io::Result<(Vec<Arc<Cluster>>, Vec<fulcrum::net::Serving>)> {
+    let mut clusters = Vec::new();
+    let mut demos = Vec::new();
+    for spec in &config.clusters {
+        let mut addrs = Vec::new();
+        for e in &spec.endpoints {
+            let a = std::net::ToSocketAddrs::to_socket_addrs(e.as_str())?
+                .next()
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("{e}: no address"))
+                })?;
+            addrs.push(a);
+        }
+        for s in demo::start(spec.demo_backends).await? {
+            addrs.push(s.local_addr());
+            demos.push(s);
+        }
+        clusters.push(Arc::new(Cluster::new(spec.clone(), addrs)));
+    }
+    Ok((clusters, demos))
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() -> io::Result<&'static str> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    fulcrum::select! {
+        _ = term.recv() => Ok("SIGTERM"),
+        _ = int.recv() => Ok("SIGINT"),
+    }
+}
+
+async fn run(config: Validated) -> io::Result<()> {
+    let handle = Handle::current();
+    // Install the handlers first, so that a signal during start-up drains.
+    let stop = fulcrum::spawn(shutdown_signal());
+    let (clusters, demos) = clusters(&config).await?;
+    let gateway = Arc::new(Gateway::new(
+        config.clone(),
+        clusters.clone(),
+        handle.num_workers(),
+    ));
+    let health = health::start(&clusters);
+    let (drain_tx, drain_rx) = watch::channel(false);
+
+    let gw = gateway.clone();
+    let header_timeout = config.header_timeout;
+    let max_header = config.max_header_bytes;
+    let grace = (config.drain_timeout / 4).min(Duration::from_secs(1));
+    let serving = Server::bind(config.listen)
+        .balance(config.balance)
+        .serve(move |stream: TcpStream, peer: SocketAddr| {
+            let gw = gw.clone();
+            let mut drain = drain_rx.clone();
+            async move {
+                let _ = stream.set_nodelay(true);
+                let svc = hyper::service::service_fn(move |req| gw.clone().handle(req, peer));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(FulcrumTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .max_buf_size(max_header)
+                    .serve_connection(HyperIo::new(stream), svc);
+                let mut conn = std::pin::pin!(conn);
+                let result = if *drain.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                } else {
+                    fulcrum::select! {
+                        r = conn.as_mut() => r,
+                        _ = drain.changed() => {
+                            // Responses now carry `Connection: close`; give
+                            // busy connections a moment to end on their own,
+                            // then close the idle ones.
+                            match fulcrum::time::timeout(grace, conn.as_mut()).await {
+                                Ok(r) => r,
+                                Err(_) => {
+                                    conn.as_mut().graceful_shutdown();
+                                    conn.await
+                                }
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(client = %peer, "connection: {e}");
+                }
+            }
+        })
+        .await?;
+    let serving = Arc::new(serving);
+
+    let state = Arc::new(admin::State {
+        gateway: gateway.clone(),
+        serving: serving.clone(),
+        handle: handle.clone(),
+        draining: AtomicBool::new(false),
+    });
+    let admin = admin::start(config.admin, state.clone()).await?;
+
+    let backend = handle
+        .dlb_backend()
+        .map_or_else(|| "none".to_owned(), |b| b.to_string());
+    println!(
+        "gateway: listening on http://{} ({} workers, balance {:?}, DLB backend: {backend})",
+        serving.local_addr(),
+        handle.num_workers(),
+        config.balance,
+    );
+    for (spec, c) in config.clusters.iter().zip(&clusters) {
+        let eps: Vec<&str> = c.endpoints.iter().map(|e| e.name.as_str()).collect();
+        println!(
+            "gateway: cluster {:?} ({:?}): {}",
+            spec.name,
+            spec.policy,
+            eps.join(", ")
+        );
+    }
+    println!("gateway: admin on http://{}/stats", admin.local_addr());
+    println!(
+        "gateway: try  curl -i http://{}/status/200",
+        serving.local_addr()
+    );
+
+    let why = match stop.await {
+        Ok(Ok(why)) => why,
+        Ok(Err(e)) => return Err(e),
+        Err(e) => return Err(io::Error::other(e.to_string())),
+    };
+
+    // Graceful drain: stop accepting, let requests in flight finish, close
+    // idle keep-alive connections, give up after the drain timeout.
+    let started = Instant::now();
+    println!(
+        "gateway: {why}: draining (timeout {:?})",
+        config.drain_timeout
+    );
+    state.draining.store(true, Relaxed);
+    gateway.draining.store(true, Relaxed);
+    serving.stop();
+    let _ = drain_tx.send(true);
+    let deadline = started + config.drain_timeout;
+    let open = || serving.open_per_worker().iter().sum::<u64>();
+    while open() > 0 && Instant::now() < deadline {
+        fulcrum::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = open();
+    gateway.close_idle();
+    for h in health {
+        h.abort();
+    }
+    admin.stop();
+    for d in &demos {
+        d.stop();
+    }
+    let served: u64 = gateway
+        .workers
+        .iter()
+        .map(|w| w.requests.load(Relaxed))
+        .sum();
+    println!(
+        "gateway: drained in {:?}: {served} requests served, {left} connections cut at the timeout; \
+         connections per worker {:?}",
+        started.elapsed(),
+        serving.handled_per_worker()
+    );
+    Ok(())
+}

@@ -1,0 +1,475 @@
+//! The proxy: routing, request limits, the per-worker upstream connection
+//! pool, forwarding, and the mapping of upstream failures to status codes.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use fulcrum::net::hyper::HyperIo;
+use fulcrum::net::TcpStream;
+use fulcrum::runtime::Handle;
+use fulcrum::time::timeout;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+
+use crate::cluster::{Cluster, Endpoint, InFlight};
+use crate::config::{RouteSpec, Validated};
+
+/// The body of every response the gateway sends.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A response the gateway makes itself.
+pub fn reply(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(format!("{text}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Request counters of one worker (the last slot counts requests served
+/// off the workers).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub requests: AtomicU64,
+    pub responses_5xx: AtomicU64,
+}
+
+type Idle = HashMap<SocketAddr, Vec<SendRequest<Full<Bytes>>>>;
+
+/// Idle keep-alive upstream connections, one pool per worker: a request
+/// reuses a connection of the worker it runs on, whose socket is
+/// registered in that worker's reactor.
+struct Pool {
+    slots: Vec<Mutex<Idle>>,
+}
+
+impl Pool {
+    fn slot(&self, worker: usize) -> &Mutex<Idle> {
+        &self.slots[worker.min(self.slots.len() - 1)]
+    }
+
+    fn take(&self, worker: usize, addr: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.slot(worker).lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(s) = list.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, worker: usize, addr: SocketAddr, s: SendRequest<Full<Bytes>>, max: usize) {
+        if s.is_closed() {
+            return;
+        }
+        let mut idle = self.slot(worker).lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(addr).or_default();
+        if list.len() < max {
+            list.push(s);
+        }
+    }
+
+    /// Drops every idle connection (at drain).
+    fn clear(&self) {
+        for s in &self.slots {
+            s.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+}
+
+/// Everything a request needs.
+pub struct Gateway {
+    pub config: Validated,
+    pub clusters: Vec<Arc<Cluster>>,
+    pub workers: Vec<WorkerStats>,
+    /// Set at drain: every response then carries `Connection: close`.
+    pub draining: std::sync::atomic::AtomicBool,
+    pool: Arc<Pool>,
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for h in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(h);
+    }
+}
+
+/// Why forwarding failed.
+enum Failure {
+    Refused(io::Error),
+    Timeout(&'static str),
+    Upstream(hyper::Error),
+}
+
+impl Gateway {
+    pub fn new(config: Validated, clusters: Vec<Arc<Cluster>>, workers: usize) -> Self {
+        Self {
+            config,
+            clusters,
+            workers: (0..=workers).map(|_| WorkerStats::default()).collect(),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            pool: Arc::new(Pool {
+                slots: (0..=workers).map(|_| Mutex::new(HashMap::new())).collect(),
+            }),
+        }
+    }
+
+    /// Drops the idle upstream connections.
+    pub fn close_idle(&self) {
+        self.pool.clear();
+    }
+
+    fn worker(&self) -> usize {
+        Handle::try_current()
+            .ok()
+            .and_then(|h| h.current_worker())
+            .unwrap_or(self.workers.len() - 1)
+    }
+
+    /// The first route matching the request's host and path.
+    pub fn route(&self, host: &str, path: &str) -> Option<&RouteSpec> {
+        self.config.routes.iter().find(|r| {
+            let host_ok = match r.host.as_str() {
+                "*" => true,
+                h if h.starts_with("*.") => host.ends_with(&h[1..]),
+                h => h == host,
+            };
+            host_ok && path.starts_with(&r.prefix)
+        })
+    }
+
+    /// Serves one request (the hyper service of every client connection).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, Infallible> {
+        let started = Instant::now();
+        let worker = self.worker();
+        self.workers[worker].requests.fetch_add(1, Relaxed);
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let (mut resp, upstream) = self.forward(req, peer).await;
+        if self.draining.load(Relaxed) {
+            // The client learns not to reuse the connection, so no request
+            // races the close.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if resp.status().is_server_error() {
+            self.workers[worker].responses_5xx.fetch_add(1, Relaxed);
+        }
+        if self.config.access_log {
+            tracing::info!(
+                target: "access",
+                client = %peer,
+                %method,
+                %uri,
+                status = resp.status().as_u16(),
+                upstream = upstream.as_ref().map_or("-", |e| e.name.as_str()),
+                worker,
+                micros = started.elapsed().as_micros() as u64,
+            );
+        }
+        Ok(resp)
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> (Response<Body>, Option<Arc<Endpoint>>) {
+        let (mut parts, body) = req.into_parts();
+        let host = parts
+            .uri
+            .host()
+            .map(str::to_owned)
+            .or_else(|| {
+                let h = parts.headers.get(header::HOST)?.to_str().ok()?;
+                Some(h.rsplit_once(':').map_or(h, |(name, _)| name).to_owned())
+            })
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let path = parts.uri.path().to_owned();
+        let Some(route) = self.route(&host, &path) else {
+            return (reply(StatusCode::NOT_FOUND, "no route"), None);
+        };
+        let cluster = &self.clusters[route.cluster];
+
+        // The body, within the limit.
+        let limit = self.config.max_body_bytes;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return (
+                reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+                None,
+            );
+        }
+        let body = match Limited::new(body, limit).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return (
+                    reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+                    None,
+                )
+            }
+            Err(e) => {
+                tracing::debug!("reading a request body from {peer}: {e}");
+                return (reply(StatusCode::BAD_REQUEST, "bad request body"), None);
+            }
+        };
+
+        let client_ip = peer.ip().to_string();
+        let Some(endpoint) = cluster.pick(cluster.key(&parts.headers, client_ip.as_bytes())) else {
+            return (
+                reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                None,
+            );
+        };
+
+        // The upstream request: origin-form URI with the prefix rewritten,
+        // hop-by-hop headers dropped, X-Forwarded-For appended.
+        let rest = &path[route.prefix.len()..];
+        let new_path = match &route.rewrite {
+            Some(rw) if rw.ends_with('/') && rest.starts_with('/') => format!("{rw}{}", &rest[1..]),
+            Some(rw) => format!("{rw}{rest}"),
+            None => path.clone(),
+        };
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        };
+        parts.uri = match pq.parse::<Uri>() {
+            Ok(u) => u,
+            Err(_) => return (reply(StatusCode::BAD_REQUEST, "bad path"), None),
+        };
+        parts.version = hyper::Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        if !parts.headers.contains_key(header::HOST) && !host.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        let xff = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {client_ip}"),
+            None => client_ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+        let req = Request::from_parts(parts, Full::new(body));
+
+        let flight = InFlight::new(endpoint.clone());
+        let resp = match self.send(cluster, &endpoint, req).await {
+            Ok(resp) => resp,
+            Err(f) => {
+                endpoint.failures.fetch_add(1, Relaxed);
+                let resp = match f {
+                    Failure::Refused(e) => {
+                        tracing::debug!(upstream = %endpoint.name, "connect: {e}");
+                        reply(StatusCode::BAD_GATEWAY, "upstream connect error")
+                    }
+                    Failure::Timeout(what) => reply(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!("upstream {what} timeout"),
+                    ),
+                    Failure::Upstream(e) => {
+                        tracing::debug!(upstream = %endpoint.name, "upstream: {e}");
+                        reply(StatusCode::BAD_GATEWAY, "upstream reset or bad response")
+                    }
+                };
+                return (resp, Some(endpoint));
+            }
+        };
+        drop(flight);
+        (resp, Some(endpoint))
+    }
+
+    /// Sends `req` on a pooled connection (retrying once on a fresh one if
+    /// the pooled one closed before taking it) or a new one.
+    async fn send(
+        &self,
+        cluster: &Cluster,
+        endpoint: &Arc<Endpoint>,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Response<Body>, Failure> {
+        let spec = &cluster.spec;
+        let deadline = Instant::now() + spec.request_timeout;
+        let worker = self.worker();
+        loop {
+            let (mut sender, pooled) = match self.pool.take(worker, endpoint.addr) {
+                Some(s) => (s, true),
+                None => (connect(endpoint.addr, spec, worker).await?, false),
+            };
+            if timeout(spec.request_timeout, sender.ready()).await.is_err() {
+                return Err(Failure::Timeout("connection"));
+            }
+            let sent = sender.try_send_request(req);
+            let result = match fulcrum::time::timeout_at(deadline, sent).await {
+                Ok(r) => r,
+                Err(_) => return Err(Failure::Timeout("response")),
+            };
+            match result {
+                Ok(resp) => {
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    let body = PooledBody::new(
+                        body,
+                        GiveBack {
+                            pool: self.pool.clone(),
+                            worker,
+                            addr: endpoint.addr,
+                            max: spec.max_idle,
+                            sender,
+                        },
+                    );
+                    return Ok(Response::from_parts(parts, body.boxed()));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never sent on a connection the upstream had closed:
+                    // safe to retry on a new one.
+                    Some(unsent) if pooled => req = unsent,
+                    _ => return Err(Failure::Upstream(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// Opens an upstream connection and drives it on `worker`, where its
+/// socket registers.
+async fn connect(
+    addr: SocketAddr,
+    spec: &crate::config::ClusterSpec,
+    worker: usize,
+) -> Result<SendRequest<Full<Bytes>>, Failure> {
+    let stream = match timeout(spec.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(Failure::Refused(e)),
+        Err(_) => return Err(Failure::Timeout("connect")),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(HyperIo::new(stream))
+        .await
+        .map_err(Failure::Upstream)?;
+    let drive = async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(upstream = %addr, "upstream connection: {e}");
+        }
+    };
+    let handle = Handle::current();
+    if worker < handle.num_workers() {
+        drop(handle.spawn_on_worker(worker, drive));
+    } else {
+        drop(handle.spawn(drive));
+    }
+    Ok(sender)
+}
+
+/// An upstream response body that puts its connection back in the pool
+/// once it has been read to the end (dropped early, the connection closes).
+struct PooledBody {
+    inner: Incoming,
+    back: Option<GiveBack>,
+}
+
+/// Where a finished body returns its connection.
+struct GiveBack {
+    pool: Arc<Pool>,
+    worker: usize,
+    addr: SocketAddr,
+    max: usize,
+    sender: SendRequest<Full<Bytes>>,
+}
+
+impl PooledBody {
+    fn new(inner: Incoming, back: GiveBack) -> Self {
+        let mut body = Self {
+            inner,
+            back: Some(back),
+        };
+        if body.inner.is_end_stream() {
+            body.give_back();
+        }
+        body
+    }
+
+    fn give_back(&mut self) {
+        if let Some(b) = self.back.take() {
+            b.pool.put(b.worker, b.addr, b.sender, b.max);
+        }
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
