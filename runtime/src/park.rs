@@ -136,3 +136,90 @@ pub(crate) fn poll_and_dispatch(
     }
     reactor.dispatch(events);
 }
+
+/// A `timerfd` registered in a worker's `Poll`, for sleeps shorter than a
+/// millisecond: `epoll_wait` takes its timeout in milliseconds, and mio
+/// rounds a 100 µs timeout up to 1 ms, which would make the rescue of a
+/// busy worker's I/O ten times slower than configured.
+#[derive(Debug)]
+pub(crate) struct PreciseTimer {
+    fd: std::os::fd::OwnedFd,
+}
+
+/// The token of a worker's [`PreciseTimer`] (below the I/O tokens).
+pub(crate) const PRECISE_TIMER_TOKEN: Token = Token(2);
+
+impl PreciseTimer {
+    /// A disarmed timer, registered in `poll`.
+    pub(crate) fn new(poll: &Poll) -> io::Result<Self> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+            PRECISE_TIMER_TOKEN,
+            mio::Interest::READABLE,
+        )?;
+        Ok(Self { fd })
+    }
+
+    /// Makes the timer fire once, `after` from now (replacing any earlier
+    /// arming). A zero duration is bumped to 1 ns (zero would disarm).
+    pub(crate) fn arm(&self, after: Duration) {
+        use std::os::fd::AsRawFd;
+        let after = after.max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                tv_nsec: after.subsec_nanos().into(),
+            },
+        };
+        // SAFETY: `fd` is our timerfd; `spec` is a valid itimerspec and the
+        // old value is not wanted (null).
+        let rc =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc < 0 {
+            tracing::warn!("timerfd_settime: {}", io::Error::last_os_error());
+        }
+    }
+
+    /// Consumes an expiry (after its event), so that the next one is a new
+    /// edge.
+    pub(crate) fn clear(&self) {
+        use std::os::fd::AsRawFd;
+        let mut n = 0u64;
+        // SAFETY: reads at most 8 bytes into `n`; EAGAIN (nothing to read)
+        // is fine.
+        unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut n as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    /// Arms the timer if `timeout` is not a whole number of milliseconds
+    /// (which `epoll_wait` honours by itself).
+    pub(crate) fn arm_for(&self, timeout: Option<Duration>) {
+        if let Some(t) = timeout {
+            if t.subsec_nanos() % 1_000_000 != 0 {
+                self.arm(t);
+            }
+        }
+    }
+}
