@@ -93,8 +93,8 @@ pub mod __private {
 /// Runtime construction and control: tokio's `runtime` module.
 pub mod runtime {
     pub use fulcrum_runtime::{
-        Builder, EnterGuard, Handle, Runtime, RuntimeMetrics, Scheduler, TryCurrentError,
-        WorkerMetrics,
+        Builder, ConnectionGuard, EnterGuard, Handle, Runtime, RuntimeMetrics, Scheduler,
+        TryCurrentError, WorkerMetrics,
     };
 }
 

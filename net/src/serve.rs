@@ -201,8 +201,7 @@ impl Server {
                 }
             }
             Balance::AcceptRace => {
-                let std_listener = std::net::TcpListener::bind(self.addr)
-                    .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", self.addr)))?;
+                let std_listener = TcpListener::bind_std(self.addr)?;
                 local_addr = std_listener.local_addr()?;
                 for w in 0..workers {
                     // One fd per worker, so each registers with its own
@@ -320,7 +319,10 @@ where
     F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let w = ctx.handle.current_worker().unwrap_or(0) % ctx.counts.handled.len();
+    // Counted in the runtime's metrics (`WorkerMetrics::open_connections`)
+    // and in this server's own counts, on the worker the handler starts on.
+    let tracked = ctx.handle.track_connection();
+    let w = tracked.worker() % ctx.counts.handled.len();
     ctx.counts.handled[w].fetch_add(1, Relaxed);
     ctx.counts.open[w].fetch_add(1, Relaxed);
     let _open = OpenGuard(ctx.counts.clone(), w);
@@ -356,5 +358,5 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    socket.listen(TcpListener::DEFAULT_BACKLOG)
 }

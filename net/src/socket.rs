@@ -216,12 +216,19 @@ impl TcpSocket {
     /// # Errors
     /// The OS error of `listen`.
     pub fn listen(self, backlog: u32) -> io::Result<TcpListener> {
-        sys::listen(self.fd.as_raw_fd(), backlog)?;
-        let listener = std::net::TcpListener::from(self.fd);
-        listener.set_nonblocking(true)?;
+        let listener = self.listen_std(backlog)?;
         Ok(TcpListener::from_mio(mio::net::TcpListener::from_std(
             listener,
         )))
+    }
+
+    /// Listens, and returns the non-blocking std listener (for callers that
+    /// share the socket between several registrations).
+    pub(crate) fn listen_std(self, backlog: u32) -> io::Result<std::net::TcpListener> {
+        sys::listen(self.fd.as_raw_fd(), backlog)?;
+        let listener = std::net::TcpListener::from(self.fd);
+        listener.set_nonblocking(true)?;
+        Ok(listener)
     }
 
     /// Connects to `addr`, without blocking the worker: the connection

@@ -78,6 +78,9 @@ fn server_and_clients_exchange_1000_requests() {
                                 .unwrap();
                         let driver = spawn(conn);
                         for i in 0..PER_CLIENT {
+                            // hyper's contract: wait until the connection can
+                            // take the next request.
+                            sender.ready().await.unwrap();
                             let body = format!("client {c} request {i}");
                             let req = Request::post("/echo")
                                 .header("host", "test")

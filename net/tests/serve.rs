@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fulcrum_dlb::Backend;
 use fulcrum_net::{Balance, Server, TcpStream};
-use fulcrum_runtime::{spawn, Builder};
+use fulcrum_runtime::{spawn, Builder, Scheduler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONNS: usize = 400;
@@ -126,4 +126,217 @@ fn serve_outside_a_runtime_is_an_error() {
         let c = spawn(async move { TcpStream::connect(s.local_addr()).await.map(drop) });
         c.await.unwrap().unwrap();
     });
+}
+
+/// The plain tokio pattern, `loop { accept; spawn(handle) }`, balances in
+/// the DLB scheduler too: each spawn goes through the DLB queue while other
+/// workers are idle, and the socket registers where the task lands.
+#[test]
+fn plain_accept_and_spawn_balances() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    let rt = Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .dlb_backend(Backend::Software)
+        .build()
+        .unwrap();
+    let per_worker: Arc<Vec<AtomicU64>> =
+        Arc::new((0..WORKERS).map(|_| AtomicU64::new(0)).collect());
+    let counts = per_worker.clone();
+    let counts = rt.block_on(async move {
+        let listener = fulcrum_net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts2 = counts.clone();
+        let acceptor = spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let counts = counts2.clone();
+                spawn(async move {
+                    let w = fulcrum_runtime::Handle::current().current_worker().unwrap();
+                    counts[w].fetch_add(1, Relaxed);
+                    let mut buf = [0u8; 1];
+                    while let Ok(1) = s.read(&mut buf).await {
+                        let t = std::time::Instant::now();
+                        while t.elapsed() < Duration::from_micros(50) {
+                            std::hint::spin_loop();
+                        }
+                        if s.write_all(b"y").await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let mut open = Vec::new();
+        for _ in 0..CONNS {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).await.unwrap();
+            open.push(c);
+        }
+        acceptor.abort();
+        counts.iter().map(|c| c.load(Relaxed)).collect::<Vec<u64>>()
+    });
+    eprintln!("accept + spawn: connections per worker {counts:?}");
+    assert_eq!(counts.iter().sum::<u64>(), CONNS as u64);
+    assert!(
+        within_quarter_of_mean(&counts),
+        "accept + spawn: {counts:?}"
+    );
+    drop(per_worker);
+}
+
+/// Open connections per worker show in the runtime's metrics.
+#[test]
+fn open_connections_show_in_the_runtime_metrics() {
+    let rt = Builder::new_multi_thread()
+        .worker_threads(2)
+        .dlb_backend(Backend::Software)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let serving = Server::bind("127.0.0.1:0".parse().unwrap())
+            .serve(|mut s: TcpStream, _| async move {
+                let mut buf = [0u8; 1];
+                let _ = s.read(&mut buf).await;
+            })
+            .await
+            .unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..10 {
+            clients.push(TcpStream::connect(serving.local_addr()).await.unwrap());
+        }
+        let open = || -> u64 {
+            fulcrum_runtime::Handle::current()
+                .metrics()
+                .workers
+                .iter()
+                .map(|w| w.open_connections)
+                .sum()
+        };
+        for _ in 0..500 {
+            if open() == 10 {
+                break;
+            }
+            fulcrum_runtime::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(open(), 10);
+        let per_worker: Vec<u64> = fulcrum_runtime::Handle::current()
+            .metrics()
+            .workers
+            .iter()
+            .map(|w| w.open_connections)
+            .collect();
+        assert_eq!(per_worker, serving.open_per_worker());
+        drop(clients);
+        for _ in 0..500 {
+            if open() == 0 {
+                break;
+            }
+            fulcrum_runtime::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(open(), 0);
+    });
+}
+
+/// 500 concurrent connections each send 256 KiB in random-sized writes and
+/// get every byte back, in every balance mode on every scheduler.
+#[test]
+fn echo_500_connections_of_256k_in_every_mode_and_scheduler() {
+    const N: usize = 500;
+    const LEN: usize = 256 * 1024;
+    // Both ends of 500 connections are in this process.
+    raise_fd_limit(2 * N as u64 + 256);
+    let schedulers = [
+        ("dlb", Some(Scheduler::Dlb)),
+        ("stealing", Some(Scheduler::WorkStealing)),
+        ("current", None),
+    ];
+    for (sname, scheduler) in schedulers {
+        let rt = match scheduler {
+            Some(s) => Builder::new_multi_thread()
+                .worker_threads(2)
+                .scheduler(s)
+                .dlb_backend(Backend::Software)
+                .build()
+                .unwrap(),
+            None => Builder::new_current_thread().build().unwrap(),
+        };
+        for mode in [
+            Balance::Dlb,
+            Balance::Exact,
+            Balance::Reuseport,
+            Balance::AcceptRace,
+        ] {
+            rt.block_on(async {
+                let serving = Server::bind("127.0.0.1:0".parse().unwrap())
+                    .balance(mode)
+                    .serve(|mut s: TcpStream, _| async move {
+                        let (mut r, mut w) = s.split();
+                        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                            let _ = w.shutdown().await;
+                        }
+                    })
+                    .await
+                    .unwrap();
+                let addr = serving.local_addr();
+                let mut clients = Vec::with_capacity(N);
+                for i in 0..N {
+                    clients.push(spawn(async move {
+                        let s = TcpStream::connect(addr).await.unwrap();
+                        let (mut r, mut w) = s.into_split();
+                        let mut seed = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        let data: Vec<u8> = (0..LEN).map(|j| (j * 31 + i) as u8).collect();
+                        let expect = data.clone();
+                        let writer = spawn(async move {
+                            let mut at = 0;
+                            while at < LEN {
+                                seed ^= seed << 13;
+                                seed ^= seed >> 7;
+                                seed ^= seed << 17;
+                                let n = (1 + (seed % 16_384) as usize).min(LEN - at);
+                                w.write_all(&data[at..at + n]).await.unwrap();
+                                at += n;
+                            }
+                            w.shutdown().await.unwrap();
+                        });
+                        let mut back = Vec::with_capacity(LEN);
+                        r.read_to_end(&mut back).await.unwrap();
+                        writer.await.unwrap();
+                        assert!(back == expect, "connection {i}: bytes differ");
+                    }));
+                }
+                for c in clients {
+                    c.await.unwrap();
+                }
+                let handled: u64 = serving.handled_per_worker().iter().sum();
+                assert_eq!(handled, N as u64, "{sname} {mode:?}");
+            });
+        }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to at least `want` (up to the hard
+/// limit), or panics saying why the test cannot run.
+fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    if lim.rlim_cur >= want {
+        return;
+    }
+    assert!(
+        lim.rlim_max >= want,
+        "this test needs {want} file descriptors; the hard limit is {}",
+        lim.rlim_max
+    );
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads the struct we pass.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
 }

@@ -79,7 +79,9 @@ pub use blocking::spawn_blocking;
 #[cfg(not(loom))]
 pub use metrics::{RuntimeMetrics, WorkerMetrics};
 #[cfg(not(loom))]
-pub use runtime::{Builder, EnterGuard, Handle, Runtime, Scheduler, TryCurrentError};
+pub use runtime::{
+    Builder, ConnectionGuard, EnterGuard, Handle, Runtime, Scheduler, TryCurrentError,
+};
 #[cfg(not(loom))]
 pub use task::JoinSet;
 pub use task::{AbortHandle, Id, JoinError, JoinHandle};

@@ -33,6 +33,10 @@ pub struct WorkerMetrics {
     /// Events scheduled to this worker's DLB port and not yet released (in
     /// its CQ, or received and not yet run), as the port last published.
     pub dlb_in_flight: u64,
+    /// Connections open on this worker, as counted by the code serving
+    /// them through [`Handle::track_connection`](crate::Handle::track_connection)
+    /// (`fulcrum-net`'s `Server` does).
+    pub open_connections: u64,
 }
 
 /// Counters of a whole runtime.
@@ -94,6 +98,7 @@ impl WorkerCounters {
             io_resources: self.io_resources.load(Relaxed),
             io_rescued: self.io_rescued.load(Relaxed),
             dlb_in_flight: 0,
+            open_connections: 0,
         }
     }
 }

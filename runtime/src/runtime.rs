@@ -221,6 +221,7 @@ impl Builder {
                     handle: Handle {
                         inner: Inner::Current(shared),
                         blocking,
+                        connections: ConnectionCounts::new(1),
                     },
                     workers: Vec::new(),
                 })
@@ -265,6 +266,7 @@ impl Builder {
         let handle = Handle {
             inner: Inner::Multi(shared.clone()),
             blocking,
+            connections: ConnectionCounts::new(workers),
         };
         let workers = match multi::start(&shared, &handle, parts) {
             Ok(w) => w,
@@ -293,6 +295,44 @@ pub struct Handle {
     inner: Inner,
     /// The runtime's blocking pool, shared by both flavours.
     blocking: Arc<BlockingPool>,
+    /// Open connections per worker (see [`Handle::track_connection`]).
+    connections: std::sync::Arc<ConnectionCounts>,
+}
+
+/// Open connections per worker, kept by whoever serves connections.
+#[derive(Debug)]
+struct ConnectionCounts(Box<[std::sync::atomic::AtomicU64]>);
+
+impl ConnectionCounts {
+    fn new(workers: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self(
+            (0..workers.max(1))
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        ))
+    }
+}
+
+/// Counts a connection as open on one worker until dropped; returned by
+/// [`Handle::track_connection`].
+#[derive(Debug)]
+#[must_use = "the connection counts as open only while the guard lives"]
+pub struct ConnectionGuard {
+    counts: std::sync::Arc<ConnectionCounts>,
+    worker: usize,
+}
+
+impl ConnectionGuard {
+    /// The worker the connection is counted on.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.counts.0[self.worker].fetch_sub(1, Relaxed);
+    }
 }
 
 impl fmt::Debug for Handle {
@@ -424,9 +464,27 @@ impl Handle {
 
     /// Per-worker counters.
     pub fn metrics(&self) -> RuntimeMetrics {
-        match &self.inner {
+        let mut m = match &self.inner {
             Inner::Multi(s) => s.metrics(),
             Inner::Current(s) => s.metrics(),
+        };
+        for (w, c) in m.workers.iter_mut().zip(self.connections.0.iter()) {
+            w.open_connections = c.load(Relaxed);
+        }
+        m
+    }
+
+    /// Counts a connection as open on the calling worker (worker 0 off the
+    /// workers) until the guard is dropped; the count shows in
+    /// [`WorkerMetrics::open_connections`](crate::WorkerMetrics). The
+    /// runtime knows nothing about sockets: the code that serves
+    /// connections (`fulcrum-net`'s `Server`) keeps this count.
+    pub fn track_connection(&self) -> ConnectionGuard {
+        let worker = self.current_worker().unwrap_or(0) % self.connections.0.len();
+        self.connections.0[worker].fetch_add(1, Relaxed);
+        ConnectionGuard {
+            counts: self.connections.clone(),
+            worker,
         }
     }
 
