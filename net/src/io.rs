@@ -1,7 +1,8 @@
 //! What every socket type shares: [`Io`], a mio socket plus its lazily made
 //! reactor registration; the stream plumbing behind `AsyncRead` and
 //! `AsyncWrite` (one implementation for TCP and Unix streams and their
-//! halves); and the error and address helpers.
+//! halves, for tokio's traits and, with the `futures-io` feature, for
+//! `futures_io`'s); and the error and address helpers.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -164,6 +165,16 @@ pub(crate) fn poll_read<S: StreamSocket>(
     Poll::Ready(Ok(()))
 }
 
+/// Reads into a plain slice (the `futures_io::AsyncRead` shape).
+#[cfg(feature = "futures-io")]
+pub(crate) fn poll_read_slice<S: StreamSocket>(
+    io: &Io<S>,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    io.poll_io(cx, Direction::Read, || io.sock.read(buf))
+}
+
 pub(crate) fn poll_write<S: StreamSocket>(
     io: &Io<S>,
     cx: &mut Context<'_>,
@@ -187,7 +198,8 @@ pub(crate) fn shutdown_write<S: StreamSocket>(io: &Io<S>) -> Poll<io::Result<()>
     }
 }
 
-/// `AsyncRead` for a type whose `io` field derefs to a stream's `Io`.
+/// `AsyncRead` for a type whose `io` field derefs to a stream's `Io`:
+/// tokio's, and `futures_io`'s with the `futures-io` feature.
 macro_rules! impl_async_read {
     ($name:ident $(<$lt:lifetime>)?) => {
         impl$(<$lt>)? ::tokio::io::AsyncRead for $name$(<$lt>)? {
@@ -199,11 +211,25 @@ macro_rules! impl_async_read {
                 $crate::io::poll_read(&self.io, cx, buf)
             }
         }
+
+        /// Reads from the socket; the same readiness and registration as
+        /// tokio's `AsyncRead` on this type.
+        #[cfg(feature = "futures-io")]
+        impl$(<$lt>)? ::futures_io::AsyncRead for $name$(<$lt>)? {
+            fn poll_read(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
+                $crate::io::poll_read_slice(&self.io, cx, buf)
+            }
+        }
     };
 }
 
-/// `AsyncWrite` for a type whose `io` field derefs to a stream's `Io`;
-/// shutting it down shuts down the stream's write side.
+/// `AsyncWrite` for a type whose `io` field derefs to a stream's `Io`:
+/// tokio's, and `futures_io`'s with the `futures-io` feature. Shutting it
+/// down (`poll_shutdown`, `poll_close`) shuts down the stream's write side.
 macro_rules! impl_async_write {
     ($name:ident $(<$lt:lifetime>)?) => {
         impl$(<$lt>)? ::tokio::io::AsyncWrite for $name$(<$lt>)? {
@@ -235,6 +261,42 @@ macro_rules! impl_async_write {
             }
 
             fn poll_shutdown(
+                self: ::std::pin::Pin<&mut Self>,
+                _cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                $crate::io::shutdown_write(&self.io)
+            }
+        }
+
+        /// Writes to the socket; closing shuts down its write side (the
+        /// peer reads end-of-file). Writes are unbuffered, so flushing
+        /// does nothing.
+        #[cfg(feature = "futures-io")]
+        impl$(<$lt>)? ::futures_io::AsyncWrite for $name$(<$lt>)? {
+            fn poll_write(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                buf: &[u8],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
+                $crate::io::poll_write(&self.io, cx, buf)
+            }
+
+            fn poll_write_vectored(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                bufs: &[::std::io::IoSlice<'_>],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
+                $crate::io::poll_write_vectored(&self.io, cx, bufs)
+            }
+
+            fn poll_flush(
+                self: ::std::pin::Pin<&mut Self>,
+                _cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::std::task::Poll::Ready(Ok(()))
+            }
+
+            fn poll_close(
                 self: ::std::pin::Pin<&mut Self>,
                 _cx: &mut ::std::task::Context<'_>,
             ) -> ::std::task::Poll<::std::io::Result<()>> {

@@ -6,8 +6,10 @@
 //! [`signal::unix::signal`]); and balanced serving ([`Server`]) with four
 //! modes ([`Balance`]). The streams implement tokio's
 //! `AsyncRead`/`AsyncWrite` (so tokio-util codecs, `copy_bidirectional` and
-//! the other ecosystem helpers work on them). Still to come: the hyper
-//! integration.
+//! the other ecosystem helpers work on them); with the `futures-io` feature
+//! they also implement `futures_io::AsyncRead`/`AsyncWrite` (closing a
+//! stream shuts down its write side). With the `hyper` feature, the `hyper`
+//! module runs hyper 1.x on Fulcrum.
 //!
 //! # Where a socket lives
 //! A socket registers with the reactor of the worker that first polls it,

@@ -1,0 +1,189 @@
+//! The echo example end to end: the real binary (`examples/echo.rs`) runs
+//! as a child process; blocking std clients echo through it; SIGINT stops
+//! it, and its last line gives the per-worker connection counts.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Builds the example once (a no-op when `cargo test` already has) and
+/// returns its path.
+fn echo_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "--example", "echo"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building the echo example failed");
+            // target/<profile>/deps/<this test> → target/<profile>/examples.
+            let exe = std::env::current_exe().expect("test executable path");
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target/<profile>");
+            let path = profile_dir.join("examples").join("echo");
+            if path.exists() {
+                return path;
+            }
+            // The test was built in another profile than cargo build's.
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/debug/examples/echo")
+        })
+        .clone()
+}
+
+/// A running echo server; killed when dropped.
+struct Echo {
+    child: Child,
+    addr: SocketAddr,
+    /// Lines it prints after the listening line.
+    stdout: mpsc::Receiver<String>,
+}
+
+impl Echo {
+    fn start(args: &[&str]) -> Echo {
+        let mut child = Command::new(echo_binary())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the echo example");
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let marker = "echo: listening on ";
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the echo example did not start");
+        let rest = line
+            .strip_prefix(marker)
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let addr = rest
+            .split(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Echo {
+            child,
+            addr,
+            stdout: rx,
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits for the process to exit (at most `limit`).
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the child") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the echo example did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The numbers in the `[a, b, ...]` of "connections per worker [...]".
+fn per_worker(line: &str) -> Vec<u64> {
+    let start = line.find("connections per worker [").expect("counts") + 24;
+    let end = start + line[start..].find(']').expect("closing bracket");
+    line[start..end]
+        .split(',')
+        .map(|n| n.trim().parse().expect("a count"))
+        .collect()
+}
+
+#[test]
+fn exact_balance_spreads_40_connections_over_4_workers() {
+    const CLIENTS: usize = 40;
+    let mut echo = Echo::start(&[
+        "--workers",
+        "4",
+        "--balance",
+        "exact",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    // All 40 stay open until every one has had its echo, so the exact
+    // balancer sees the open counts grow and spreads them evenly.
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut s = TcpStream::connect(echo.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        let msg = format!("hello from client {i}\n").repeat(100);
+        s.write_all(msg.as_bytes()).expect("write");
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).expect("read the echo");
+        assert_eq!(back, msg.as_bytes(), "client {i}");
+        clients.push(s);
+    }
+    for (i, mut s) in clients.into_iter().enumerate() {
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).expect("read to the end");
+        assert!(rest.is_empty(), "client {i}: bytes after the echo");
+    }
+
+    echo.signal(libc::SIGINT);
+    let status = echo.wait(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status:?}");
+    // The reader thread ends when the pipe closes, after the last line.
+    let lines: Vec<String> = echo.stdout.iter().collect();
+    let last = lines
+        .iter()
+        .find(|l| l.starts_with("echo: stopped on SIGINT"))
+        .unwrap_or_else(|| panic!("no stop line in {lines:?}"));
+    let counts = per_worker(last);
+    assert_eq!(counts.len(), 4, "{last}");
+    assert_eq!(counts.iter().sum::<u64>(), CLIENTS as u64, "{last}");
+    for (w, &n) in counts.iter().enumerate() {
+        assert!((7..=13).contains(&n), "worker {w} handled {n}: {last}");
+    }
+}
+
+#[test]
+fn bad_arguments_exit_with_code_2() {
+    for args in [
+        &["--balance", "nope"][..],
+        &["--workers", "zero"],
+        &["--scheduler", "fifo"],
+        &["--addr", "not-an-address"],
+        &["--frobnicate"],
+        &["--workers"],
+    ] {
+        let out = Command::new(echo_binary())
+            .args(args)
+            .output()
+            .expect("run the echo example");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("echo: "), "{args:?}: {err}");
+    }
+}
