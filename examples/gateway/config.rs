@@ -72,6 +72,10 @@ pub struct Listener {
     /// Largest request body, in bytes.
     #[serde(default = "default_body_bytes")]
     pub max_body_bytes: usize,
+    /// Time allowed to read a request body, once the head is in (slow
+    /// POST guard): 408 after it.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
     /// Time allowed for requests in flight to finish on SIGTERM/ctrl-c.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout_ms: u64,
@@ -183,6 +187,9 @@ fn default_header_bytes() -> usize {
 fn default_body_bytes() -> usize {
     1024 * 1024
 }
+fn default_body_timeout() -> u64 {
+    30_000
+}
 fn default_drain_timeout() -> u64 {
     10_000
 }
@@ -288,6 +295,7 @@ pub struct Validated {
     pub header_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
+    pub body_timeout: Duration,
     pub drain_timeout: Duration,
     pub access_log: bool,
     pub admin: SocketAddr,
@@ -397,11 +405,13 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
             ),
         ));
     }
-    if l.header_timeout_ms == 0 {
-        return Err(err(
-            "listener.header_timeout_ms".into(),
-            "must be above 0".into(),
-        ));
+    for (f, v) in [
+        ("listener.header_timeout_ms", l.header_timeout_ms),
+        ("listener.body_timeout_ms", l.body_timeout_ms),
+    ] {
+        if v == 0 {
+            return Err(err(f.into(), "must be above 0".into()));
+        }
     }
     let admin = socket_addr(&raw.admin.address).map_err(|r| err("admin.address".into(), r))?;
 
@@ -462,7 +472,8 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
         if c.hash_key.is_some() && policy != Policy::Maglev {
             return Err(err(at("hash_key"), "only the maglev policy hashes".into()));
         }
-        if !is_prime(c.maglev_table_size) || c.maglev_table_size > 5_000_011 {
+        // The bound first: a huge value would make the primality test slow.
+        if c.maglev_table_size > 5_000_011 || !is_prime(c.maglev_table_size) {
             return Err(err(
                 at("maglev_table_size"),
                 format!("{} is not a prime up to 5000011", c.maglev_table_size),
@@ -565,6 +576,7 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
         header_timeout: Duration::from_millis(l.header_timeout_ms),
         max_header_bytes: l.max_header_bytes,
         max_body_bytes: l.max_body_bytes,
+        body_timeout: Duration::from_millis(l.body_timeout_ms),
         drain_timeout: Duration::from_millis(l.drain_timeout_ms),
         access_log: l.access_log,
         admin,

@@ -233,7 +233,30 @@ impl Gateway {
         };
         let cluster = &self.clusters[route.cluster];
 
-        // The body, within the limit.
+        // RFC 9112 §6.1: hyper decodes `chunked` and nothing else; a body in
+        // any other transfer coding would reach the upstream undecoded and
+        // without its coding (the header is hop-by-hop), so refuse it.
+        let other_coding = parts
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .any(|v| {
+                v.to_str().map_or(true, |v| {
+                    v.split(',')
+                        .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
+                })
+            });
+        if other_coding {
+            return (
+                reply(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "transfer coding not implemented",
+                ),
+                None,
+            );
+        }
+
+        // The body, within the limit and the body timeout.
         let limit = self.config.max_body_bytes;
         let declared = parts
             .headers
@@ -246,7 +269,18 @@ impl Gateway {
                 None,
             );
         }
-        let body = match Limited::new(body, limit).collect().await {
+        let collected = timeout(
+            self.config.body_timeout,
+            Limited::new(body, limit).collect(),
+        )
+        .await;
+        let Ok(collected) = collected else {
+            return (
+                reply(StatusCode::REQUEST_TIMEOUT, "request body timeout"),
+                None,
+            );
+        };
+        let body = match collected {
             Ok(b) => b.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return (
