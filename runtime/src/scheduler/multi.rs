@@ -15,12 +15,14 @@
 //!   the worker's own port when the spawning poll ends; the arbiter picks
 //!   the least loaded port. Exception, the chain case: a task that spawned
 //!   exactly one task and completed hands its successor to itself (see
-//!   `Local::end_poll`). **Wakes on a worker stay on it** unless it has
-//!   work queued already: the woken task's sockets are registered in its
-//!   reactor, and handing every wake of a request/response exchange to an
-//!   idle peer cost the gateway about 3 handoffs per proxied request. A
-//!   busy worker (work queued) hands wakes to an idle peer, so a task woken
-//!   behind a long backlog does not wait for it.
+//!   `Local::end_poll`). **Wakes on a worker stay on it**: the woken task's
+//!   sockets are registered in its reactor, and handing the wakes of a
+//!   request/response exchange to an idle peer cost the gateway about 3
+//!   DLB handoffs per proxied request. The exception is the wakes of the
+//!   I/O poll a worker makes between tasks after a whole maintenance
+//!   interval without going idle: those go to an idle peer, like the
+//!   rescue's. The local queue and the DLB
+//!   deliveries take turns, so neither starves the other.
 //! - **Shedding**: every [`MAINTENANCE_INTERVAL`] ticks a worker whose local
 //!   queue holds more than [`SHED_MIN`] tasks sends half of it (at most
 //!   [`SHED_MAX`]) to the DLB queue if another worker is idle.
@@ -255,6 +257,8 @@ struct Local {
     in_poll: Cell<bool>,
     /// Set while `spawn` schedules a new task (as opposed to a wake).
     spawning: Cell<bool>,
+    /// Set while this worker dispatches its own I/O events between tasks.
+    dispatching: Cell<bool>,
     /// Set when the task being polled completed.
     completed: Cell<bool>,
     /// Tasks spawned or woken during the current poll, to hand off when it
@@ -535,11 +539,13 @@ impl Local {
         }
         let rescuing = self.rescuing.get();
         // Spawns go to the DLB queue while another worker is idle. Wakes
-        // stay here, where the woken task's sockets are registered, unless
-        // this worker already has work queued (it is busy: the task would
-        // wait behind that work while a peer idles).
-        let busy = !self.queue.borrow().is_empty() || !self.received.borrow().is_empty();
-        let handoff = rescuing || ((self.spawning.get() || busy) && shared.idle.load(Relaxed) > 0);
+        // stay here, where the woken task's sockets are registered, except
+        // the wakes of the I/O poll this worker makes between tasks when it
+        // has run a whole maintenance interval without going idle: it is
+        // busy, and those tasks would wait behind its work while a peer
+        // idles (the owner's side of the rescue of a busy worker's I/O).
+        let handoff = rescuing
+            || ((self.spawning.get() || self.dispatching.get()) && shared.idle.load(Relaxed) > 0);
         if handoff && !rescuing && self.in_poll.get() {
             // Decided when the poll ends (see `end_poll`).
             self.pending.borrow_mut().push(task);
@@ -560,10 +566,20 @@ impl Local {
                 // would let the arbiter pick the busy peer: its CQ has room
                 // (the arbiter cannot see a long poll), and the task would
                 // wait behind the very poll it was rescued from.
-                let event = if rescuing {
-                    Event::directed(self.index as u8, task.into_raw())
+                //
+                // Likewise the wakes of a busy worker's own I/O poll go to a
+                // sleeping peer, directed: unordered, the arbiter could hand
+                // them straight back to this busy worker.
+                let target = if rescuing {
+                    Some(self.index)
+                } else if self.dispatching.get() {
+                    shared.sleeping_peer(self.index)
                 } else {
-                    Event::unordered(0, task.into_raw())
+                    None
+                };
+                let event = match target {
+                    Some(w) => Event::directed(w as u8, task.into_raw()),
+                    None => Event::unordered(0, task.into_raw()),
                 };
                 if port.send(&[event]).unwrap_or(0) == 1 {
                     WorkerCounters::add(&self.counters().dlb_sent, 1);
@@ -644,10 +660,10 @@ impl Local {
                 return Some((t, false));
             }
         }
-        // DLB deliveries first (each holds a CQ slot until released), but
-        // the local queue first once per maintenance interval, so that a
-        // steady stream of deliveries cannot starve it.
-        if tick % MAINTENANCE_INTERVAL == 1 {
+        // DLB deliveries and the local queue take turns, so that neither a
+        // steady stream of deliveries nor a long local queue starves the
+        // other.
+        if tick % 2 == 1 {
             if let Some(t) = self.queue.borrow_mut().pop_front() {
                 return Some((t, false));
             }
@@ -822,6 +838,7 @@ pub(crate) fn run_worker(
         }),
         in_poll: Cell::new(false),
         spawning: Cell::new(false),
+        dispatching: Cell::new(false),
         completed: Cell::new(false),
         pending: RefCell::new(Vec::with_capacity(16)),
         deque,
@@ -855,12 +872,14 @@ pub(crate) fn run_worker(
             }
             if tick % MAINTENANCE_INTERVAL == 0 {
                 // I/O events of this worker's sockets, without blocking.
+                local.dispatching.set(true);
                 crate::park::poll_and_dispatch(
                     &mut poll,
                     &mut events,
                     &reactor,
                     Some(std::time::Duration::ZERO),
                 );
+                local.dispatching.set(false);
                 local.shed();
                 let depth = local.queue.borrow().len() + local.received.borrow().len();
                 local
@@ -1039,6 +1058,14 @@ impl Shared {
             return None;
         }
         Some((interval, std::time::Instant::now(), peers))
+    }
+
+    /// A peer of `me` asleep in its `Poll` (round robin from `me`), if any.
+    fn sleeping_peer(&self, me: usize) -> Option<usize> {
+        let n = self.parked.len();
+        (1..n)
+            .map(|k| (me + k) % n)
+            .find(|&i| self.parked[i].load(Relaxed))
     }
 
     /// Wakes one idle peer that sleeps without watching, so that it starts
