@@ -2,41 +2,13 @@
 //! as a child process; blocking std clients echo through it; SIGINT stops
 //! it, and its last line gives the per-worker connection counts.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Builds the example once (a no-op when `cargo test` already has) and
-/// returns its path.
-fn echo_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "--example", "echo"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "building the echo example failed");
-            // target/<profile>/deps/<this test> → target/<profile>/examples.
-            let exe = std::env::current_exe().expect("test executable path");
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("target/<profile>");
-            let path = profile_dir.join("examples").join("echo");
-            if path.exists() {
-                return path;
-            }
-            // The test was built in another profile than cargo build's.
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/debug/examples/echo")
-        })
-        .clone()
-}
+mod common;
 
 /// A running echo server; killed when dropped.
 struct Echo {
@@ -48,22 +20,14 @@ struct Echo {
 
 impl Echo {
     fn start(args: &[&str]) -> Echo {
-        let mut child = Command::new(echo_binary())
+        let mut child = Command::new(common::example_binary("echo"))
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start the echo example");
-        let out = BufReader::new(child.stdout.take().expect("stdout"));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = common::lines_of(&mut child);
         let marker = "echo: listening on ";
         let line = rx
             .recv_timeout(Duration::from_secs(60))
@@ -84,9 +48,7 @@ impl Echo {
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+        common::signal(&self.child, sig);
     }
 
     /// Waits for the process to exit (at most `limit`).
@@ -178,7 +140,7 @@ fn bad_arguments_exit_with_code_2() {
         &["--frobnicate"],
         &["--workers"],
     ] {
-        let out = Command::new(echo_binary())
+        let out = Command::new(common::example_binary("echo"))
             .args(args)
             .output()
             .expect("run the echo example");

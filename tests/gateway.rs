@@ -5,12 +5,11 @@
 //! it is installed) drives it.
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,157 +19,8 @@ use fulcrum::runtime::{Builder, Runtime};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 
-/// Builds the example once (a no-op when `cargo test` already has) and
-/// returns its path.
-fn gateway_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "--example", "gateway"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "building the gateway example failed");
-            // target/<profile>/deps/<this test> → target/<profile>/examples.
-            let exe = std::env::current_exe().expect("test executable path");
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("target/<profile>");
-            let path = profile_dir.join("examples").join("gateway");
-            if path.exists() {
-                return path;
-            }
-            // The test was built in another profile than cargo build's.
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/debug/examples/gateway")
-        })
-        .clone()
-}
-
-/// A running gateway; killed when dropped.
-struct Gw {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    /// Lines the gateway prints after start-up.
-    stdout: mpsc::Receiver<String>,
-    _config: TempFile,
-}
-
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find(marker)? + marker.len()..];
-    let end = rest.find([' ', '/']).unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
-impl Gw {
-    fn start(config: &str) -> Gw {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "fulcrum-gw-{}-{}.toml",
-            std::process::id(),
-            N.fetch_add(1, Relaxed)
-        ));
-        std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(gateway_binary())
-            .args(["--config".as_ref(), path.as_os_str()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the gateway");
-        let out = BufReader::new(child.stdout.take().expect("stdout"));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (mut addr, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while addr.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("the gateway did not start");
-            if let Some(a) = addr_after(&line, "listening on http://") {
-                addr = Some(a);
-            }
-            if let Some(a) = addr_after(&line, "admin on http://") {
-                admin = Some(a);
-            }
-        }
-        Gw {
-            child,
-            addr: addr.unwrap(),
-            admin: admin.unwrap(),
-            stdout: rx,
-            _config: TempFile(path),
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        let (status, body) = get(self.admin, "/stats", &[]);
-        assert_eq!(status, 200);
-        serde_json::from_str(&body).expect("stats JSON")
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One request on a fresh connection, with a blocking std socket (the
-/// simplest client: no runtime involved). Returns status and body.
-fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut extra = String::new();
-    for (k, v) in headers {
-        extra.push_str(&format!("{k}: {v}\r\n"));
-    }
-    raw(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nhost: test\r\n{extra}connection: close\r\n\r\n").as_bytes(),
-    )
-}
-
-/// Sends `bytes` and reads the whole answer: (status, body); status 0 if
-/// the gateway closed without answering.
-fn raw(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
-    let mut s = StdStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let _ = s.write_all(bytes);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_owned());
-    (status, body)
-}
+mod common;
+use common::{gateway_binary, get, listener, raw, Gw};
 
 fn header_of(addr: SocketAddr, path: &str, headers: &[(&str, &str)], name: &str) -> String {
     let mut extra = String::new();
@@ -199,13 +49,6 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A listener line for a test config: any port, `workers` workers.
-fn listener(workers: usize, extra: &str) -> String {
-    format!(
-        "[listener]\naddress = \"127.0.0.1:0\"\nworkers = {workers}\ndlb_backend = \"soft\"\naccess_log = false\n{extra}\n[admin]\naddress = \"127.0.0.1:0\"\n"
-    )
 }
 
 /// A free loopback port with nothing listening on it.

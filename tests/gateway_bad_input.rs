@@ -35,149 +35,16 @@
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream as StdStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestCaseError, TestRunner};
 
-// ---------------------------------------------------------------------------
-// The harness, as in tests/gateway.rs.
-
-/// Builds the example once (a no-op when `cargo test` already has) and
-/// returns its path.
-fn gateway_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "--example", "gateway"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "building the gateway example failed");
-            // target/<profile>/deps/<this test> → target/<profile>/examples.
-            let exe = std::env::current_exe().expect("test executable path");
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("target/<profile>");
-            let path = profile_dir.join("examples").join("gateway");
-            if path.exists() {
-                return path;
-            }
-            // The test was built in another profile than cargo build's.
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/debug/examples/gateway")
-        })
-        .clone()
-}
-
-/// A running gateway; killed when dropped.
-struct Gw {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    _config: TempFile,
-}
-
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn temp_path(what: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    std::env::temp_dir().join(format!(
-        "fulcrum-gw-bad-{what}-{}-{}.toml",
-        std::process::id(),
-        N.fetch_add(1, Relaxed)
-    ))
-}
-
-fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find(marker)? + marker.len()..];
-    let end = rest.find([' ', '/']).unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
-impl Gw {
-    fn start(config: &str) -> Gw {
-        let path = temp_path("run");
-        std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(gateway_binary())
-            .args(["--config".as_ref(), path.as_os_str()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the gateway");
-        let out = BufReader::new(child.stdout.take().expect("stdout"));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (mut addr, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while addr.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("the gateway did not start");
-            if let Some(a) = addr_after(&line, "listening on http://") {
-                addr = Some(a);
-            }
-            if let Some(a) = addr_after(&line, "admin on http://") {
-                admin = Some(a);
-            }
-        }
-        Gw {
-            child,
-            addr: addr.unwrap(),
-            admin: admin.unwrap(),
-            _config: TempFile(path),
-        }
-    }
-
-    /// The child's resident set size, in KiB (`VmRSS` in /proc).
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc/<gateway>/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-
-    fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("the gateway exited: {status:?}");
-        }
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A listener section for a test config: any port, `workers` workers.
-fn listener(workers: usize, extra: &str) -> String {
-    format!(
-        "[listener]\naddress = \"127.0.0.1:0\"\nworkers = {workers}\ndlb_backend = \"soft\"\naccess_log = false\n{extra}\n[admin]\naddress = \"127.0.0.1:0\"\n"
-    )
-}
+mod common;
+use common::{gateway_binary, listener, temp_path, Gw, TempFile};
 
 // ---------------------------------------------------------------------------
 // A raw socket client.

@@ -1,0 +1,219 @@
+//! What the end-to-end tests of the examples share: building an example
+//! and finding its binary, temporary config files, and a running gateway.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Builds example `name` once per test binary (a no-op when `cargo test`
+/// already has) and returns its path.
+pub fn example_binary(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building the {name} example failed");
+    // target/<profile>/deps/<this test> → target/<profile>/examples.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let mut path = profile_dir.join("examples").join(name);
+    if !path.exists() {
+        // The test was built in another profile than cargo build's.
+        path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target/debug/examples")
+            .join(name);
+    }
+    built.push((name.to_owned(), path.clone()));
+    path
+}
+
+/// The gateway example's binary.
+pub fn gateway_binary() -> PathBuf {
+    example_binary("gateway")
+}
+
+/// A file removed when dropped.
+pub struct TempFile(pub PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A fresh path in the temp dir for a config file.
+pub fn temp_path(what: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "fulcrum-{what}-{}-{}.toml",
+        std::process::id(),
+        N.fetch_add(1, Relaxed)
+    ))
+}
+
+/// The socket address printed after `marker` in `line`.
+pub fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let end = rest.find([' ', '/']).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Forwards a child's stdout, line by line, to a channel.
+pub fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let out = BufReader::new(child.stdout.take().expect("stdout"));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Sends `sig` to `child`.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+/// A running gateway; killed when dropped.
+pub struct Gw {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    /// Lines the gateway prints after start-up.
+    pub stdout: mpsc::Receiver<String>,
+    _config: TempFile,
+}
+
+impl Gw {
+    /// Starts the gateway on `config` and waits for its addresses.
+    pub fn start(config: &str) -> Gw {
+        let path = temp_path("gw");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(gateway_binary())
+            .args(["--config".as_ref(), path.as_os_str()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the gateway");
+        let rx = lines_of(&mut child);
+        let (mut addr, mut admin) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while addr.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("the gateway did not start");
+            if let Some(a) = addr_after(&line, "listening on http://") {
+                addr = Some(a);
+            }
+            if let Some(a) = addr_after(&line, "admin on http://") {
+                admin = Some(a);
+            }
+        }
+        Gw {
+            child,
+            addr: addr.expect("listening address"),
+            admin: admin.expect("admin address"),
+            stdout: rx,
+            _config: TempFile(path),
+        }
+    }
+
+    /// Sends `sig` to the gateway.
+    pub fn signal(&self, sig: i32) {
+        signal(&self.child, sig);
+    }
+
+    /// The admin page `/stats`, parsed.
+    pub fn stats(&self) -> serde_json::Value {
+        let (status, body) = get(self.admin, "/stats", &[]);
+        assert_eq!(status, 200);
+        serde_json::from_str(&body).expect("stats JSON")
+    }
+
+    /// The child's resident set size, in KiB (`VmRSS` in /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/<gateway>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Panics if the gateway has exited.
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("the gateway exited: {status:?}");
+        }
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A listener section for a test config: any port, `workers` workers, the
+/// software queue, no access log; admin on any loopback port.
+pub fn listener(workers: usize, extra: &str) -> String {
+    format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\nworkers = {workers}\ndlb_backend = \"soft\"\naccess_log = false\n{extra}\n[admin]\naddress = \"127.0.0.1:0\"\n"
+    )
+}
+
+/// One request on a fresh connection, with a blocking std socket (the
+/// simplest client: no runtime involved). Returns status and body.
+pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut extra = String::new();
+    for (k, v) in headers {
+        extra.push_str(&format!("{k}: {v}\r\n"));
+    }
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nhost: test\r\n{extra}connection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Sends `bytes` and reads the whole answer: (status, body); status 0 if
+/// the gateway closed without answering.
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
+    let mut s = StdStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
