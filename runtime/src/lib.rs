@@ -66,6 +66,7 @@ mod park;
 mod runtime;
 #[cfg(not(loom))]
 mod scheduler;
+mod sleepers;
 pub mod task;
 #[cfg(not(loom))]
 pub mod time;

@@ -135,14 +135,14 @@ pub(crate) struct Shared {
     wakers: Box<[mio::Waker]>,
     reactors: Box<[Arc<Reactor>]>,
     pub(crate) counters: Box<[WorkerCounters]>,
-    /// Workers asleep (or about to sleep) in their `Poll`.
-    idle: AtomicUsize,
+    /// Idle and sleeping workers, and the no-lost-wake-up protocol
+    /// (model-checked in `crate::sleepers`).
+    sleepers: crate::sleepers::Sleepers,
     /// Per worker: `seq << 1 | in_poll`, bumped around every task poll, so
     /// that idle workers can tell a peer stuck in one long poll.
     polling: Box<[CachePadded<AtomicU64>]>,
-    /// Per worker: asleep in its `Poll`, and whether it watches busy peers
-    /// while asleep (it then wakes every rescue interval).
-    parked: Box<[AtomicBool]>,
+    /// Per worker: whether it watches busy peers while asleep (it then
+    /// wakes every rescue interval).
     watching: Box<[AtomicBool]>,
     /// How long a peer may sit in one poll before idle workers rescue its
     /// ready I/O; `None` disables the rescue.
@@ -220,11 +220,10 @@ pub(crate) fn build(
         wakers: wakers.into_boxed_slice(),
         reactors: reactors.into_boxed_slice(),
         counters: (0..workers).map(|_| WorkerCounters::default()).collect(),
-        idle: AtomicUsize::new(0),
+        sleepers: crate::sleepers::Sleepers::new(workers),
         polling: (0..workers)
             .map(|_| CachePadded(AtomicU64::new(0)))
             .collect(),
-        parked: (0..workers).map(|_| AtomicBool::new(false)).collect(),
         watching: (0..workers).map(|_| AtomicBool::new(false)).collect(),
         // The comparison mode gets no rescue: it balances by stealing only.
         rescue_interval: threads.rescue_interval.filter(|_| !threads.stealing),
@@ -545,7 +544,7 @@ impl Local {
         // busy, and those tasks would wait behind its work while a peer
         // idles (the owner's side of the rescue of a busy worker's I/O).
         let handoff = rescuing
-            || ((self.spawning.get() || self.dispatching.get()) && shared.idle.load(Relaxed) > 0);
+            || ((self.spawning.get() || self.dispatching.get()) && shared.sleepers.any_idle());
         if handoff && !rescuing && self.in_poll.get() {
             // Decided when the poll ends (see `end_poll`).
             self.pending.borrow_mut().push(task);
@@ -623,7 +622,7 @@ impl Local {
     fn shed(&self) {
         let shared = self.shared();
         let len = self.queue.borrow().len();
-        if len <= SHED_MIN || shared.idle.load(Relaxed) == 0 {
+        if len <= SHED_MIN || !shared.sleepers.any_idle() {
             return;
         }
         let take = (len / 2).min(SHED_MAX);
@@ -698,7 +697,7 @@ impl Local {
                 self.queue.borrow_mut().push_front(t);
             }
         } else {
-            let handoff = shared.idle.load(Relaxed) > 0;
+            let handoff = shared.sleepers.any_idle();
             for t in pending.drain(..) {
                 self.send_or_queue(shared, t, handoff, false);
             }
@@ -787,11 +786,7 @@ fn steal_until_done<T>(mut f: impl FnMut() -> Steal<T>) -> Option<T> {
 impl Shared {
     /// Wakes one worker asleep in its `Poll`, if any.
     fn notify_parked(&self) {
-        std::sync::atomic::fence(SeqCst);
-        if self.idle.load(SeqCst) == 0 {
-            return;
-        }
-        if let Some(peer) = (0..self.parked.len()).find(|&i| self.parked[i].load(SeqCst)) {
+        if let Some(peer) = self.sleepers.to_wake() {
             if let Err(e) = self.wakers[peer].wake() {
                 tracing::warn!("waking worker {peer}: {e}");
             }
@@ -914,16 +909,16 @@ fn park(shared: &Shared, local: &Local, reactor: &Reactor, poll: &mut Poll, even
         return;
     }
     // Counted idle from here, so that peers hand work over.
-    shared.idle.fetch_add(1, SeqCst);
+    shared.sleepers.announce_idle();
     if spin(shared, local) {
-        shared.idle.fetch_sub(1, SeqCst);
+        shared.sleepers.cancel_idle();
         return;
     }
     {
         let mut port = local.port.borrow_mut();
         if !port.prepare_park() {
             port.finish_park();
-            shared.idle.fetch_sub(1, SeqCst);
+            shared.sleepers.cancel_idle();
             return;
         }
     }
@@ -933,11 +928,10 @@ fn park(shared: &Shared, local: &Local, reactor: &Reactor, poll: &mut Poll, even
     // stayed inside one poll all along.
     let watch = shared.rescue_watch(me);
     shared.watching[me].store(watch.is_some(), SeqCst);
-    shared.parked[me].store(true, SeqCst);
-    // A fence pairs with the pushers' `notify_parked` (push, then read
-    // `idle`/`parked`): either they see this worker parked and wake it, or
-    // it sees their work here.
-    std::sync::atomic::fence(SeqCst);
+    // Parked, then a fence that pairs with the pushers' `notify_parked`
+    // (push, fence, read who is parked): either they see this worker parked
+    // and wake it, or it sees their work here (`crate::sleepers`).
+    shared.sleepers.before_sleep(me);
     if shared.overflow_len.load(SeqCst) == 0
         && !shared.shutdown.load(SeqCst)
         && !shared.stealing_has_work()
@@ -959,9 +953,8 @@ fn park(shared: &Shared, local: &Local, reactor: &Reactor, poll: &mut Poll, even
             }
         }
     }
-    shared.parked[me].store(false, SeqCst);
     shared.watching[me].store(false, SeqCst);
-    shared.idle.fetch_sub(1, SeqCst);
+    shared.sleepers.after_sleep(me);
     local.port.borrow_mut().finish_park();
     WorkerCounters::add(&local.counters().parks, 1);
     crate::time::driver::fire_due();
@@ -1049,9 +1042,7 @@ impl Shared {
     fn rescue_watch(&self, me: usize) -> Option<Watch> {
         let interval = self.rescue_interval?;
         let peers: Vec<(usize, u64)> = (0..self.polling.len())
-            .filter(|&i| {
-                i != me && !self.parked[i].load(SeqCst) && self.reactors[i].resources() > 0
-            })
+            .filter(|&i| i != me && !self.sleepers.is_parked(i) && self.reactors[i].resources() > 0)
             .map(|i| (i, self.polling[i].load(Acquire)))
             .collect();
         if peers.is_empty() {
@@ -1062,10 +1053,10 @@ impl Shared {
 
     /// A peer of `me` asleep in its `Poll` (round robin from `me`), if any.
     fn sleeping_peer(&self, me: usize) -> Option<usize> {
-        let n = self.parked.len();
+        let n = self.sleepers.len();
         (1..n)
             .map(|k| (me + k) % n)
-            .find(|&i| self.parked[i].load(Relaxed))
+            .find(|&i| self.sleepers.is_parked(i))
     }
 
     /// Wakes one idle peer that sleeps without watching, so that it starts
@@ -1075,7 +1066,7 @@ impl Shared {
         if (0..n).any(|i| i != me && self.watching[i].load(SeqCst)) {
             return;
         }
-        if let Some(peer) = (0..n).find(|&i| i != me && self.parked[i].load(SeqCst)) {
+        if let Some(peer) = (0..n).find(|&i| i != me && self.sleepers.is_parked(i)) {
             if let Err(e) = self.wakers[peer].wake() {
                 tracing::warn!("waking worker {peer} to watch: {e}");
             }
