@@ -111,6 +111,27 @@ pub enum DlbError {
     },
     /// An operating-system error (creating or polling the readiness fd).
     Io(io::Error),
+    /// The port request was refused by the test-only fault injection
+    /// (feature `fault-injection`); the port was not taken, and retrying may
+    /// succeed.
+    #[cfg(feature = "fault-injection")]
+    PortRefused {
+        /// The port asked for.
+        port: usize,
+    },
+}
+
+impl DlbError {
+    /// Whether the same call may succeed if retried. Only a port refused by
+    /// the test-only fault injection is transient; without the
+    /// `fault-injection` feature this is always `false`.
+    pub fn is_transient(&self) -> bool {
+        #[cfg(feature = "fault-injection")]
+        if let Self::PortRefused { .. } = self {
+            return true;
+        }
+        false
+    }
 }
 
 impl fmt::Display for DlbError {
@@ -171,6 +192,11 @@ impl fmt::Display for DlbError {
                 io::Error::from_raw_os_error(*errno)
             ),
             Self::Io(e) => write!(f, "dlb: {e}"),
+            #[cfg(feature = "fault-injection")]
+            Self::PortRefused { port } => write!(
+                f,
+                "dlb: port {port} refused by fault injection (transient: retry)"
+            ),
         }
     }
 }
@@ -197,6 +223,8 @@ impl From<DlbError> for io::Error {
             DlbError::DeviceNotFound { .. } | DlbError::Library { .. } => io::ErrorKind::NotFound,
             DlbError::PortTaken { .. } => io::ErrorKind::AlreadyExists,
             DlbError::Hardware { .. } => io::ErrorKind::Other,
+            #[cfg(feature = "fault-injection")]
+            DlbError::PortRefused { .. } => io::ErrorKind::Interrupted,
             _ => io::ErrorKind::InvalidInput,
         };
         io::Error::new(kind, e)

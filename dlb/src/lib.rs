@@ -34,6 +34,12 @@
 //! picks hardware when a device and the library are present. The environment
 //! variable `FULCRUM_DLB=auto|soft|hw|hw:N` overrides the choice.
 //!
+//! # Cargo features
+//! - `fault-injection` (off by default, **for tests only**): the `fault`
+//!   module, which makes the software backend cut sends short, hold events
+//!   back and refuse ports at random, once switched on at run time. Without
+//!   the feature none of that code is compiled.
+//!
 //! # Example
 //! ```
 //! use fulcrum_dlb::{Backend, Domain, Event};
@@ -58,6 +64,8 @@
 mod config;
 mod error;
 mod event;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 #[cfg(not(loom))]
 pub mod hw;
 mod loom;
@@ -197,7 +205,9 @@ impl Domain {
     /// whoever holds the [`Port`].
     ///
     /// # Errors
-    /// [`DlbError::NoSuchPort`] or [`DlbError::PortTaken`].
+    /// [`DlbError::NoSuchPort`] or [`DlbError::PortTaken`]; with the
+    /// test-only `fault-injection` feature switched on, also a transient
+    /// refusal ([`DlbError::is_transient`]) that a retry may overcome.
     pub fn port(&self, id: usize) -> Result<Port, DlbError> {
         let imp = match &self.imp {
             DomainImpl::Soft(d) => PortImpl::Soft(d.take_port(id)?),

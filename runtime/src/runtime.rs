@@ -65,6 +65,8 @@ pub struct Builder {
     max_blocking_threads: usize,
     keep_alive: Duration,
     rescue_interval: Option<Duration>,
+    dlb_credits: Option<u32>,
+    dlb_cq_depth: Option<u32>,
 }
 
 impl fmt::Debug for Builder {
@@ -76,6 +78,8 @@ impl fmt::Debug for Builder {
             .field("backend", &self.backend)
             .field("max_blocking_threads", &self.max_blocking_threads)
             .field("thread_keep_alive", &self.keep_alive)
+            .field("dlb_credits", &self.dlb_credits)
+            .field("dlb_cq_depth", &self.dlb_cq_depth)
             .finish_non_exhaustive()
     }
 }
@@ -96,6 +100,8 @@ impl Builder {
             max_blocking_threads: blocking::DEFAULT_MAX_THREADS,
             keep_alive: blocking::DEFAULT_KEEP_ALIVE,
             rescue_interval: Some(DEFAULT_RESCUE_INTERVAL),
+            dlb_credits: None,
+            dlb_cq_depth: None,
         }
     }
 
@@ -127,6 +133,35 @@ impl Builder {
     /// `FULCRUM_DLB` overrides it).
     pub fn dlb_backend(&mut self, backend: Backend) -> &mut Self {
         self.backend = backend;
+        self
+    }
+
+    /// Size of the DLB queue's credit pool: how many handoffs may wait in
+    /// the queue (for a worker whose CQ has room) at once. Default
+    /// `max(1024, 64 × workers)`. A handoff that finds the pool empty is not
+    /// lost: it runs on the sending worker, or, from a remote thread, goes
+    /// to the overflow queue (counted in
+    /// [`WorkerMetrics::fallbacks`](crate::WorkerMetrics) and
+    /// [`RuntimeMetrics::remote_fallbacks`](crate::RuntimeMetrics)).
+    ///
+    /// [`build`](Self::build) refuses fewer credits than DLB ports (one per
+    /// worker, plus the injector port of remote threads), so that every
+    /// port can have an event waiting, and more than
+    /// [`fulcrum_dlb::MAX_CREDITS`].
+    /// Ignored by the work-stealing and current-thread schedulers.
+    pub fn dlb_credits(&mut self, n: u32) -> &mut Self {
+        self.dlb_credits = Some(n);
+        self
+    }
+
+    /// Depth of each worker's DLB consumer queue (CQ): how many handoffs a
+    /// worker can have delivered and not yet taken. A power of two from
+    /// [`fulcrum_dlb::MIN_CQ_DEPTH`] (8) to [`fulcrum_dlb::MAX_CQ_DEPTH`]
+    /// (1024), else [`build`](Self::build) fails; default
+    /// [`fulcrum_dlb::DEFAULT_CQ_DEPTH`] (8). Ignored by the work-stealing
+    /// and current-thread schedulers.
+    pub fn dlb_cq_depth(&mut self, n: u32) -> &mut Self {
+        self.dlb_cq_depth = Some(n);
         self
     }
 
@@ -202,8 +237,10 @@ impl Builder {
     /// Builds the runtime and starts its workers.
     ///
     /// # Errors
-    /// A worker count of 0 or above 63, `max_blocking_threads(0)`, a DLB
-    /// domain that cannot be built (for example `FULCRUM_DLB=hw` on a
+    /// A worker count of 0 or above 63, `max_blocking_threads(0)`, a
+    /// [`dlb_credits`](Self::dlb_credits) or
+    /// [`dlb_cq_depth`](Self::dlb_cq_depth) out of range (`InvalidInput`,
+    /// naming the setting), a DLB domain that cannot be built (for example `FULCRUM_DLB=hw` on a
     /// machine without a device), or an OS error creating threads, pollers
     /// or eventfds.
     pub fn build(&mut self) -> io::Result<Runtime> {
@@ -244,12 +281,45 @@ impl Builder {
                 ),
             ));
         }
+        let ports = workers + 1;
+        let credits = match self.dlb_credits {
+            Some(n) if (n as usize) < ports || n > fulcrum_dlb::MAX_CREDITS => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "dlb_credits({n}): a runtime with {workers} workers needs {ports} to {} \
+                         credits (at least one per DLB port: the workers' and the injector's)",
+                        fulcrum_dlb::MAX_CREDITS
+                    ),
+                ));
+            }
+            Some(n) => n,
+            None => 1024.max(workers as u32 * 64),
+        };
+        let cq_depth = match self.dlb_cq_depth {
+            Some(n)
+                if !n.is_power_of_two()
+                    || !(fulcrum_dlb::MIN_CQ_DEPTH..=fulcrum_dlb::MAX_CQ_DEPTH).contains(&n) =>
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "dlb_cq_depth({n}): the CQ depth must be a power of two from {} to {}",
+                        fulcrum_dlb::MIN_CQ_DEPTH,
+                        fulcrum_dlb::MAX_CQ_DEPTH
+                    ),
+                ));
+            }
+            Some(n) => n,
+            None => fulcrum_dlb::DEFAULT_CQ_DEPTH,
+        };
         // One port per worker, linked to queue 0, plus the injector port for
         // remote threads (linked to nothing).
         let mut builder = Domain::builder()
             .backend(self.backend)
-            .ports(workers + 1)
-            .credits(1024.max(workers as u32 * 64));
+            .ports(ports)
+            .cq_depth(cq_depth)
+            .credits(credits);
         for w in 0..workers {
             builder = builder.link(w, 0, 0);
         }

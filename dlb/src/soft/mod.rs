@@ -66,6 +66,15 @@
 //! hold none, so `available + waiting == credits` at rest. A send finding
 //! the pool empty stops there and returns a short count: the caller keeps
 //! the rest.
+//!
+//! # Fault injection (feature `fault-injection`, tests only)
+//! See the crate's `fault` module (present with the feature). A held-back
+//! event takes a credit, is pushed into its waiting ring, and then the
+//! *sender's own* port gets `PULL` (an RMW by the owner, after the push):
+//! the one place where `PULL` may sit on an eligible port. That is safe because only the owner sets it there, while
+//! it is not parked, and every owner transition that reads `PULL` pulls
+//! (`recv` then RMWs even with an empty CQ when it sees `PULL`, and so does
+//! dropping the port; `prepare_park` always did).
 
 mod cq;
 mod notify;
@@ -653,6 +662,8 @@ impl fmt::Debug for SoftDomain {
 
 impl SoftDomain {
     pub(crate) fn new(cfg: &Config) -> Result<Self, DlbError> {
+        #[cfg(feature = "fault-injection")]
+        crate::fault::init_from_env();
         let wait_capacity = cfg.credits as usize;
         let ports = (0..cfg.ports)
             .map(|id| {
@@ -701,6 +712,10 @@ impl SoftDomain {
             port: id,
             ports: self.shared.ports.len(),
         })?;
+        #[cfg(feature = "fault-injection")]
+        if crate::fault::refuse_port() {
+            return Err(DlbError::PortRefused { port: id });
+        }
         if port.taken.swap(true, AcqRel) {
             return Err(DlbError::PortTaken { port: id });
         }
@@ -792,6 +807,18 @@ impl SoftPort {
                 }
                 break;
             }
+            #[cfg(feature = "fault-injection")]
+            match crate::fault::on_send() {
+                None => {}
+                Some(crate::fault::SendFault::Short) => break,
+                Some(crate::fault::SendFault::Delay(spin)) => {
+                    if self.hold(event) {
+                        sent += 1;
+                        continue;
+                    }
+                    crate::fault::spin(spin);
+                }
+            }
             let queue = usize::from(event.queue);
             if event.sched == Sched::Unordered && shared.queues[queue].waiting.is_empty() {
                 // Place the run of valid unordered events for this queue
@@ -825,6 +852,35 @@ impl SoftPort {
         }
         PortCounters::bump(&shared.ports[self.id].counters.sent, sent as u64);
         Ok(sent)
+    }
+
+    /// Fault injection: holds `event` back in its waiting ring (see the
+    /// module docs), if this port can be the one to pull it and a credit is
+    /// left. Returns whether it did.
+    #[cfg(feature = "fault-injection")]
+    fn hold(&self, event: &Event) -> bool {
+        let shared = &*self.shared;
+        let queue = usize::from(event.queue);
+        let waiting = match event.sched {
+            Sched::Directed if queue == self.id => &shared.ports[self.id].directed,
+            Sched::Unordered | Sched::Atomic
+                if self.me().links.iter().any(|&(q, _)| q == event.queue) =>
+            {
+                &shared.queues[queue].waiting
+            }
+            _ => return false,
+        };
+        if !shared.take_credit() {
+            return false;
+        }
+        waiting.push(*event);
+        // After the push, so that the owner RMW that clears the mark
+        // synchronises with it. This thread owns the port and is not parked,
+        // so the mark is read by its next `recv`, `release` publication,
+        // `prepare_park` or drop, which all pull.
+        shared.ports[self.id].state.fetch_or(PULL, AcqRel);
+        crate::fault::count_held();
+        true
     }
 
     pub(crate) fn recv(&mut self, out: &mut [Event]) -> Result<usize, DlbError> {
@@ -864,6 +920,12 @@ impl SoftPort {
             n += 1;
         }
         if freed == 0 && self.unpublished_releases == 0 {
+            // A hold (fault injection) may have left `PULL` on this eligible
+            // port: pull now, as a publishing RMW would.
+            #[cfg(feature = "fault-injection")]
+            if me.state.load(Acquire) & PULL != 0 {
+                return (0, shared.owner_update(self.id, 0));
+            }
             return (0, false);
         }
         let k = n as u64;
@@ -999,6 +1061,9 @@ impl Drop for SoftPort {
     fn drop(&mut self) {
         let _ = self.release(self.owed as usize);
         self.publish_releases();
+        // Pull what a hold (fault injection) left for this port.
+        #[cfg(feature = "fault-injection")]
+        self.shared.owner_update(self.id, 0);
         self.me().state.fetch_and(!PARKED, AcqRel);
         self.me().notifier.drain();
         self.me().taken.store(false, Release);

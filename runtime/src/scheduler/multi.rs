@@ -176,6 +176,27 @@ pub(crate) type WorkerParts = (Port, Poll, Option<Deque<TaskRef>>);
 
 use crate::io::reactor::Reactor;
 
+/// Attempts at taking a port that is refused with a transient error.
+const PORT_ATTEMPTS: usize = 16;
+
+/// Takes port `id`, retrying a few times on a transient refusal (today only
+/// the DLB crate's test-only fault injection produces one), so that a
+/// runtime builds under injected port refusals.
+fn take_port(domain: &Domain, id: usize) -> io::Result<Port> {
+    let mut attempt = 1;
+    loop {
+        match domain.port(id) {
+            Ok(port) => return Ok(port),
+            Err(e) if e.is_transient() && attempt < PORT_ATTEMPTS => {
+                tracing::warn!(port = id, attempt, "dlb port refused ({e}); retrying");
+                attempt += 1;
+                thread::yield_now();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Builds the shared state and the per-worker parts (port and `Poll`).
 pub(crate) fn build(
     domain: Domain,
@@ -187,7 +208,7 @@ pub(crate) fn build(
     let mut reactors = Vec::with_capacity(workers);
     let mut stealers = Vec::with_capacity(workers);
     for index in 0..workers {
-        let port = domain.port(index)?;
+        let port = take_port(&domain, index)?;
         let poll = Poll::new()?;
         let fd: RawFd = port.readiness_fd();
         poll.registry()
@@ -209,7 +230,7 @@ pub(crate) fn build(
         stealers: stealers.into_boxed_slice(),
         searching: AtomicUsize::new(0),
     });
-    let injector = domain.port(workers)?;
+    let injector = take_port(&domain, workers)?;
     let shared = Arc::new(Shared {
         domain,
         injector: Mutex::new(injector),

@@ -1,0 +1,125 @@
+//! Balanced serving under injected DLB faults (feature
+//! `dlb-fault-injection`): with sends cut short, handoffs held back and
+//! port requests refused, every connection is served and every byte comes
+//! back, in the two modes that hand connections over through the DLB queue.
+//! Alone in its binary: the fault switch is process-wide.
+
+use std::time::Instant;
+
+use fulcrum_dlb::fault::{self, FaultConfig};
+use fulcrum_dlb::Backend;
+use fulcrum_net::{Balance, Server, TcpStream};
+use fulcrum_runtime::{spawn, Builder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; panics if that is
+/// below `want`.
+fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert!(
+        lim.rlim_max >= want,
+        "this test needs {want} file descriptors; the hard limit is {}",
+        lim.rlim_max
+    );
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads the struct we pass.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+/// 500 concurrent connections, each sending 64 KiB in random-sized writes,
+/// with `Balance::Dlb` and `Balance::Exact` on a 4-worker DLB runtime.
+#[test]
+fn every_connection_served_and_every_byte_back_under_faults() {
+    const N: usize = 500;
+    const LEN: usize = 64 * 1024;
+    raise_fd_limit(2 * N as u64 + 256);
+    fault::set(FaultConfig {
+        short_send_per_mille: 100,
+        delay_per_mille: 100,
+        delay_us: 20,
+        refuse_port_per_mille: 300,
+        seed: 0x0e7,
+    });
+    let rt = Builder::new_multi_thread()
+        .worker_threads(4)
+        .dlb_backend(Backend::Software)
+        .build()
+        .expect("build retries refused ports");
+    for mode in [Balance::Dlb, Balance::Exact] {
+        let start = Instant::now();
+        let before = rt.handle().metrics();
+        let handled = rt.block_on(async {
+            let serving = Server::bind("127.0.0.1:0".parse().unwrap())
+                .balance(mode)
+                .serve(|mut s: TcpStream, _| async move {
+                    let (mut r, mut w) = s.split();
+                    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                        let _ = w.shutdown().await;
+                    }
+                })
+                .await
+                .unwrap();
+            let addr = serving.local_addr();
+            let clients: Vec<_> = (0..N)
+                .map(|i| {
+                    spawn(async move {
+                        let s = TcpStream::connect(addr).await.unwrap();
+                        let (mut r, mut w) = s.into_split();
+                        let data: Vec<u8> = (0..LEN).map(|j| (j * 31 + i) as u8).collect();
+                        let expect = data.clone();
+                        let writer = spawn(async move {
+                            let mut seed = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                            let mut at = 0;
+                            while at < LEN {
+                                seed ^= seed << 13;
+                                seed ^= seed >> 7;
+                                seed ^= seed << 17;
+                                let n = (1 + (seed % 8_192) as usize).min(LEN - at);
+                                w.write_all(&data[at..at + n]).await.unwrap();
+                                at += n;
+                            }
+                            w.shutdown().await.unwrap();
+                        });
+                        let mut back = Vec::with_capacity(LEN);
+                        r.read_to_end(&mut back).await.unwrap();
+                        writer.await.unwrap();
+                        assert!(back == expect, "{mode:?} connection {i}: bytes differ");
+                    })
+                })
+                .collect();
+            for c in clients {
+                c.await.unwrap();
+            }
+            serving.handled_per_worker()
+        });
+        let m = rt.handle().metrics();
+        let fallbacks: u64 = m
+            .workers
+            .iter()
+            .zip(&before.workers)
+            .map(|(a, b)| a.fallbacks - b.fallbacks)
+            .sum();
+        let remote = m.remote_fallbacks - before.remote_fallbacks;
+        eprintln!(
+            "{mode:?}: {N} connections x {LEN} bytes in {:?}; per worker {handled:?}; \
+             fallbacks {fallbacks}, remote fallbacks {remote}; faults so far {:?}",
+            start.elapsed(),
+            fault::stats()
+        );
+        assert_eq!(handled.iter().sum::<u64>(), N as u64, "{mode:?}");
+        assert!(fallbacks > 0, "{mode:?}: no worker fallback: {m:?}");
+        assert!(remote > 0, "{mode:?}: no remote fallback: {m:?}");
+    }
+    let stats = fault::stats();
+    assert!(
+        stats.short_sends > 0 && stats.held > 0 && stats.spun > 0,
+        "{stats:?}"
+    );
+    drop(rt);
+    fault::clear();
+}
