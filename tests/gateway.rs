@@ -227,12 +227,27 @@ unhealthy_threshold = 1
             }
         }
     });
+    // An upstream that half-closes: reads the request, shuts its write
+    // side without answering, and keeps its read side open: 502.
+    let half = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let half_addr = half.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in half.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                while let Ok(1..) = s.read(&mut buf) {}
+            });
+        }
+    });
     drop(gw);
     let gw = Gw::start(&format!(
-        "{}[[routes]]\nprefix = \"/\"\ncluster = \"reset\"\n[[clusters]]\nname = \"reset\"\nendpoints = [\"{reset_addr}\"]\n",
+        "{}[[routes]]\nprefix = \"/half\"\ncluster = \"half\"\n[[routes]]\nprefix = \"/\"\ncluster = \"reset\"\n[[clusters]]\nname = \"reset\"\nendpoints = [\"{reset_addr}\"]\n[[clusters]]\nname = \"half\"\nendpoints = [\"{half_addr}\"]\n",
         listener(1, "")
     ));
     assert_eq!(get(gw.addr, "/anything", &[]).0, 502);
+    assert_eq!(get(gw.addr, "/half", &[]).0, 502, "half-closed upstream");
     let stats = gw.stats();
     assert!(
         stats["clusters"][0]["endpoints"][0]["failures"]
