@@ -286,12 +286,30 @@ fn fulcrum_rt(
     workers: usize,
     scheduler: fulcrum::runtime::Scheduler,
 ) -> std::io::Result<fulcrum::runtime::Runtime> {
-    fulcrum::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .scheduler(scheduler)
-        .dlb_backend(fulcrum::dlb::Backend::Software)
-        .enable_all()
-        .build()
+    tune(
+        fulcrum::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .scheduler(scheduler)
+            .dlb_backend(fulcrum::dlb::Backend::Software)
+            .enable_all(),
+    )
+    .build()
+}
+
+/// Threshold overrides for a sweep (`FULCRUM_BENCH_EVENT_INTERVAL`,
+/// `FULCRUM_BENCH_SHED`, `FULCRUM_BENCH_SPIN_US`); unset: the defaults.
+fn tune(b: &mut fulcrum::runtime::Builder) -> &mut fulcrum::runtime::Builder {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = var("FULCRUM_BENCH_EVENT_INTERVAL") {
+        b.event_interval(n as u32);
+    }
+    if let Some(n) = var("FULCRUM_BENCH_SHED") {
+        b.shed_threshold(n as usize);
+    }
+    if let Some(us) = var("FULCRUM_BENCH_SPIN_US") {
+        b.spin_before_park(Duration::from_micros(us));
+    }
+    b
 }
 
 fn start(system: &str, workers: usize, st: Arc<Stats>) -> std::io::Result<(Running, SocketAddr)> {

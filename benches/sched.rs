@@ -3,7 +3,9 @@
 //! scheduler, software backend), Fulcrum (work-stealing mode) and tokio's
 //! multi-thread runtime, side by side in one process, alternating, with the
 //! same worker count (`FULCRUM_BENCH_WORKERS`, default 2) and
-//! `FULCRUM_BENCH_RUNS` runs each (default 25).
+//! `FULCRUM_BENCH_RUNS` runs each (default 25). `FULCRUM_BENCH_EVENT_INTERVAL`,
+//! `FULCRUM_BENCH_SHED` and `FULCRUM_BENCH_SPIN_US` override the scheduler's
+//! thresholds (for `scripts/sweep.sh`).
 //!
 //! Prints a markdown table of medians and ratios, and writes
 //! `target/bench/sched.json`: one object per workload and system,
@@ -305,6 +307,22 @@ fn time<R: Rt>(rt: &R, f: fn(&R)) -> Duration {
     t.elapsed()
 }
 
+/// Threshold overrides for a sweep (`FULCRUM_BENCH_EVENT_INTERVAL`,
+/// `FULCRUM_BENCH_SHED`, `FULCRUM_BENCH_SPIN_US`); unset: the defaults.
+fn tune(b: &mut fulcrum::runtime::Builder) -> &mut fulcrum::runtime::Builder {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = var("FULCRUM_BENCH_EVENT_INTERVAL") {
+        b.event_interval(n as u32);
+    }
+    if let Some(n) = var("FULCRUM_BENCH_SHED") {
+        b.shed_threshold(n as usize);
+    }
+    if let Some(us) = var("FULCRUM_BENCH_SPIN_US") {
+        b.spin_before_park(Duration::from_micros(us));
+    }
+    b
+}
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -313,16 +331,22 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn main() -> std::io::Result<()> {
-    // `cargo bench` passes `--bench`; a name filters the workloads.
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    // `cargo bench` passes `--bench`; names filter the workloads (a
+    // workload runs if its name contains any of them).
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let workers = env("FULCRUM_BENCH_WORKERS", 2);
     let runs = env("FULCRUM_BENCH_RUNS", 25).max(1);
     let multi = |scheduler| {
-        fulcrum::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .scheduler(scheduler)
-            .dlb_backend(fulcrum::dlb::Backend::Software)
-            .build()
+        tune(
+            fulcrum::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .scheduler(scheduler)
+                .dlb_backend(fulcrum::dlb::Backend::Software),
+        )
+        .build()
     };
     let fulcrum = Fulcrum(multi(fulcrum::runtime::Scheduler::Dlb)?, "fulcrum-dlb");
     let stealing = Fulcrum(
@@ -371,7 +395,7 @@ fn main() -> std::io::Result<()> {
     println!("|---|---|---|---|---|---|");
     let mut json = Vec::new();
     for (name, f, t) in workloads {
-        if filter.as_deref().is_some_and(|w| !name.contains(w)) {
+        if !filters.is_empty() && !filters.iter().any(|w| name.contains(w.as_str())) {
             continue;
         }
         // Warm up all three.

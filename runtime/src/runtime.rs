@@ -65,6 +65,7 @@ pub struct Builder {
     max_blocking_threads: usize,
     keep_alive: Duration,
     rescue_interval: Option<Duration>,
+    tuning: multi::Tuning,
     dlb_credits: Option<u32>,
     dlb_cq_depth: Option<u32>,
 }
@@ -80,6 +81,7 @@ impl fmt::Debug for Builder {
             .field("thread_keep_alive", &self.keep_alive)
             .field("dlb_credits", &self.dlb_credits)
             .field("dlb_cq_depth", &self.dlb_cq_depth)
+            .field("tuning", &self.tuning)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +102,7 @@ impl Builder {
             max_blocking_threads: blocking::DEFAULT_MAX_THREADS,
             keep_alive: blocking::DEFAULT_KEEP_ALIVE,
             rescue_interval: Some(DEFAULT_RESCUE_INTERVAL),
+            tuning: multi::Tuning::default(),
             dlb_credits: None,
             dlb_cq_depth: None,
         }
@@ -205,6 +208,32 @@ impl Builder {
         self
     }
 
+    /// Scheduler ticks (task polls) between a busy worker's maintenance
+    /// steps: polling its own I/O, offering part of its queue to idle
+    /// workers, taking its share of the overflow queue (default 61, as
+    /// tokio's `event_interval`). At least 1. Smaller: fairer to I/O and
+    /// quicker to shed, more overhead per task.
+    pub fn event_interval(&mut self, ticks: u32) -> &mut Self {
+        self.tuning.event_interval = ticks;
+        self
+    }
+
+    /// A worker sheds half its local queue (at most 32 tasks) to the DLB
+    /// queue at a maintenance step when the queue is longer than this and
+    /// another worker is idle (default 4).
+    pub fn shed_threshold(&mut self, tasks: usize) -> &mut Self {
+        self.tuning.shed_min = tasks;
+        self
+    }
+
+    /// How long an idle worker polls its DLB port before it sleeps in its
+    /// `Poll` (default 20 µs): a handoff arriving meanwhile saves a sleep
+    /// and an eventfd wake-up; the cost is that much CPU per idle period.
+    pub fn spin_before_park(&mut self, spin: Duration) -> &mut Self {
+        self.tuning.spin_before_park = spin;
+        self
+    }
+
     /// Runs `f` on each worker thread when it starts.
     pub fn on_thread_start(&mut self, f: impl Fn() + Send + Sync + 'static) -> &mut Self {
         self.on_start = Some(Box::new(f));
@@ -248,6 +277,12 @@ impl Builder {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "max_blocking_threads(0): the blocking pool needs at least 1 thread",
+            ));
+        }
+        if self.tuning.event_interval == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "event_interval(0): a worker needs at least 1 tick between maintenance steps",
             ));
         }
         let blocking = BlockingPool::new(self.max_blocking_threads, self.keep_alive);
@@ -328,6 +363,7 @@ impl Builder {
         let threads = multi::ThreadConfig {
             stealing: self.scheduler == Scheduler::WorkStealing,
             rescue_interval: self.rescue_interval,
+            tuning: self.tuning,
             name: std::mem::replace(&mut self.thread_name, Box::new(String::new)),
             on_start: self.on_start.take(),
             on_stop: self.on_stop.take(),

@@ -692,3 +692,45 @@ fn the_budget_stops_an_always_ready_task_from_starving_its_worker() {
         assert!(spins.load(SeqCst) > 0, "{name}");
     }
 }
+
+/// The scheduler's thresholds can be set, are validated, and extreme
+/// settings still run every task (a maintenance step every tick, shedding
+/// from 1 queued task, no pre-sleep poll).
+#[test]
+fn scheduler_thresholds_are_settable_and_checked() {
+    let Err(e) = Builder::new_multi_thread().event_interval(0).build() else {
+        panic!("event_interval(0) is refused");
+    };
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("event_interval(0)"), "{e}");
+
+    let rt = Builder::new_multi_thread()
+        .worker_threads(2)
+        .dlb_backend(Backend::Software)
+        .event_interval(1)
+        .shed_threshold(0)
+        .spin_before_park(Duration::ZERO)
+        .build()
+        .unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    rt.block_on(async move {
+        let mut handles = Vec::new();
+        for i in 0..2_000usize {
+            let d = d.clone();
+            handles.push(spawn(async move {
+                for _ in 0..i % 4 {
+                    yield_now().await;
+                }
+                d.fetch_add(1, SeqCst);
+                i
+            }));
+        }
+        let mut sum = 0;
+        for h in handles {
+            sum += h.await.unwrap();
+        }
+        assert_eq!(sum, (0..2_000).sum::<usize>());
+    });
+    assert_eq!(done.load(SeqCst), 2_000);
+}

@@ -49,9 +49,20 @@
 //! worker is woken. Both cases are counted in the metrics.
 //!
 //! # Thresholds
-//! The intervals follow tokio's `event_interval` (61) and take the DLB
-//! queue's default CQ depth of 8 as the receive batch. They are first
-//! choices, to be tuned with the side-by-side benchmarks (issue 7).
+//! Set with the `Builder` (`event_interval`, `shed_threshold`,
+//! `spin_before_park`, `rescue_interval`); the defaults were checked with
+//! `scripts/sweep.sh` (one at a time around the default, tokio's workloads
+//! and the skewed connection scenario; BENCHMARKS.md has the table):
+//! - event interval 61 (tokio's): 127 made `spawn_many_remote_busy1` 6×
+//!   slower (111 ms against 18 ms: the overflow queue is drained at
+//!   maintenance steps); 31 was within noise of 61 everywhere;
+//! - shed threshold 4: 8 raised the skewed p99 by 18% and `yield_many` by
+//!   21%; 2 was within noise;
+//! - pre-sleep poll 20 µs: 0 made `spawn_many_local` 17% and `yield_many`
+//!   36% slower; 50 µs was within noise at 2.5× the idle CPU;
+//! - rescue interval 100 µs: the issue's figure; the skew test measures it.
+//!
+//! The receive batch is the DLB queue's default CQ depth, 8.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -71,10 +82,10 @@ use crate::loom::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex};
 use crate::metrics::{RuntimeMetrics, WorkerCounters};
 use crate::task::{JoinHandle, Notified, Schedule, Task};
 
-/// Ticks between maintenance steps (shedding, checking the overflow queue
-/// first).
+/// Default ticks between maintenance steps (polling the worker's own I/O,
+/// shedding, checking the overflow queue first): tokio's `event_interval`.
 pub(crate) const MAINTENANCE_INTERVAL: u32 = 61;
-/// A local queue longer than this may be shed to idle workers.
+/// Default: a local queue longer than this may be shed to idle workers.
 pub(crate) const SHED_MIN: usize = 4;
 /// At most this many tasks are shed at once.
 pub(crate) const SHED_MAX: usize = 32;
@@ -83,8 +94,29 @@ pub(crate) const SHED_MAX: usize = 32;
 pub(crate) const OVERFLOW_BATCH: usize = 32;
 /// Events received from the DLB port at once.
 const RECV_BATCH: usize = 8;
-/// How long an idle worker polls its DLB port before it sleeps.
-const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(20);
+/// Default time an idle worker polls its DLB port before it sleeps.
+pub(crate) const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(20);
+
+/// The scheduler's thresholds (see the module docs and the `Builder`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tuning {
+    /// Ticks between maintenance steps (at least 1).
+    pub(crate) event_interval: u32,
+    /// A local queue longer than this may be shed.
+    pub(crate) shed_min: usize,
+    /// The pre-sleep poll of the DLB port.
+    pub(crate) spin_before_park: std::time::Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            event_interval: MAINTENANCE_INTERVAL,
+            shed_min: SHED_MIN,
+            spin_before_park: SPIN_BEFORE_PARK,
+        }
+    }
+}
 /// Ticks between checks of the timer wheel while the worker is busy (it also
 /// checks before sleeping and after waking).
 const TIMER_INTERVAL: u32 = 16;
@@ -117,6 +149,7 @@ pub(crate) struct ThreadConfig {
     /// `Some` for the work-stealing comparison mode.
     pub(crate) stealing: bool,
     pub(crate) rescue_interval: Option<std::time::Duration>,
+    pub(crate) tuning: Tuning,
     pub(crate) name: Box<dyn Fn() -> String + Send + Sync>,
     pub(crate) on_start: Option<Box<dyn Fn() + Send + Sync>>,
     pub(crate) on_stop: Option<Box<dyn Fn() + Send + Sync>>,
@@ -643,7 +676,7 @@ impl Local {
     fn shed(&self) {
         let shared = self.shared();
         let len = self.queue.borrow().len();
-        if len <= SHED_MIN || !shared.sleepers.any_idle() {
+        if len <= shared.threads.tuning.shed_min || !shared.sleepers.any_idle() {
             return;
         }
         let take = (len / 2).min(SHED_MAX);
@@ -675,7 +708,7 @@ impl Local {
         if let (Some(deque), Some(st)) = (&self.deque, &shared.stealing) {
             return self.next_stolen(deque, st, tick).map(|t| (t, false));
         }
-        if tick % MAINTENANCE_INTERVAL == 0 {
+        if tick % shared.threads.tuning.event_interval == 0 {
             if let Some(t) = self.take_overflow() {
                 return Some((t, false));
             }
@@ -759,7 +792,7 @@ impl Local {
     /// Work-stealing mode: own deque, then the injector, then half of a
     /// peer's deque (at most half the workers search at once).
     fn next_stolen(&self, deque: &Deque<TaskRef>, st: &Stealing, tick: u32) -> Option<TaskRef> {
-        if tick % MAINTENANCE_INTERVAL == 0 {
+        if tick % self.shared().threads.tuning.event_interval == 0 {
             if let Some(t) = steal_until_done(|| st.injector.steal_batch_and_pop(deque)) {
                 return Some(t);
             }
@@ -864,6 +897,7 @@ pub(crate) fn run_worker(
     let mut events = Events::with_capacity(64);
     let mut buf = [Event::default(); RECV_BATCH];
     let mut tick: u32 = 0;
+    let event_interval = shared.threads.tuning.event_interval;
     while !shared.shutdown.load(Acquire) {
         tick = tick.wrapping_add(1);
         if tick % TIMER_INTERVAL == 0 {
@@ -886,7 +920,7 @@ pub(crate) fn run_worker(
                 // task looks loaded to the arbiter meanwhile.
                 let _ = local.port.borrow_mut().release(1);
             }
-            if tick % MAINTENANCE_INTERVAL == 0 {
+            if tick % event_interval == 0 {
                 // I/O events of this worker's sockets, without blocking.
                 local.dispatching.set(true);
                 crate::park::poll_and_dispatch(
@@ -999,7 +1033,7 @@ fn spin(shared: &Shared, local: &Local) -> bool {
     let mut buf = [Event::default(); RECV_BATCH];
     let start = std::time::Instant::now();
     let mut round = 0u32;
-    while start.elapsed() < SPIN_BEFORE_PARK {
+    while start.elapsed() < shared.threads.tuning.spin_before_park {
         local.recv_dlb(&mut buf);
         if !local.received.borrow().is_empty()
             || shared.overflow_len.load(Acquire) > 0
