@@ -66,6 +66,7 @@ pub struct Builder {
     keep_alive: Duration,
     rescue_interval: Option<Duration>,
     tuning: multi::Tuning,
+    lifo_slot: bool,
     dlb_credits: Option<u32>,
     dlb_cq_depth: Option<u32>,
 }
@@ -103,6 +104,7 @@ impl Builder {
             keep_alive: blocking::DEFAULT_KEEP_ALIVE,
             rescue_interval: Some(DEFAULT_RESCUE_INTERVAL),
             tuning: multi::Tuning::default(),
+            lifo_slot: true,
             dlb_credits: None,
             dlb_cq_depth: None,
         }
@@ -231,6 +233,18 @@ impl Builder {
     /// and an eventfd wake-up; the cost is that much CPU per idle period.
     pub fn spin_before_park(&mut self, spin: Duration) -> &mut Self {
         self.tuning.spin_before_park = spin;
+        self
+    }
+
+    /// Work-stealing scheduler only: turns off the LIFO slot. With it (the
+    /// default, as in tokio), a task spawned or woken by a running task
+    /// runs next on the same worker (at most 3 in a row), which suits
+    /// request/response pairs; without it, such tasks go to the back of the
+    /// worker's deque. The DLB scheduler has no LIFO slot: it keeps a
+    /// spawned successor local only when its spawner completes (see the
+    /// scheduler docs).
+    pub fn disable_lifo_slot(&mut self) -> &mut Self {
+        self.lifo_slot = false;
         self
     }
 
@@ -364,6 +378,7 @@ impl Builder {
             stealing: self.scheduler == Scheduler::WorkStealing,
             rescue_interval: self.rescue_interval,
             tuning: self.tuning,
+            lifo_slot: self.lifo_slot,
             name: std::mem::replace(&mut self.thread_name, Box::new(String::new)),
             on_start: self.on_start.take(),
             on_stop: self.on_stop.take(),

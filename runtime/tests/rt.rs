@@ -734,3 +734,38 @@ fn scheduler_thresholds_are_settable_and_checked() {
     });
     assert_eq!(done.load(SeqCst), 2_000);
 }
+
+/// The work-stealing mode's LIFO slot: the last task spawned by a running
+/// task runs next (the earlier ones wait in the deque); without the slot,
+/// spawn order is run order. One worker, so that no steal reorders.
+#[test]
+fn stealing_mode_lifo_slot_runs_the_last_spawn_next() {
+    let order = |lifo: bool| {
+        let mut b = Builder::new_multi_thread();
+        b.worker_threads(1)
+            .scheduler(fulcrum_runtime::Scheduler::WorkStealing);
+        if !lifo {
+            b.disable_lifo_slot();
+        }
+        let rt = b.build().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        rt.block_on(async move {
+            let parent = spawn(async move {
+                let mut hs = Vec::new();
+                for i in 1..=3 {
+                    let s = s.clone();
+                    hs.push(spawn(async move { s.lock().unwrap().push(i) }));
+                }
+                hs
+            });
+            for h in parent.await.unwrap() {
+                h.await.unwrap();
+            }
+        });
+        let v = seen.lock().unwrap().clone();
+        v
+    };
+    assert_eq!(order(true), [3, 1, 2]);
+    assert_eq!(order(false), [1, 2, 3]);
+}

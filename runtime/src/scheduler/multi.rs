@@ -90,6 +90,10 @@ pub(crate) const SHED_MIN: usize = 4;
 /// At most this many tasks are shed at once.
 pub(crate) const SHED_MAX: usize = 32;
 
+/// Work-stealing mode: most tasks run from the LIFO slot in a row (tokio's
+/// value).
+const MAX_LIFO_POLLS: u32 = 3;
+
 /// Most tasks a worker takes from the overflow queue at once.
 pub(crate) const OVERFLOW_BATCH: usize = 32;
 /// Events received from the DLB port at once.
@@ -150,6 +154,9 @@ pub(crate) struct ThreadConfig {
     pub(crate) stealing: bool,
     pub(crate) rescue_interval: Option<std::time::Duration>,
     pub(crate) tuning: Tuning,
+    /// Work-stealing mode: whether a task spawned or woken by a running
+    /// task goes to the worker's LIFO slot (tokio's default).
+    pub(crate) lifo_slot: bool,
     pub(crate) name: Box<dyn Fn() -> String + Send + Sync>,
     pub(crate) on_start: Option<Box<dyn Fn() + Send + Sync>>,
     pub(crate) on_stop: Option<Box<dyn Fn() + Send + Sync>>,
@@ -308,6 +315,12 @@ struct Local {
     precise: Option<crate::park::PreciseTimer>,
     /// Set while a task poll runs on this worker.
     in_poll: Cell<bool>,
+    /// The task being polled (to tell a task waking itself, a yield).
+    running: Cell<Option<crate::task::Id>>,
+    /// Work-stealing mode: the LIFO slot (not stealable) and how many
+    /// tasks in a row came from it.
+    lifo: RefCell<Option<TaskRef>>,
+    lifo_polls: Cell<u32>,
     /// Set while `spawn` schedules a new task (as opposed to a wake).
     spawning: Cell<bool>,
     /// Set while this worker dispatches its own I/O events between tasks.
@@ -581,6 +594,20 @@ impl Local {
     /// Schedules a task spawned or woken on this worker.
     fn schedule(&self, shared: &Arc<Shared>, task: TaskRef) {
         if let Some(deque) = &self.deque {
+            // A task spawned or woken by the running task (not the running
+            // task itself: a yield) takes the LIFO slot and runs next, as in
+            // tokio; the slot's previous task goes to the deque.
+            let task = if shared.threads.lifo_slot
+                && self.in_poll.get()
+                && self.running.get() != Some(task.id())
+            {
+                match self.lifo.borrow_mut().replace(task) {
+                    Some(prev) => prev,
+                    None => return,
+                }
+            } else {
+                task
+            };
             deque.push(task);
             // Wake a sleeper to steal it, unless someone already searches.
             if let Some(st) = &shared.stealing {
@@ -792,6 +819,17 @@ impl Local {
     /// Work-stealing mode: own deque, then the injector, then half of a
     /// peer's deque (at most half the workers search at once).
     fn next_stolen(&self, deque: &Deque<TaskRef>, st: &Stealing, tick: u32) -> Option<TaskRef> {
+        // The LIFO slot first, at most `MAX_LIFO_POLLS` times in a row (then
+        // its task goes to the deque, so that a ping-pong pair cannot starve
+        // the rest).
+        if let Some(t) = self.lifo.borrow_mut().take() {
+            if self.lifo_polls.get() < MAX_LIFO_POLLS {
+                self.lifo_polls.set(self.lifo_polls.get() + 1);
+                return Some(t);
+            }
+            deque.push(t);
+        }
+        self.lifo_polls.set(0);
         if tick % self.shared().threads.tuning.event_interval == 0 {
             if let Some(t) = steal_until_done(|| st.injector.steal_batch_and_pop(deque)) {
                 return Some(t);
@@ -886,6 +924,9 @@ pub(crate) fn run_worker(
                 .ok()
         }),
         in_poll: Cell::new(false),
+        running: Cell::new(None),
+        lifo: RefCell::new(None),
+        lifo_polls: Cell::new(0),
         spawning: Cell::new(false),
         dispatching: Cell::new(false),
         completed: Cell::new(false),
@@ -910,6 +951,7 @@ pub(crate) fn run_worker(
             WorkerCounters::add(&local.counters().tasks_polled, 1);
             shared.polling[index].store((seq << 1) | 1, Release);
             local.in_poll.set(true);
+            local.running.set(Some(task.id()));
             local.completed.set(false);
             crate::coop::budget(|| task.run());
             local.end_poll(&shared);
@@ -946,6 +988,7 @@ pub(crate) fn run_worker(
     // tasks themselves.
     local.queue.borrow_mut().clear();
     local.pending.borrow_mut().clear();
+    local.lifo.borrow_mut().take();
     if let Some(deque) = &local.deque {
         while deque.pop().is_some() {}
     }
