@@ -210,39 +210,7 @@ impl UdpSocket {
         .await
     }
 
-    /// Waits until a datagram can be received.
-    ///
-    /// # Errors
-    /// If the socket cannot be registered with the reactor.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.io.ready(Direction::Read).await
-    }
-
-    /// Waits until a datagram can be sent.
-    ///
-    /// # Errors
-    /// If the socket cannot be registered with the reactor.
-    pub async fn writable(&self) -> io::Result<()> {
-        self.io.ready(Direction::Write).await
-    }
-
-    /// Sends to the connected peer without waiting: `WouldBlock` if the
-    /// socket is not ready.
-    ///
-    /// # Errors
-    /// The OS error of `send`, or `WouldBlock`.
-    pub fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.io.try_io(Direction::Write, || self.io.sock.send(buf))
-    }
-
-    /// Receives from the connected peer without waiting: `WouldBlock` if
-    /// nothing is ready.
-    ///
-    /// # Errors
-    /// The OS error of `recv`, or `WouldBlock`.
-    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.try_io(Direction::Read, || self.io.sock.recv(buf))
-    }
+    crate::io::datagram_readiness!();
 
     /// Sends to `target` without waiting: `WouldBlock` if the socket is not
     /// ready.
