@@ -769,10 +769,10 @@ impl Local {
     /// spawn.
     fn end_poll(&self, shared: &Arc<Shared>) {
         self.in_poll.set(false);
-        let mut pending = std::mem::take(&mut *self.pending.borrow_mut());
-        if pending.is_empty() {
+        if self.pending.borrow().is_empty() {
             return;
         }
+        let mut pending = std::mem::take(&mut *self.pending.borrow_mut());
         if pending.len() == 1 && self.completed.get() {
             if let Some(t) = pending.pop() {
                 self.queue.borrow_mut().push_front(t);
