@@ -9,7 +9,8 @@
 //!
 //! A thread publishing such work: pushes it, then calls
 //! [`to_wake`](Sleepers::to_wake) (a `SeqCst` fence, then reads who is
-//! parked) and wakes that worker.
+//! parked, claiming the first such worker so that the next publisher picks
+//! another) and wakes that worker.
 //!
 //! The two fences are ordered one way or the other. If the sleeper's comes
 //! first, the publisher's read after its own fence sees the sleeper parked
@@ -81,13 +82,23 @@ impl Sleepers {
         self.parked.len()
     }
 
-    /// After publishing work: the worker to wake, if one sleeps.
+    /// After publishing work: the worker to wake, if one sleeps. The
+    /// caller must wake it. Claims it (clears its parked flag), so that the
+    /// next publisher wakes a different sleeper rather than the same one
+    /// again before it is up: two pushes in a row then wake two workers,
+    /// and a worker that takes both cannot leave its sleeping peer
+    /// unaware that a second task is there to steal.
     pub(crate) fn to_wake(&self) -> Option<usize> {
         fence(SeqCst);
         if self.idle.load(SeqCst) == 0 {
             return None;
         }
-        (0..self.parked.len()).find(|&i| self.parked[i].load(SeqCst))
+        (0..self.parked.len()).find(|&i| {
+            self.parked[i].load(SeqCst)
+                && self.parked[i]
+                    .compare_exchange(true, false, SeqCst, SeqCst)
+                    .is_ok()
+        })
     }
 }
 
@@ -159,6 +170,12 @@ mod loom_tests {
             }
             if sleeps0 || sleeps1 {
                 assert!(woken.iter().any(Option::is_some), "work slept through");
+            }
+            // Two wakes never go to the same worker: the second publisher
+            // wakes the other sleeper (or nobody), not the one already
+            // woken and not yet up.
+            if let [Some(a), Some(b)] = woken[..] {
+                assert_ne!(a, b, "the same sleeper woken twice");
             }
         });
     }

@@ -191,28 +191,41 @@ fn a_panicking_task_reports_and_the_workers_keep_going() {
             ok
         });
         assert_eq!(ok, 32, "{name}");
+        // Every worker still runs tasks. One task per worker holds its
+        // worker until all of them have started, so each must run on a
+        // different worker (directed there on DLB; taken or stolen by an
+        // idle worker when stealing). A dead worker leaves the count short
+        // and the wait runs out, without depending on how the OS (or
+        // valgrind) happens to schedule the threads.
         let m = rt.handle().metrics();
-        let polled = rt.block_on(async {
-            // Work that takes long enough for every worker to get some.
-            let hs: Vec<_> = (0..200)
-                .map(|_| {
-                    spawn(async {
-                        let t = Instant::now();
-                        while t.elapsed() < Duration::from_micros(100) {
-                            std::hint::spin_loop();
+        let n = m.workers.len();
+        let started = Arc::new(AtomicUsize::new(0));
+        let mut seen = rt.block_on(async {
+            let hs: Vec<_> = (0..n)
+                .map(|i| {
+                    let started = started.clone();
+                    Handle::current().spawn_on_worker(i, async move {
+                        started.fetch_add(1, SeqCst);
+                        let deadline = Instant::now() + Duration::from_secs(30);
+                        while started.load(SeqCst) < n && Instant::now() < deadline {
+                            thread::yield_now();
                         }
-                        yield_now().await
+                        Handle::current().current_worker()
                     })
                 })
                 .collect();
+            let mut seen = Vec::new();
             for h in hs {
-                h.await.unwrap();
+                seen.push(h.await.unwrap());
             }
-            Handle::current().metrics()
+            seen
         });
-        for (i, (before, after)) in m.workers.iter().zip(&polled.workers).enumerate() {
+        seen.sort();
+        assert_eq!(seen, (0..n).map(Some).collect::<Vec<_>>(), "{name}");
+        let after = rt.handle().metrics();
+        for (i, (before, after)) in m.workers.iter().zip(&after.workers).enumerate() {
             assert!(
-                after.tasks_polled > before.tasks_polled || polled.workers.len() == 1,
+                after.tasks_polled > before.tasks_polled,
                 "{name}: worker {i} stopped polling ({before:?} -> {after:?})"
             );
         }
@@ -610,7 +623,7 @@ mod time {
                         spawn(async move {
                             timeout(Duration::from_millis(1 + i % 20), async {
                                 if i % 2 == 0 {
-                                    sleep(Duration::from_secs(60)).await;
+                                    sleep(Duration::from_secs(30)).await;
                                 }
                             })
                             .await
@@ -768,4 +781,39 @@ fn stealing_mode_lifo_slot_runs_the_last_spawn_next() {
     };
     assert_eq!(order(true), [3, 1, 2]);
     assert_eq!(order(false), [1, 2, 3]);
+}
+
+/// Two tasks spawned back to back from outside onto sleeping workers, the
+/// first holding its worker until the second starts: the second push must
+/// wake the other worker, not the first one again before it is up (which
+/// took the work-stealing mode 30 s, the deadline here, under valgrind).
+#[test]
+fn back_to_back_remote_spawns_wake_two_sleepers() {
+    for (name, rt) in runtimes() {
+        let n = rt.handle().metrics().workers.len();
+        if n < 2 {
+            continue;
+        }
+        for round in 0..200 {
+            // Let every worker go to sleep.
+            thread::sleep(Duration::from_micros(300));
+            let started = Arc::new(AtomicUsize::new(0));
+            let hs: Vec<_> = (0..2)
+                .map(|_| {
+                    let started = started.clone();
+                    rt.spawn(async move {
+                        started.fetch_add(1, SeqCst);
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        while started.load(SeqCst) < 2 && Instant::now() < deadline {
+                            thread::yield_now();
+                        }
+                        started.load(SeqCst)
+                    })
+                })
+                .collect();
+            for h in hs {
+                assert_eq!(futures_block_on(h).unwrap(), 2, "{name}: round {round}");
+            }
+        }
+    }
 }
