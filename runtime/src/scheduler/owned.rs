@@ -2,21 +2,82 @@
 //! task that is still alive (including tasks that wait for a wake-up and sit
 //! in no queue).
 //!
-//! Sharded by task id; a spawn and a completion each take one shard lock,
-//! never on the DLB handoff path.
+//! Sharded by task id. Each shard is a slab: a vector of slots and a stack
+//! of free slots, and each task records its slot in its header, so a spawn
+//! and a completion each take one uncontended shard lock and touch one
+//! slot: no hashing, and no reallocation once the slab has grown to the
+//! shard's peak. Never on the DLB handoff path.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 
 use crate::loom::{lock, AtomicBool, AtomicU64, Mutex};
-use crate::task::{Id, Schedule, Task};
+use crate::task::{Schedule, Task};
 
 const SHARDS: usize = 16;
 
-type Shard<S> = Mutex<HashMap<Id, Task<S>>>;
+/// Tasks cancelled per lock acquisition at shutdown.
+const SHUTDOWN_BATCH: usize = 64;
+
+/// One shard's tasks: `slots[i]` is `None` exactly when `i` is in `free`.
+struct Slab<S: 'static> {
+    slots: Vec<Option<Task<S>>>,
+    free: Vec<usize>,
+}
+
+impl<S: 'static> Slab<S> {
+    const fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, task: Task<S>) {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        task.set_owned_slot(slot);
+        self.slots[slot] = Some(task);
+    }
+
+    /// Takes `task`'s entry out, if this shard holds it (a task removed
+    /// twice, or never inserted, is not confused with the slot's next
+    /// tenant).
+    fn remove(&mut self, task: &Task<S>) -> Option<Task<S>> {
+        let slot = task.owned_slot();
+        let entry = self.slots.get_mut(slot)?;
+        if !entry.as_ref().is_some_and(|t| t.ptr_eq(task)) {
+            return None;
+        }
+        let removed = entry.take()?;
+        removed.set_owned_slot(usize::MAX);
+        self.free.push(slot);
+        Some(removed)
+    }
+
+    /// Takes up to `n` tasks out.
+    fn drain(&mut self, n: usize) -> Vec<Task<S>> {
+        let mut out = Vec::new();
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            if out.len() == n {
+                break;
+            }
+            if let Some(task) = entry.take() {
+                task.set_owned_slot(usize::MAX);
+                self.free.push(slot);
+                out.push(task);
+            }
+        }
+        out
+    }
+}
 
 pub(crate) struct OwnedTasks<S: 'static> {
-    shards: Box<[Shard<S>]>,
+    shards: Box<[Mutex<Slab<S>>]>,
     closed: AtomicBool,
     alive: AtomicU64,
 }
@@ -24,21 +85,21 @@ pub(crate) struct OwnedTasks<S: 'static> {
 impl<S: Schedule> OwnedTasks<S> {
     pub(crate) fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Slab::new())).collect(),
             closed: AtomicBool::new(false),
             alive: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, id: Id) -> &Shard<S> {
-        &self.shards[(id.as_u64() as usize) % SHARDS]
+    fn shard(&self, task: &Task<S>) -> &Mutex<Slab<S>> {
+        &self.shards[(task.id().as_u64() as usize) % SHARDS]
     }
 
     /// Adds a new task. If the list is closed (shutdown), the task is
     /// cancelled at once instead, and `false` is returned: the caller must
     /// not schedule it.
     pub(crate) fn bind(&self, task: Task<S>) -> bool {
-        let mut shard = lock(self.shard(task.id()));
+        let mut shard = lock(self.shard(&task));
         // Checked under the shard lock, which `close_and_shutdown` takes
         // after setting `closed`: no task slips past it.
         if self.closed.load(Acquire) {
@@ -47,13 +108,13 @@ impl<S: Schedule> OwnedTasks<S> {
             return false;
         }
         self.alive.fetch_add(1, AcqRel);
-        shard.insert(task.id(), task);
+        shard.insert(task);
         true
     }
 
     /// Removes a completed task; returns the list's reference.
     pub(crate) fn remove(&self, task: &Task<S>) -> Option<Task<S>> {
-        let removed = lock(self.shard(task.id())).remove(&task.id());
+        let removed = lock(self.shard(task)).remove(task);
         if removed.is_some() {
             self.alive.fetch_sub(1, AcqRel);
         }
@@ -68,17 +129,12 @@ impl<S: Schedule> OwnedTasks<S> {
     /// Closes the list and cancels every task in it (dropping the futures of
     /// tasks that no worker is running, on this thread).
     pub(crate) fn close_and_shutdown(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.closed.store(true, Release);
         for shard in self.shards.iter() {
             loop {
                 // Take a batch out of the lock: cancelling runs user drop
                 // code, which may spawn (and so lock a shard).
-                let batch: Vec<Task<S>> = {
-                    let mut guard = lock(shard);
-                    let ids: Vec<Id> = guard.keys().take(64).copied().collect();
-                    ids.iter().filter_map(|id| guard.remove(id)).collect()
-                };
+                let batch = lock(shard).drain(SHUTDOWN_BATCH);
                 if batch.is_empty() {
                     break;
                 }

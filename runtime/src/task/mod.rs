@@ -112,6 +112,22 @@ impl<S: 'static> Task<S> {
         self.header().id
     }
 
+    /// The task's slot in the owned-task list (`usize::MAX`: none). Only
+    /// the list reads and writes it, under its shard lock.
+    pub(crate) fn owned_slot(&self) -> usize {
+        self.header().owned_slot.load(Relaxed)
+    }
+
+    /// Records the task's slot in the owned-task list (see `owned_slot`).
+    pub(crate) fn set_owned_slot(&self, slot: usize) {
+        self.header().owned_slot.store(slot, Relaxed);
+    }
+
+    /// Whether both handles refer to the same task.
+    pub(crate) fn ptr_eq(&self, other: &Task<S>) -> bool {
+        self.ptr == other.ptr
+    }
+
     /// Cancels the task at shutdown: if no worker is running it, drops its
     /// future here. Consumes this reference.
     pub(crate) fn shutdown(self) {

@@ -29,7 +29,7 @@ use super::state::{
     JOIN_WAKER,
 };
 use super::{Id, JoinError, Notified, Schedule, Task};
-use crate::loom::UnsafeCell;
+use crate::loom::{AtomicUsize, UnsafeCell};
 
 /// The type-erased operations of a task.
 pub(super) struct Vtable {
@@ -53,6 +53,10 @@ pub(crate) struct Header {
     pub(super) state: State,
     pub(super) vtable: &'static Vtable,
     pub(super) id: Id,
+    /// The task's slot in its owned-task list shard (`usize::MAX` when not
+    /// in one). Written and read only under that shard's lock, so relaxed
+    /// accesses suffice; atomic because the header is shared.
+    pub(super) owned_slot: AtomicUsize,
 }
 
 enum Stage<F: Future> {
@@ -82,6 +86,7 @@ where
             state: State::new(extra),
             vtable: vtable::<F, S>(),
             id,
+            owned_slot: AtomicUsize::new(usize::MAX),
         },
         scheduler,
         stage: UnsafeCell::new(Stage::Running(future)),
