@@ -32,7 +32,10 @@ pub(crate) fn budget<R>(f: impl FnOnce() -> R) -> R {
 pub(crate) fn poll_proceed(cx: &mut Context<'_>) -> Poll<()> {
     REMAINING.with(|r| match r.get() {
         Some(0) => {
-            cx.waker().wake_by_ref();
+            // Deferred on a multi-thread worker, like `yield_now`.
+            if !crate::scheduler::defer(cx.waker()) {
+                cx.waker().wake_by_ref();
+            }
             Poll::Pending
         }
         _ => Poll::Ready(()),

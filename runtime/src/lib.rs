@@ -111,8 +111,11 @@ where
     }
 }
 
-/// Yields to the scheduler once: the task is queued again behind the tasks
-/// already waiting.
+/// Yields to the scheduler once. As in tokio, on a worker of a
+/// multi-thread runtime the task runs again only once the worker has run
+/// the other tasks it has queued and looked for new work (DLB deliveries,
+/// remote spawns, I/O events), or at its next maintenance tick at the
+/// latest; elsewhere it is queued again behind the tasks already waiting.
 pub async fn yield_now() {
     struct YieldNow(bool);
 
@@ -124,7 +127,13 @@ pub async fn yield_now() {
                 return Poll::Ready(());
             }
             self.0 = true;
-            cx.waker().wake_by_ref();
+            #[cfg(not(loom))]
+            let deferred = crate::scheduler::defer(cx.waker());
+            #[cfg(loom)]
+            let deferred = false;
+            if !deferred {
+                cx.waker().wake_by_ref();
+            }
             Poll::Pending
         }
     }

@@ -103,6 +103,14 @@ impl Parker {
         driver::fire_due() > 0
     }
 
+    /// Dispatches the I/O events that are ready now, without sleeping (the
+    /// current-thread scheduler's maintenance between batches of tasks).
+    pub(crate) fn poll_now(&mut self) {
+        if let Some(m) = &mut self.mio {
+            poll_and_dispatch(&mut m.poll, &mut m.events, &m.reactor, Some(Duration::ZERO));
+        }
+    }
+
     /// Sleeps until woken, an I/O event, or the next timer.
     pub(crate) fn park(&mut self) {
         if self.fire_timers() {

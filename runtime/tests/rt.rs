@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use fulcrum_dlb::Backend;
-use fulcrum_runtime::{spawn, yield_now, Builder, Handle};
+use fulcrum_runtime::{spawn, yield_now, Builder, Handle, Scheduler};
 
 mod common;
 use common::{futures_block_on, runtimes};
@@ -814,6 +814,50 @@ fn back_to_back_remote_spawns_wake_two_sleepers() {
             for h in hs {
                 assert_eq!(futures_block_on(h).unwrap(), 2, "{name}: round {round}");
             }
+        }
+    }
+}
+
+/// `yield_now` on a worker defers the task until the worker has run what
+/// else it has: tasks spawned before the yield, including ones that arrive
+/// through the DLB queue, run first (tokio's semantics). With the old
+/// immediate re-queue the DLB mode alternated between its local queue and
+/// its deliveries, so the yielder often ran again first.
+#[test]
+fn yield_now_lets_queued_and_delivered_work_run_first() {
+    for scheduler in [Scheduler::Dlb, Scheduler::WorkStealing] {
+        let rt = Builder::new_multi_thread()
+            .worker_threads(1)
+            .scheduler(scheduler)
+            .dlb_backend(Backend::Software)
+            // No maintenance tick inside the test's few polls.
+            .event_interval(10_000)
+            .build()
+            .unwrap();
+        for round in 0..50 {
+            let ran = rt.block_on(async {
+                spawn(async {
+                    let ran = Arc::new(AtomicUsize::new(0));
+                    let handle = Handle::current();
+                    for i in 0..16 {
+                        let ran = ran.clone();
+                        let task = async move {
+                            ran.fetch_add(1, SeqCst);
+                        };
+                        // Most through the DLB queue, a few queued here.
+                        if i % 8 != 0 {
+                            drop(handle.spawn_balanced(task));
+                        } else {
+                            drop(spawn(task));
+                        }
+                    }
+                    yield_now().await;
+                    ran.load(SeqCst)
+                })
+                .await
+                .unwrap()
+            });
+            assert_eq!(ran, 16, "{scheduler:?}: round {round}");
         }
     }
 }

@@ -110,7 +110,13 @@ impl Shared {
                 crate::coop::budget(|| task.run());
                 ran += 1;
             }
-            if ran == 0 && !waker.woken.load(Acquire) && lock(&self.queue).is_empty() {
+            if ran == BATCH {
+                // Still busy: look at the sockets between batches, as
+                // tokio's maintenance tick does, or tasks that keep the
+                // queue full (a yield loop) would starve the ones waiting
+                // for I/O.
+                parker.poll_now();
+            } else if ran == 0 && !waker.woken.load(Acquire) && lock(&self.queue).is_empty() {
                 WorkerCounters::add(&self.counters.parks, 1);
                 parker.park();
             }

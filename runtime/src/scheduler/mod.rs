@@ -8,6 +8,7 @@ mod owned;
 use std::future::Future;
 
 use crate::task::{self, JoinHandle, Schedule};
+pub(crate) use multi::defer;
 use owned::OwnedTasks;
 
 /// Spawns `future` as a task of `scheduler`: binds it to the owned-task

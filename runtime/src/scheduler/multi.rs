@@ -70,6 +70,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::task::Waker;
 use std::thread;
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker as Deque};
@@ -332,6 +333,32 @@ struct Local {
     pending: RefCell<Vec<TaskRef>>,
     /// Work-stealing mode: this worker's deque (instead of `queue`).
     deque: Option<Deque<TaskRef>>,
+    /// Wakers of tasks that yielded (`yield_now`, or a spent cooperative
+    /// budget) during a poll here: woken once this worker has run out of
+    /// other work or reaches its maintenance tick, as tokio defers them, so
+    /// that a yielding loop lets queued, injected and I/O-ready work go
+    /// first instead of taking its place again at once.
+    deferred: RefCell<Vec<Waker>>,
+}
+
+/// Defers the wake-up of a task yielding on a worker of a multi-thread
+/// runtime (see `Local::deferred`). Returns `false`, and does nothing,
+/// anywhere else: the caller then wakes the task at once.
+pub(crate) fn defer(waker: &Waker) -> bool {
+    let local = LOCAL.with(Cell::get);
+    // SAFETY: `LOCAL` is non-null only while the worker that owns the
+    // `Local` (on its stack) runs its loop on this thread.
+    let Some(local) = (unsafe { local.as_ref() }) else {
+        return false;
+    };
+    if !local.in_poll.get() {
+        return false;
+    }
+    let mut deferred = local.deferred.borrow_mut();
+    if !deferred.last().is_some_and(|w| w.will_wake(waker)) {
+        deferred.push(waker.clone());
+    }
+    true
 }
 
 thread_local! {
@@ -787,6 +814,22 @@ impl Local {
         *self.pending.borrow_mut() = pending;
     }
 
+    /// Wakes the tasks that yielded here (they queue on this worker).
+    fn wake_deferred(&self) {
+        if self.deferred.borrow().is_empty() {
+            return;
+        }
+        let mut deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        for waker in deferred.drain(..) {
+            waker.wake();
+        }
+        // Keep the allocation, unless a wake deferred more meanwhile.
+        let mut slot = self.deferred.borrow_mut();
+        if slot.is_empty() {
+            *slot = deferred;
+        }
+    }
+
     /// Takes this worker's share of the overflow queue (remote spawns whose
     /// DLB send came up short): up to [`OVERFLOW_BATCH`] tasks, one to run
     /// now and the rest at the back of the local queue (from where shedding
@@ -932,6 +975,7 @@ pub(crate) fn run_worker(
         completed: Cell::new(false),
         pending: RefCell::new(Vec::with_capacity(16)),
         deque,
+        deferred: RefCell::new(Vec::new()),
     };
     LOCAL.with(|l| l.set(&local));
     let mut seq: u64 = 0;
@@ -972,6 +1016,7 @@ pub(crate) fn run_worker(
                     Some(std::time::Duration::ZERO),
                 );
                 local.dispatching.set(false);
+                local.wake_deferred();
                 local.shed();
                 let depth = local.queue.borrow().len() + local.received.borrow().len();
                 local
@@ -981,6 +1026,18 @@ pub(crate) fn run_worker(
             }
             continue;
         }
+        if !local.deferred.borrow().is_empty() {
+            // Only yielded tasks are left: look at this worker's I/O (as
+            // the maintenance tick does), then run them again.
+            crate::park::poll_and_dispatch(
+                &mut poll,
+                &mut events,
+                &reactor,
+                Some(std::time::Duration::ZERO),
+            );
+            local.wake_deferred();
+            continue;
+        }
         park(&shared, &local, &reactor, &mut poll, &mut events);
     }
     LOCAL.with(|l| l.set(std::ptr::null()));
@@ -988,6 +1045,7 @@ pub(crate) fn run_worker(
     // tasks themselves.
     local.queue.borrow_mut().clear();
     local.pending.borrow_mut().clear();
+    local.deferred.borrow_mut().clear();
     local.lifo.borrow_mut().take();
     if let Some(deque) = &local.deque {
         while deque.pop().is_some() {}
