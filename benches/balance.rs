@@ -297,7 +297,8 @@ fn fulcrum_rt(
 }
 
 /// Threshold overrides for a sweep (`FULCRUM_BENCH_EVENT_INTERVAL`,
-/// `FULCRUM_BENCH_SHED`, `FULCRUM_BENCH_SPIN_US`); unset: the defaults.
+/// `FULCRUM_BENCH_SHED`, `FULCRUM_BENCH_SPIN_US`,
+/// `FULCRUM_BENCH_HANDOFF_US`); unset: the defaults.
 fn tune(b: &mut fulcrum::runtime::Builder) -> &mut fulcrum::runtime::Builder {
     let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = var("FULCRUM_BENCH_EVENT_INTERVAL") {
@@ -308,6 +309,9 @@ fn tune(b: &mut fulcrum::runtime::Builder) -> &mut fulcrum::runtime::Builder {
     }
     if let Some(us) = var("FULCRUM_BENCH_SPIN_US") {
         b.spin_before_park(Duration::from_micros(us));
+    }
+    if let Some(us) = var("FULCRUM_BENCH_HANDOFF_US") {
+        b.handoff_wait(Duration::from_micros(us));
     }
     b
 }

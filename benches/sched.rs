@@ -4,7 +4,8 @@
 //! multi-thread runtime, side by side in one process, alternating, with the
 //! same worker count (`FULCRUM_BENCH_WORKERS`, default 2) and
 //! `FULCRUM_BENCH_RUNS` runs each (default 25). `FULCRUM_BENCH_EVENT_INTERVAL`,
-//! `FULCRUM_BENCH_SHED` and `FULCRUM_BENCH_SPIN_US` override the scheduler's
+//! `FULCRUM_BENCH_SHED`, `FULCRUM_BENCH_SPIN_US` and `FULCRUM_BENCH_HANDOFF_US`
+//! override the scheduler's
 //! thresholds (for `scripts/sweep.sh`).
 //!
 //! Prints a markdown table of medians and ratios, and writes
@@ -308,7 +309,8 @@ fn time<R: Rt>(rt: &R, f: fn(&R)) -> Duration {
 }
 
 /// Threshold overrides for a sweep (`FULCRUM_BENCH_EVENT_INTERVAL`,
-/// `FULCRUM_BENCH_SHED`, `FULCRUM_BENCH_SPIN_US`); unset: the defaults.
+/// `FULCRUM_BENCH_SHED`, `FULCRUM_BENCH_SPIN_US`,
+/// `FULCRUM_BENCH_HANDOFF_US`); unset: the defaults.
 fn tune(b: &mut fulcrum::runtime::Builder) -> &mut fulcrum::runtime::Builder {
     let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = var("FULCRUM_BENCH_EVENT_INTERVAL") {
@@ -319,6 +321,9 @@ fn tune(b: &mut fulcrum::runtime::Builder) -> &mut fulcrum::runtime::Builder {
     }
     if let Some(us) = var("FULCRUM_BENCH_SPIN_US") {
         b.spin_before_park(Duration::from_micros(us));
+    }
+    if let Some(us) = var("FULCRUM_BENCH_HANDOFF_US") {
+        b.handoff_wait(Duration::from_micros(us));
     }
     b
 }

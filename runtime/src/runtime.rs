@@ -228,6 +228,25 @@ impl Builder {
         self
     }
 
+    /// The least wait worth a handoff (DLB scheduler; default zero: any). At a
+    /// maintenance step a busy worker sheds part of its queue, and hands
+    /// the tasks its I/O poll wakes to a sleeping peer, only if they would
+    /// otherwise wait at least this long behind its queue (queue length ×
+    /// its mean poll time since the last step). Below it, a handoff (an
+    /// idle peer's wake-up, the task's cache lines, and the task's sockets
+    /// still served by this worker's reactor) costs more than it saves.
+    /// With zero a busy worker hands off whenever its queue is longer than
+    /// the shed threshold, which suits tasks that wake themselves (spawned
+    /// fan-outs, yield loops: once moved, they stay moved). Servers whose
+    /// tasks are woken by their sockets should set about 100 µs: a task
+    /// handed off comes back with its next readiness event, so every
+    /// handoff is paid again (the gateway example does, and BENCHMARKS.md
+    /// has its figures).
+    pub fn handoff_wait(&mut self, wait: Duration) -> &mut Self {
+        self.tuning.handoff_wait = wait;
+        self
+    }
+
     /// How long an idle worker polls its DLB port before it sleeps in its
     /// `Poll` (default 20 µs): a handoff arriving meanwhile saves a sleep
     /// and an eventfd wake-up; the cost is that much CPU per idle period.

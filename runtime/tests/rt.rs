@@ -861,3 +861,44 @@ fn yield_now_lets_queued_and_delivered_work_run_first() {
         }
     }
 }
+
+/// `Builder::handoff_wait`: with the default (zero) a worker whose queue of
+/// yielding tasks is long sheds part of it to its idle peer; with a
+/// threshold far above the queue's wait (1 s against microseconds) it keeps
+/// every task.
+#[test]
+fn handoff_wait_gates_shedding() {
+    for (wait, expect_moved) in [(Duration::ZERO, true), (Duration::from_secs(1), false)] {
+        let rt = Builder::new_multi_thread()
+            .worker_threads(2)
+            .dlb_backend(Backend::Software)
+            .handoff_wait(wait)
+            .build()
+            .unwrap();
+        let moved = rt.block_on(async {
+            let handle = Handle::current();
+            let hs: Vec<_> = (0..64)
+                .map(|_| {
+                    handle.spawn_on_worker(0, async {
+                        let mut elsewhere = false;
+                        for _ in 0..200 {
+                            elsewhere |= Handle::current().current_worker() != Some(0);
+                            yield_now().await;
+                        }
+                        elsewhere
+                    })
+                })
+                .collect();
+            let mut moved = 0;
+            for h in hs {
+                moved += usize::from(h.await.unwrap());
+            }
+            moved
+        });
+        assert_eq!(
+            moved > 0,
+            expect_moved,
+            "handoff_wait {wait:?}: {moved} of 64 tasks moved"
+        );
+    }
+}

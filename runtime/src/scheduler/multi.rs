@@ -19,13 +19,15 @@
 //!   sockets are registered in its reactor, and handing the wakes of a
 //!   request/response exchange to an idle peer cost the gateway about 3
 //!   DLB handoffs per proxied request. The exception is the wakes of the
-//!   I/O poll a worker makes between tasks after a whole maintenance
-//!   interval without going idle: those go to an idle peer, like the
-//!   rescue's. The local queue and the DLB
-//!   deliveries take turns, so neither starves the other.
+//!   I/O poll a worker makes between tasks at a maintenance tick while it
+//!   is backlogged (the tasks queued ahead times its mean poll time since
+//!   the last tick reach `Builder::handoff_wait`, zero by default): those
+//!   go to a sleeping peer, like the rescue's. The local queue and the DLB deliveries take turns,
+//!   so neither starves the other.
 //! - **Shedding**: every [`MAINTENANCE_INTERVAL`] ticks a worker whose local
 //!   queue holds more than [`SHED_MIN`] tasks sends half of it (at most
-//!   [`SHED_MAX`]) to the DLB queue if another worker is idle.
+//!   [`SHED_MAX`]) to the DLB queue if another worker is idle (and if the
+//!   queue's tail would wait at least `Builder::handoff_wait` there).
 //! - **Rescue of a busy worker's ready I/O**: an idle worker that finds a
 //!   peer inside one task poll for a whole rescue interval polls that
 //!   peer's epoll fd and sends the tasks it wakes to itself as *directed*
@@ -99,6 +101,16 @@ const MAX_LIFO_POLLS: u32 = 3;
 pub(crate) const OVERFLOW_BATCH: usize = 32;
 /// Events received from the DLB port at once.
 const RECV_BATCH: usize = 8;
+/// Default: the wait (queue length × mean poll time) below which a busy
+/// worker keeps its tasks rather than handing them to an idle peer. Zero:
+/// shed whenever the queue is long enough. 100 µs made `yield_many` 30%
+/// slower (its 200 tiny tasks stayed unevenly spread: nothing moves them
+/// afterwards). For the gateway, whose tasks are woken by their owner's
+/// reactor and so come back after every handoff, 100 µs gave 0.44–0.58
+/// handoffs per request (0.53–0.68 with zero) and 0.70–0.76× nginx's
+/// requests/s (0.63–0.65×), two `benches/gateway.sh` runs each: the
+/// gateway sets 100 µs itself.
+pub(crate) const HANDOFF_WAIT: std::time::Duration = std::time::Duration::ZERO;
 /// Default time an idle worker polls its DLB port before it sleeps.
 pub(crate) const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(20);
 
@@ -111,6 +123,9 @@ pub(crate) struct Tuning {
     pub(crate) shed_min: usize,
     /// The pre-sleep poll of the DLB port.
     pub(crate) spin_before_park: std::time::Duration,
+    /// Shedding and the handoff of maintenance wakes happen only when the
+    /// tasks concerned would otherwise wait at least this long here.
+    pub(crate) handoff_wait: std::time::Duration,
 }
 
 impl Default for Tuning {
@@ -119,6 +134,7 @@ impl Default for Tuning {
             event_interval: MAINTENANCE_INTERVAL,
             shed_min: SHED_MIN,
             spin_before_park: SPIN_BEFORE_PARK,
+            handoff_wait: HANDOFF_WAIT,
         }
     }
 }
@@ -328,6 +344,11 @@ struct Local {
     dispatching: Cell<bool>,
     /// Set when the task being polled completed.
     completed: Cell<bool>,
+    /// Since when this worker has been running tasks without sleeping
+    /// (reset at each maintenance tick), and how many polls it ran since:
+    /// their ratio is its recent mean poll time.
+    busy_since: Cell<std::time::Instant>,
+    busy_polls: Cell<u32>,
     /// Tasks spawned or woken during the current poll, to hand off when it
     /// ends (see `end_poll`).
     pending: RefCell<Vec<TaskRef>>,
@@ -726,11 +747,15 @@ impl Local {
         WorkerCounters::add(&self.counters().dlb_received, n as u64);
     }
 
-    /// Sends part of a long local queue to idle workers.
-    fn shed(&self) {
+    /// Sends part of a long local queue to idle workers, if its tail would
+    /// wait long here (`mean`: the recent mean poll time).
+    fn shed(&self, mean: std::time::Duration) {
         let shared = self.shared();
         let len = self.queue.borrow().len();
-        if len <= shared.threads.tuning.shed_min || !shared.sleepers.any_idle() {
+        if len <= shared.threads.tuning.shed_min
+            || !self.waits_long(len, mean)
+            || !shared.sleepers.any_idle()
+        {
             return;
         }
         let take = (len / 2).min(SHED_MAX);
@@ -812,6 +837,22 @@ impl Local {
         }
         // Keep the allocation.
         *self.pending.borrow_mut() = pending;
+    }
+
+    /// At a maintenance tick: the mean poll time since the last tick (or
+    /// since this worker last woke up), and resets the measure.
+    fn take_mean_poll(&self) -> std::time::Duration {
+        let now = std::time::Instant::now();
+        let busy = now.saturating_duration_since(self.busy_since.replace(now));
+        busy / self.busy_polls.replace(0).max(1)
+    }
+
+    /// Whether a task behind `tasks` others here would wait at least the
+    /// handoff threshold (`Builder::handoff_wait`), at `mean` per poll.
+    fn waits_long(&self, tasks: usize, mean: std::time::Duration) -> bool {
+        let tasks = u32::try_from(tasks).unwrap_or(u32::MAX);
+        let limit = self.shared().threads.tuning.handoff_wait;
+        mean.checked_mul(tasks).map_or(true, |wait| wait >= limit)
     }
 
     /// Wakes the tasks that yielded here (they queue on this worker).
@@ -973,6 +1014,8 @@ pub(crate) fn run_worker(
         spawning: Cell::new(false),
         dispatching: Cell::new(false),
         completed: Cell::new(false),
+        busy_since: Cell::new(std::time::Instant::now()),
+        busy_polls: Cell::new(0),
         pending: RefCell::new(Vec::with_capacity(16)),
         deque,
         deferred: RefCell::new(Vec::new()),
@@ -998,6 +1041,7 @@ pub(crate) fn run_worker(
             local.running.set(Some(task.id()));
             local.completed.set(false);
             crate::coop::budget(|| task.run());
+            local.busy_polls.set(local.busy_polls.get() + 1);
             local.end_poll(&shared);
             seq += 1;
             shared.polling[index].store(seq << 1, Release);
@@ -1008,7 +1052,11 @@ pub(crate) fn run_worker(
             }
             if tick % event_interval == 0 {
                 // I/O events of this worker's sockets, without blocking.
-                local.dispatching.set(true);
+                // The tasks they wake go to a sleeping peer only if they
+                // would otherwise wait long here.
+                let mean = local.take_mean_poll();
+                let ahead = local.queue.borrow().len() + local.received.borrow().len();
+                local.dispatching.set(local.waits_long(ahead, mean));
                 crate::park::poll_and_dispatch(
                     &mut poll,
                     &mut events,
@@ -1017,7 +1065,7 @@ pub(crate) fn run_worker(
                 );
                 local.dispatching.set(false);
                 local.wake_deferred();
-                local.shed();
+                local.shed(mean);
                 let depth = local.queue.borrow().len() + local.received.borrow().len();
                 local
                     .counters()
@@ -1039,6 +1087,8 @@ pub(crate) fn run_worker(
             continue;
         }
         park(&shared, &local, &reactor, &mut poll, &mut events);
+        local.busy_since.set(std::time::Instant::now());
+        local.busy_polls.set(0);
     }
     LOCAL.with(|l| l.set(std::ptr::null()));
     // Queued permissions are dropped here; the owned-task list cancels the
