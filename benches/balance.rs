@@ -58,6 +58,9 @@ use std::time::{Duration, Instant};
 use fulcrum::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use fulcrum::net::{Balance, Server};
 
+mod common;
+use common::{env, tune};
+
 // ---------------------------------------------------------------------------
 // Configuration
 
@@ -141,13 +144,6 @@ fn scenarios(load: f64) -> Vec<Scenario> {
             },
         },
     ]
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 // ---------------------------------------------------------------------------
@@ -294,26 +290,6 @@ fn fulcrum_rt(
             .enable_all(),
     )
     .build()
-}
-
-/// Threshold overrides for a sweep (`FULCRUM_BENCH_EVENT_INTERVAL`,
-/// `FULCRUM_BENCH_SHED`, `FULCRUM_BENCH_SPIN_US`,
-/// `FULCRUM_BENCH_HANDOFF_US`); unset: the defaults.
-fn tune(b: &mut fulcrum::runtime::Builder) -> &mut fulcrum::runtime::Builder {
-    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = var("FULCRUM_BENCH_EVENT_INTERVAL") {
-        b.event_interval(n as u32);
-    }
-    if let Some(n) = var("FULCRUM_BENCH_SHED") {
-        b.shed_threshold(n as usize);
-    }
-    if let Some(us) = var("FULCRUM_BENCH_SPIN_US") {
-        b.spin_before_park(Duration::from_micros(us));
-    }
-    if let Some(us) = var("FULCRUM_BENCH_HANDOFF_US") {
-        b.handoff_wait(Duration::from_micros(us));
-    }
-    b
 }
 
 fn start(system: &str, workers: usize, st: Arc<Stats>) -> std::io::Result<(Running, SocketAddr)> {

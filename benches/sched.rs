@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+mod common;
+use common::{env, tune};
+
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Spawns from any thread; the returned future completes with the task.
 type Spawner = Arc<dyn Fn(BoxFut) -> BoxFut + Send + Sync>;
@@ -306,33 +309,6 @@ fn time<R: Rt>(rt: &R, f: fn(&R)) -> Duration {
     let t = Instant::now();
     f(rt);
     t.elapsed()
-}
-
-/// Threshold overrides for a sweep (`FULCRUM_BENCH_EVENT_INTERVAL`,
-/// `FULCRUM_BENCH_SHED`, `FULCRUM_BENCH_SPIN_US`,
-/// `FULCRUM_BENCH_HANDOFF_US`); unset: the defaults.
-fn tune(b: &mut fulcrum::runtime::Builder) -> &mut fulcrum::runtime::Builder {
-    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = var("FULCRUM_BENCH_EVENT_INTERVAL") {
-        b.event_interval(n as u32);
-    }
-    if let Some(n) = var("FULCRUM_BENCH_SHED") {
-        b.shed_threshold(n as usize);
-    }
-    if let Some(us) = var("FULCRUM_BENCH_SPIN_US") {
-        b.spin_before_park(Duration::from_micros(us));
-    }
-    if let Some(us) = var("FULCRUM_BENCH_HANDOFF_US") {
-        b.handoff_wait(Duration::from_micros(us));
-    }
-    b
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() -> std::io::Result<()> {
