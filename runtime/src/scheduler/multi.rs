@@ -22,8 +22,8 @@
 //!   I/O poll a worker makes between tasks at a maintenance tick while it
 //!   is backlogged (the tasks queued ahead times its mean poll time since
 //!   the last tick reach `Builder::handoff_wait`, zero by default): those
-//!   go to a sleeping peer, like the rescue's. The local queue and the DLB deliveries take turns,
-//!   so neither starves the other.
+//!   go to a sleeping peer, like the rescue's. The local queue and the
+//!   DLB deliveries take turns, so neither starves the other.
 //! - **Shedding**: every [`MAINTENANCE_INTERVAL`] ticks a worker whose local
 //!   queue holds more than [`SHED_MIN`] tasks sends half of it (at most
 //!   [`SHED_MAX`]) to the DLB queue if another worker is idle (and if the
@@ -52,9 +52,10 @@
 //!
 //! # Thresholds
 //! Set with the `Builder` (`event_interval`, `shed_threshold`,
-//! `spin_before_park`, `rescue_interval`); the defaults were checked with
-//! `scripts/sweep.sh` (one at a time around the default, tokio's workloads
-//! and the skewed connection scenario; BENCHMARKS.md has the table):
+//! `spin_before_park`, `rescue_interval`, `handoff_wait`); the defaults
+//! were checked with `scripts/sweep.sh` (one at a time around the default,
+//! tokio's workloads and the skewed connection scenario; BENCHMARKS.md has
+//! the table):
 //! - event interval 61 (tokio's): 127 made `spawn_many_remote_busy1` 6×
 //!   slower (111 ms against 18 ms: the overflow queue is drained at
 //!   maintenance steps); 31 was within noise of 61 everywhere;
@@ -62,7 +63,10 @@
 //!   21%; 2 was within noise;
 //! - pre-sleep poll 20 µs: 0 made `spawn_many_local` 17% and `yield_many`
 //!   36% slower; 50 µs was within noise at 2.5× the idle CPU;
-//! - rescue interval 100 µs: the figure; the skew test measures it.
+//! - rescue interval 100 µs: the figure; the skew test measures it;
+//! - handoff wait 0 (`Builder::handoff_wait`): 100 µs made `yield_many`
+//!   30% slower; servers whose tasks their sockets wake should set 100 µs
+//!   (see [`HANDOFF_WAIT`]).
 //!
 //! The receive batch is the DLB queue's default CQ depth, 8.
 
