@@ -122,7 +122,8 @@ impl fmt::Debug for Ready {
 }
 
 /// Readiness observed by a poll, to be cleared with
-/// [`Registration::clear_readiness`] when an operation gets `WouldBlock`.
+/// [`Registration::clear_readiness`](crate::io::Registration::clear_readiness)
+/// when an operation gets `WouldBlock`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadyEvent {
     pub(crate) tick: usize,
