@@ -12,24 +12,8 @@ use fulcrum_net::{Balance, Server, TcpStream};
 use fulcrum_runtime::{spawn, Builder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit; panics if that is
-/// below `want`.
-fn raise_fd_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct we pass.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    assert!(
-        lim.rlim_max >= want,
-        "this test needs {want} file descriptors; the hard limit is {}",
-        lim.rlim_max
-    );
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: setrlimit reads the struct we pass.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
-}
+mod common;
+use common::raise_fd_limit;
 
 /// 500 concurrent connections, each sending 64 KiB in random-sized writes,
 /// with `Balance::Dlb` and `Balance::Exact` on a 4-worker DLB runtime.

@@ -9,6 +9,9 @@ use fulcrum_net::{Balance, Server, TcpStream};
 use fulcrum_runtime::{spawn, Builder, Scheduler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+use common::raise_fd_limit;
+
 const CONNS: usize = 400;
 const WORKERS: usize = 4;
 
@@ -317,26 +320,4 @@ fn echo_500_connections_of_256k_in_every_mode_and_scheduler() {
             });
         }
     }
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to at least `want` (up to the hard
-/// limit), or panics saying why the test cannot run.
-fn raise_fd_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct we pass.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    if lim.rlim_cur >= want {
-        return;
-    }
-    assert!(
-        lim.rlim_max >= want,
-        "this test needs {want} file descriptors; the hard limit is {}",
-        lim.rlim_max
-    );
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: setrlimit reads the struct we pass.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
 }

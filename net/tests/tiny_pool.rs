@@ -14,6 +14,9 @@ use fulcrum_net::{Balance, Server, TcpStream};
 use fulcrum_runtime::{spawn, yield_now, Builder, Runtime, Scheduler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+use common::raise_fd_limit;
+
 const WORKERS: usize = 4;
 
 fn tiny(credits: u32, cq_depth: u32) -> std::io::Result<Runtime> {
@@ -23,25 +26,6 @@ fn tiny(credits: u32, cq_depth: u32) -> std::io::Result<Runtime> {
         .dlb_credits(credits)
         .dlb_cq_depth(cq_depth)
         .build()
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit; panics if that is
-/// below `want`.
-fn raise_fd_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct we pass.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    assert!(
-        lim.rlim_max >= want,
-        "this test needs {want} file descriptors; the hard limit is {}",
-        lim.rlim_max
-    );
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: setrlimit reads the struct we pass.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
 }
 
 #[test]
