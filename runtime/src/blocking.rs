@@ -334,7 +334,7 @@ impl BlockingPool {
             while let Some(Queued { notified, owner }) = state.queue.pop_front() {
                 drop(state);
                 drop(owner);
-                notified.run();
+                notified.run(std::time::Instant::now());
                 state = self.lock();
             }
             if state.shutdown {

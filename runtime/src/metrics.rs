@@ -30,6 +30,13 @@ pub struct WorkerMetrics {
     /// Ready I/O events this worker dispatched for a peer stuck in a long
     /// poll (the rescue of a busy worker's ready I/O).
     pub io_rescued: u64,
+    /// I/O registrations that moved into this worker's reactor from
+    /// another runtime thread's, because the task using them now runs here
+    /// (see [`io`](crate::io)).
+    pub io_moved_in: u64,
+    /// Nanoseconds this worker spent polling tasks (from the start of each
+    /// poll to its return), since it started.
+    pub busy_ns: u64,
     /// Events scheduled to this worker's DLB port and not yet released (in
     /// its CQ, or received and not yet run), as the port last published.
     pub dlb_in_flight: u64,
@@ -78,6 +85,8 @@ pub(crate) struct WorkerCounters {
     pub(crate) steals: AtomicU64,
     pub(crate) io_resources: AtomicU64,
     pub(crate) io_rescued: AtomicU64,
+    pub(crate) io_moved_in: AtomicU64,
+    pub(crate) busy_ns: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -97,6 +106,8 @@ impl WorkerCounters {
             steals: self.steals.load(Relaxed),
             io_resources: self.io_resources.load(Relaxed),
             io_rescued: self.io_rescued.load(Relaxed),
+            io_moved_in: self.io_moved_in.load(Relaxed),
+            busy_ns: self.busy_ns.load(Relaxed),
             dlb_in_flight: 0,
             open_connections: 0,
         }

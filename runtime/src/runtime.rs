@@ -220,6 +220,31 @@ impl Builder {
         self
     }
 
+    /// A busy worker's maintenance step (polling its own I/O, firing its
+    /// due timers, waking the tasks that yielded, shedding) also comes at
+    /// least this often in wall time, not only every
+    /// [`event_interval`](Self::event_interval) ticks (default 100 µs), so
+    /// that a worker running long task polls still notices its sockets'
+    /// readiness and its timers after each of them. Multi-thread runtimes
+    /// only.
+    pub fn io_poll_interval(&mut self, interval: Duration) -> &mut Self {
+        self.tuning.io_poll_interval = interval;
+        self
+    }
+
+    /// The time slice of a task poll (default 1 ms; `None`: none). A task
+    /// that has been running for this long in one poll gets `Pending` (and
+    /// is woken again, after the tasks queued behind it) from its next
+    /// operation on a runtime resource: a socket, a timer. tokio's budget
+    /// counts operations only (128 per poll, as here too), so a handler
+    /// that spends milliseconds of CPU per request and always finds its
+    /// next request ready can keep its worker for 128 requests; with the
+    /// time slice it yields after each. Multi-thread runtimes only.
+    pub fn poll_time_slice(&mut self, slice: Option<Duration>) -> &mut Self {
+        self.tuning.poll_time_slice = slice;
+        self
+    }
+
     /// A worker sheds half its local queue (at most 32 tasks) to the DLB
     /// queue at a maintenance step when the queue is longer than this and
     /// another worker is idle (default 4).

@@ -154,6 +154,16 @@ impl<S: 'static> fmt::Debug for Task<S> {
     }
 }
 
+/// What [`Notified::run`] did.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ran {
+    /// The task completed (output, panic or cancellation): it will not run
+    /// again.
+    pub(crate) completed: bool,
+    /// When the poll returned (the start instant if nothing was polled).
+    pub(crate) end: std::time::Instant,
+}
+
 /// Permission to run a task once (see the module docs).
 pub(crate) struct Notified<S: 'static>(Task<S>);
 
@@ -165,12 +175,14 @@ impl<S: 'static> Notified<S> {
         Notified(unsafe { Task::from_header(ptr) })
     }
 
-    /// Runs the task (polls it once, or cancels it). Consumes the permission.
-    pub(crate) fn run(self) {
+    /// Runs the task (polls it once, or cancels it), the poll starting at
+    /// `start` (for its cost; see [`poll_cost`](Self::poll_cost)). Consumes
+    /// the permission.
+    pub(crate) fn run(self, start: std::time::Instant) -> Ran {
         let ptr = self.0.ptr;
         std::mem::forget(self);
         // SAFETY: we hand over the `Notified` reference to a live task.
-        unsafe { (ptr.as_ref().vtable.run)(ptr) };
+        unsafe { (ptr.as_ref().vtable.run)(ptr, start) }
     }
 
     /// The task's id.

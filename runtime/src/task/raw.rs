@@ -22,19 +22,22 @@ use std::future::Future;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+use std::time::{Duration, Instant};
 
 use super::state::{
     State, TransitionToIdle, TransitionToNotified, TransitionToRunning, COMPLETE, JOIN_INTEREST,
     JOIN_WAKER,
 };
-use super::{Id, JoinError, Notified, Schedule, Task};
-use crate::loom::{AtomicUsize, UnsafeCell};
+use super::{Id, JoinError, Notified, Ran, Schedule, Task};
+use crate::loom::{AtomicU32, AtomicUsize, UnsafeCell};
 
 /// The type-erased operations of a task.
 pub(super) struct Vtable {
-    /// Runs the task; consumes a `Notified` reference.
-    pub(super) run: unsafe fn(NonNull<Header>),
+    /// Runs the task; consumes a `Notified` reference. The instant is when
+    /// the poll started (for its cost).
+    pub(super) run: unsafe fn(NonNull<Header>, Instant) -> Ran,
     /// Hands a `Notified` reference to the scheduler.
     pub(super) schedule: unsafe fn(NonNull<Header>),
     /// Frees the allocation (refcount reached zero).
@@ -57,6 +60,26 @@ pub(crate) struct Header {
     /// in one). Written and read only under that shard's lock, so relaxed
     /// accesses suffice; atomic because the header is shared.
     pub(super) owned_slot: AtomicUsize,
+    /// The task's recent poll cost, nanoseconds (an exponentially weighted
+    /// mean, saturating at `u32::MAX`). Written only by the thread that
+    /// holds `RUNNING`, read by anyone as a hint: relaxed.
+    pub(super) poll_ns: AtomicU32,
+}
+
+impl Header {
+    /// Folds one poll's cost into the mean (weight 1/4; the first poll sets
+    /// it). Only the holder of `RUNNING` calls this.
+    fn record_poll(&self, cost: Duration) {
+        let sample = u32::try_from(cost.as_nanos()).unwrap_or(u32::MAX);
+        let old = self.poll_ns.load(Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            let (old, sample) = (i64::from(old), i64::from(sample));
+            (old + (sample - old) / 4).clamp(1, i64::from(u32::MAX)) as u32
+        };
+        self.poll_ns.store(new.max(1), Relaxed);
+    }
 }
 
 enum Stage<F: Future> {
@@ -87,6 +110,7 @@ where
             vtable: vtable::<F, S>(),
             id,
             owned_slot: AtomicUsize::new(usize::MAX),
+            poll_ns: AtomicU32::new(0),
         },
         scheduler,
         stage: UnsafeCell::new(Stage::Running(future)),
@@ -153,7 +177,7 @@ where
         .schedule(unsafe { Notified::from_header(ptr) });
 }
 
-unsafe fn run<F, S>(ptr: NonNull<Header>)
+unsafe fn run<F, S>(ptr: NonNull<Header>, start: Instant) -> Ran
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -165,11 +189,19 @@ where
         TransitionToRunning::Skip => {
             // SAFETY: we own the `Notified` reference.
             unsafe { drop_ref(ptr) };
+            Ran {
+                completed: false,
+                end: start,
+            }
         }
         TransitionToRunning::Cancel => {
             cancel(cell);
             // SAFETY: we hold RUNNING and the `Notified` reference.
             unsafe { complete(ptr, cell) };
+            Ran {
+                completed: true,
+                end: start,
+            }
         }
         TransitionToRunning::Poll => {
             // A waker that borrows the `Notified` reference: cloning it adds
@@ -191,11 +223,15 @@ where
                     }
                 })
             }));
-            match polled {
+            let end = Instant::now();
+            cell.header
+                .record_poll(end.saturating_duration_since(start));
+            let completed = match polled {
                 Ok(Poll::Ready(output)) => {
                     store(cell, Stage::Finished(Ok(output)));
                     // SAFETY: we hold RUNNING and the `Notified` reference.
                     unsafe { complete(ptr, cell) };
+                    true
                 }
                 Err(payload) => {
                     // The future panicked: drop it (a panic there too is
@@ -207,11 +243,13 @@ where
                     );
                     // SAFETY: as above.
                     unsafe { complete(ptr, cell) };
+                    true
                 }
                 Ok(Poll::Pending) => match cell.header.state.transition_to_idle() {
                     TransitionToIdle::Idle => {
                         // SAFETY: we own the `Notified` reference.
                         unsafe { drop_ref(ptr) };
+                        false
                     }
                     TransitionToIdle::Reschedule => {
                         // A reference was added for the new `Notified`.
@@ -219,14 +257,17 @@ where
                         unsafe { schedule::<F, S>(ptr) };
                         // SAFETY: we own the old `Notified` reference.
                         unsafe { drop_ref(ptr) };
+                        false
                     }
                     TransitionToIdle::Cancel => {
                         cancel(cell);
                         // SAFETY: we still hold RUNNING and the reference.
                         unsafe { complete(ptr, cell) };
+                        true
                     }
                 },
-            }
+            };
+            Ran { completed, end }
         }
     }
 }

@@ -1,0 +1,166 @@
+//! Where the tasks a worker schedules go: its local queue, or a handoff
+//! through the DLB queue (see the module docs of `multi` for when), and the
+//! shedding of a backlogged worker's queue.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use fulcrum_dlb::Event;
+
+use super::worker::{Intent, Phase, Worker};
+use super::TaskRef;
+use crate::metrics::WorkerCounters;
+use crate::task::Notified;
+
+/// At most this many tasks are shed at once.
+pub(super) const SHED_MAX: usize = 32;
+
+impl Worker {
+    /// Schedules a task spawned or woken on this worker.
+    pub(super) fn schedule(&self, task: TaskRef, intent: Intent) {
+        let shared = &*self.shared;
+        if let (Some(deque), Some(st)) = (&self.deque, &shared.stealing) {
+            return self.schedule_stealing(deque, st, task);
+        }
+        let any_idle = shared.sleepers.any_idle();
+        match (self.phase.get(), intent) {
+            // The rescue: the task comes here, directed (the module docs of
+            // `multi` say why not unordered).
+            (Phase::Rescuing, _) => self.hand_off_or_queue(task, Some(self.index)),
+            // A spawn during a poll: decided when the poll ends.
+            (Phase::Polling(_), Intent::Spawn) if any_idle => self.pending.borrow_mut().push(task),
+            // A backlogged worker's maintenance wakes: to a sleeping peer,
+            // directed (unordered, the arbiter could hand them straight
+            // back to this busy worker).
+            (Phase::Dispatching { hand_off: true }, _) if any_idle => {
+                self.hand_off_or_queue(task, shared.sleeping_peer(self.index))
+            }
+            // A spawn outside a poll (from a drop, say) while a peer idles.
+            (Phase::Between | Phase::Dispatching { .. }, Intent::Spawn) if any_idle => {
+                self.hand_off_or_queue(task, None)
+            }
+            // Wakes stay here, where the woken task's sockets are
+            // registered.
+            _ => self.queue.borrow_mut().push_back(task),
+        }
+    }
+
+    /// Hands `task` off (unordered, or directed to `target`); if the send
+    /// comes up short, or during shutdown, queues it here.
+    fn hand_off_or_queue(&self, task: TaskRef, target: Option<usize>) {
+        if self.shared.shutdown.load(Relaxed) {
+            self.queue.borrow_mut().push_back(task);
+            return;
+        }
+        if let Err(task) = self.hand_off(task, target) {
+            self.queue.borrow_mut().push_back(task);
+        }
+    }
+
+    /// As [`hand_off_or_queue`](Self::hand_off_or_queue), without the
+    /// shutdown check (an explicit route of `Handle::spawn_on_worker` or
+    /// `spawn_balanced`).
+    pub(super) fn hand_off_or_keep(&self, task: TaskRef, target: Option<usize>) {
+        if let Err(task) = self.hand_off(task, target) {
+            self.queue.borrow_mut().push_back(task);
+        }
+    }
+
+    /// Sends `task` through this worker's DLB port: unordered, or directed
+    /// to `target`. Gives the task back if the send came up short (no
+    /// credits, a full CQ) or the port is in use further up this stack;
+    /// that counts as a fallback.
+    pub(super) fn hand_off(&self, task: TaskRef, target: Option<usize>) -> Result<(), TaskRef> {
+        let Ok(mut port) = self.port.try_borrow_mut() else {
+            WorkerCounters::add(&self.counters().fallbacks, 1);
+            return Err(task);
+        };
+        let id = task.id();
+        let event = match target {
+            Some(w) => Event::directed(w as u8, task.into_raw()),
+            None => Event::unordered(0, task.into_raw()),
+        };
+        if port.send(&[event]).unwrap_or(0) == 1 {
+            WorkerCounters::add(&self.counters().dlb_sent, 1);
+            tracing::debug!(worker = self.index, task = %id, ?target, "dlb send task");
+            return Ok(());
+        }
+        WorkerCounters::add(&self.counters().fallbacks, 1);
+        tracing::debug!(worker = self.index, task = %id, "dlb send short; task kept");
+        // SAFETY: not sent: the payload is still ours.
+        Err(unsafe { Notified::from_raw(event.udata) })
+    }
+
+    /// After a task poll: hands off the tasks it spawned (while another
+    /// worker was idle), except in the chain case. A task that spawned
+    /// exactly one task and then completed leaves nothing else to do here,
+    /// so its successor runs next on this worker instead of crossing to
+    /// another core: what tokio's LIFO slot gives `chained_spawn` and
+    /// `ping_pong`. A task still alive after its poll (an accept loop, say)
+    /// hands everything it spawned to the arbiter, so connections and
+    /// fan-outs stay balanced. The cost: a successor waits for the rest of
+    /// its spawner's poll, not only until the spawn.
+    pub(super) fn end_poll(&self, completed: bool) {
+        if self.pending.borrow().is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut *self.pending.borrow_mut());
+        if pending.len() == 1 && completed {
+            if let Some(t) = pending.pop() {
+                self.queue.borrow_mut().push_front(t);
+            }
+        } else if self.shared.sleepers.any_idle() {
+            for t in pending.drain(..) {
+                self.hand_off_or_queue(t, None);
+            }
+        } else {
+            self.queue.borrow_mut().extend(pending.drain(..));
+        }
+        // Keep the allocation.
+        *self.pending.borrow_mut() = pending;
+    }
+
+    /// Whether a task behind `tasks` others here would wait at least the
+    /// handoff threshold (`Builder::handoff_wait`), at `mean` per poll.
+    pub(super) fn waits_long(&self, tasks: usize, mean: Duration) -> bool {
+        let tasks = u32::try_from(tasks).unwrap_or(u32::MAX);
+        let limit = self.shared.threads.tuning.handoff_wait;
+        mean.checked_mul(tasks).map_or(true, |wait| wait >= limit)
+    }
+
+    /// Sheds part of a long local queue to idle workers, if its tail would
+    /// wait long here (`mean`: the recent mean poll time): half of it, at
+    /// most [`SHED_MAX`], as unordered handoffs.
+    pub(super) fn shed(&self, mean: Duration) {
+        let shared = &*self.shared;
+        let len = self.queue.borrow().len();
+        if len <= shared.threads.tuning.shed_min
+            || !self.waits_long(len, mean)
+            || !shared.sleepers.any_idle()
+        {
+            return;
+        }
+        let take = (len / 2).min(SHED_MAX);
+        let events: Vec<Event> = {
+            let mut queue = self.queue.borrow_mut();
+            let start = queue.len() - take;
+            queue
+                .drain(start..)
+                .map(|t| Event::unordered(0, t.into_raw()))
+                .collect()
+        };
+        let sent = self.port.borrow_mut().send(&events).unwrap_or(0);
+        if sent > 0 {
+            WorkerCounters::add(&self.counters().dlb_sent, sent as u64);
+            tracing::debug!(worker = self.index, tasks = sent, "dlb send shed tasks");
+        }
+        if sent < events.len() {
+            WorkerCounters::add(&self.counters().fallbacks, (events.len() - sent) as u64);
+            let mut queue = self.queue.borrow_mut();
+            for ev in &events[sent..] {
+                // SAFETY: not sent: the payloads are still ours.
+                queue.push_back(unsafe { Notified::from_raw(ev.udata) });
+            }
+        }
+    }
+}

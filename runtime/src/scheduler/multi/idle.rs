@@ -1,0 +1,164 @@
+//! An idle worker: the short spin on its DLB port, then the park in its
+//! reactor, with the no-lost-wake-up protocol of `crate::sleepers`.
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::time::Instant;
+
+use mio::{Events, Poll};
+
+use super::worker::Worker;
+use crate::io::reactor::Reactor;
+use crate::metrics::WorkerCounters;
+
+impl Worker {
+    /// Sleeps until work arrives (or a timer is due, or a watch interval
+    /// ends), then rescues busy peers if the watch says so.
+    pub(super) fn park(&self, poll: &mut Poll, events: &mut Events, reactor: &Reactor) {
+        let shared = &*self.shared;
+        self.counters().local_queue_depth.store(0, Relaxed);
+        if crate::time::driver::fire_due() > 0 {
+            return;
+        }
+        // Counted idle from here, so that peers hand work over.
+        shared.sleepers.announce_idle();
+        if self.spin() {
+            shared.sleepers.cancel_idle();
+            return;
+        }
+        {
+            let mut port = self.port.borrow_mut();
+            if !port.prepare_park() {
+                port.finish_park();
+                shared.sleepers.cancel_idle();
+                return;
+            }
+        }
+        let me = self.index;
+        // Peers that are running and own sockets: while there are any, sleep
+        // at most one rescue interval, then rescue those that stayed inside
+        // one poll all along.
+        let watch = shared.rescue_watch(me);
+        shared.watching[me].store(watch.is_some(), SeqCst);
+        // Parked, then a fence that pairs with the pushers' `notify_parked`
+        // (push, fence, read who is parked): either they see this worker
+        // parked and wake it, or it sees their work here (`crate::sleepers`).
+        shared.sleepers.before_sleep(me);
+        if shared.overflow.is_empty()
+            && !shared.shutdown.load(SeqCst)
+            && !shared.stealing_has_work()
+        {
+            let mut timeout = crate::time::driver::next_timeout();
+            if let Some(w) = &watch {
+                timeout = Some(timeout.map_or(w.interval, |t| t.min(w.interval)));
+            }
+            if let Some(p) = &self.precise {
+                p.arm_for(timeout);
+            }
+            crate::park::poll_and_dispatch(poll, events, reactor, timeout);
+            if let Some(p) = &self.precise {
+                if events
+                    .iter()
+                    .any(|e| e.token() == crate::park::PRECISE_TIMER_TOKEN)
+                {
+                    p.clear();
+                }
+            }
+        }
+        shared.watching[me].store(false, SeqCst);
+        shared.sleepers.after_sleep(me);
+        self.port.borrow_mut().finish_park();
+        WorkerCounters::add(&self.counters().parks, 1);
+        crate::time::driver::fire_due();
+        match watch {
+            Some(w) if w.started.elapsed() >= w.interval => self.rescue(&w.peers),
+            Some(_) => {}
+            None if shared.rescue_interval.is_some() && reactor.resources() > 0 => {
+                // This worker goes back to work owning sockets: make sure an
+                // idle peer watches it, in case a task here runs long.
+                shared.nudge_watcher(me);
+            }
+            None => {}
+        }
+    }
+
+    /// Polls the DLB port for a short, bounded time before sleeping, if
+    /// spinning has been paying off (see [`SpinPolicy`]): a handoff often
+    /// follows within microseconds (a task spawning its successor on a
+    /// peer), and catching it here saves a sleep and a wake-up (an eventfd
+    /// write and an `epoll_wait` return, tens of microseconds). Returns
+    /// `true` if work arrived.
+    ///
+    /// The spin never yields its core (`sched_yield`): on a machine whose
+    /// cores are all busy, a worker that yields hands its core to a
+    /// CPU-bound peer for a whole time slice (and, under EEVDF, pushes its
+    /// own deadline back), and is then not running when its own work
+    /// arrives.
+    fn spin(&self) -> bool {
+        let shared = &*self.shared;
+        let limit = shared.threads.tuning.spin_before_park;
+        if limit.is_zero() || !self.spin.should_spin() {
+            return false;
+        }
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.poll_port()
+                || !shared.overflow.is_empty()
+                || shared.stealing_has_work()
+                || shared.shutdown.load(Acquire)
+            {
+                self.spin.record(true);
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        self.spin.record(false);
+        false
+    }
+}
+
+/// Whether an idle worker's pre-park spin pays off: a running mean of how
+/// often a spin found work (fixed point, 0 to [`SpinPolicy::ONE`]). Below
+/// one in eight the worker stops spinning, except for one probe every
+/// [`SpinPolicy::PROBE_EVERY`] parks, which lets the mean recover when the
+/// workload changes. Workloads that hand work from core to core (spawn
+/// chains, yield loops) keep spinning; a server whose idle workers wait
+/// for requests stops, and spends no CPU that busy peers could use.
+pub(super) struct SpinPolicy {
+    rate: Cell<u32>,
+    skipped: Cell<u32>,
+}
+
+impl SpinPolicy {
+    const ONE: u32 = 1 << 10;
+    const MIN_RATE: u32 = Self::ONE / 8;
+    const PROBE_EVERY: u32 = 16;
+
+    pub(super) fn new() -> Self {
+        Self {
+            rate: Cell::new(Self::ONE),
+            skipped: Cell::new(0),
+        }
+    }
+
+    /// Whether to spin before this park.
+    fn should_spin(&self) -> bool {
+        if self.rate.get() >= Self::MIN_RATE {
+            return true;
+        }
+        let skipped = self.skipped.get() + 1;
+        if skipped >= Self::PROBE_EVERY {
+            self.skipped.set(0);
+            return true;
+        }
+        self.skipped.set(skipped);
+        false
+    }
+
+    /// Folds a spin's outcome into the mean (weight 1/8).
+    fn record(&self, found_work: bool) {
+        let rate = self.rate.get();
+        let sample = if found_work { Self::ONE } else { 0 };
+        self.rate.set(rate - rate / 8 + sample / 8);
+    }
+}
