@@ -4,7 +4,9 @@ use std::time::Duration;
 
 /// Threshold overrides for a sweep (`FULCRUM_BENCH_EVENT_INTERVAL`,
 /// `FULCRUM_BENCH_SHED`, `FULCRUM_BENCH_SPIN_US`,
-/// `FULCRUM_BENCH_HANDOFF_US`); unset: the defaults.
+/// `FULCRUM_BENCH_HANDOFF_US`, `FULCRUM_BENCH_IO_US`,
+/// `FULCRUM_BENCH_SLICE_US` (0: no time slice), `FULCRUM_BENCH_RESCUE_US`
+/// (0: no rescue)); unset: the defaults.
 pub fn tune(b: &mut fulcrum::runtime::Builder) -> &mut fulcrum::runtime::Builder {
     let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = var("FULCRUM_BENCH_EVENT_INTERVAL") {
@@ -18,6 +20,15 @@ pub fn tune(b: &mut fulcrum::runtime::Builder) -> &mut fulcrum::runtime::Builder
     }
     if let Some(us) = var("FULCRUM_BENCH_HANDOFF_US") {
         b.handoff_wait(Duration::from_micros(us));
+    }
+    if let Some(us) = var("FULCRUM_BENCH_IO_US") {
+        b.io_poll_interval(Duration::from_micros(us));
+    }
+    if let Some(us) = var("FULCRUM_BENCH_SLICE_US") {
+        b.poll_time_slice((us > 0).then(|| Duration::from_micros(us)));
+    }
+    if let Some(us) = var("FULCRUM_BENCH_RESCUE_US") {
+        b.rescue_interval((us > 0).then(|| Duration::from_micros(us)));
     }
     b
 }
