@@ -26,6 +26,7 @@
 //!   the heavy clients keep every core busy: the light requests show
 //!   whether a server keeps them off the heavy ones' workers.
 //!
+//! `FULCRUM_BENCH_VERBOSE=1` prints every run's figures on stderr.
 //! `FULCRUM_BENCH_LOAD` (default 1.0) multiplies every open-loop rate;
 //! `FULCRUM_BENCH_WORKERS` (default 4) sets the workers of the first three
 //! scenarios.
@@ -227,6 +228,8 @@ fn main() -> std::io::Result<()> {
         .filter(|l| *l > 0.0)
         .unwrap_or(1.0);
     let (scenarios, systems) = pick(&args, scenario::all(load))?;
+    // `FULCRUM_BENCH_VERBOSE=1`: every run's figures on stderr.
+    let verbose = env("FULCRUM_BENCH_VERBOSE", 0) != 0;
 
     println!(
         "{cores} cores, {runs} runs × {}s (+{}s warm-up) per system and scenario, \
@@ -244,6 +247,22 @@ fn main() -> std::io::Result<()> {
             for k in 0..systems.len() {
                 let i = (k + run) % systems.len();
                 let r = run_once(sc, systems[i], workers, secs, cores)?;
+                if verbose {
+                    eprintln!(
+                        "{} / {} run {run}: light p50 {} p99 {} µs, conns {:?}, busy ms {:?}, \
+                         handoffs/req {}, rescues/req {}, moves/req {}, server cpu {}%",
+                        sc.name,
+                        systems[i],
+                        fmt_f(r.light_p50_us, 0),
+                        fmt_f(r.light_p99_us, 0),
+                        r.conns,
+                        r.busy_ms,
+                        fmt_f(r.handoffs_per_req, 3),
+                        fmt_f(r.rescues_per_req, 3),
+                        fmt_f(r.migrations_per_req, 4),
+                        fmt_f(r.server_cpu_pct, 0),
+                    );
+                }
                 for s in &r.samples {
                     eprintln!("{} / {} run {run}: {s}", sc.name, systems[i]);
                 }

@@ -228,6 +228,19 @@ impl Domain {
             DomainImpl::Hw(d) => d.port_stats(id),
         }
     }
+
+    /// Sets port `id`'s load hint on its owner's behalf (see
+    /// [`Port::set_load_hint`]): for a thread that sees the owner is busy
+    /// while the owner cannot say so itself (it is inside a long piece of
+    /// work). The owner's next [`Port::set_load_hint`] replaces it. Does
+    /// nothing for an unknown port or on the hardware backend.
+    pub fn set_load_hint(&self, id: usize, hint: u32) {
+        match &self.imp {
+            DomainImpl::Soft(d) => d.set_load_hint(id, hint),
+            #[cfg(not(loom))]
+            DomainImpl::Hw(_) => {}
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -356,6 +369,23 @@ impl Port {
     /// An I/O error from `poll(2)`.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, DlbError> {
         on_port!(self, p => p.wait(timeout))
+    }
+
+    /// Publishes how loaded this port's owner is beyond what the queue
+    /// sees (its CQ occupancy and unreleased events): the work its own
+    /// connections bring it, its recent busy time. The software arbiter
+    /// adds the hint to the port's load when it ranks eligible ports for an
+    /// unordered event, so that it can steer new work away from an owner
+    /// that is busy for reasons it cannot see; the hint never makes a port
+    /// ineligible. The hardware arbiter sees only its own queues: on the
+    /// hardware backend this does nothing, and placement falls back to CQ
+    /// occupancy alone.
+    pub fn set_load_hint(&self, hint: u32) {
+        match &self.imp {
+            PortImpl::Soft(p) => p.set_load_hint(hint),
+            #[cfg(not(loom))]
+            PortImpl::Hw(_) => {}
+        }
     }
 
     /// This port's counters.

@@ -1,5 +1,5 @@
-//! What every socket type shares: [`Io`], a mio socket plus its lazily made
-//! reactor registration; the stream plumbing behind `AsyncRead` and
+//! What every socket type shares: [`Io`], a mio socket in an `AsyncFd`
+//! registered on first use; the stream plumbing behind `AsyncRead` and
 //! `AsyncWrite` (one implementation for TCP and Unix streams and their
 //! halves, for tokio's traits and, with the `futures-io` feature, for
 //! `futures_io`'s); and the error and address helpers.
@@ -7,46 +7,46 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
-use std::sync::{Mutex, OnceLock};
+use std::os::fd::{AsFd, AsRawFd};
 use std::task::{Context, Poll};
 
-use fulcrum_runtime::io::{Direction, Interest, Registration};
-use mio::unix::SourceFd;
+use fulcrum_runtime::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use fulcrum_runtime::io::Interest;
 use tokio::io::ReadBuf;
 
-/// A mio socket plus its registration, made on first use on the thread
-/// that polls it (see the crate docs).
-pub(crate) struct Io<S: AsRawFd> {
-    pub(crate) sock: S,
-    reg: OnceLock<Registration>,
-    /// Serialises the first registration (two halves may race to it).
-    init: Mutex<()>,
-    interest: Interest,
+/// Which side of a socket an operation waits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Read,
+    Write,
 }
 
-impl<S: AsRawFd> Io<S> {
+impl Direction {
+    fn interest(self) -> Interest {
+        match self {
+            Direction::Read => Interest::READABLE,
+            Direction::Write => Interest::WRITABLE,
+        }
+    }
+}
+
+/// A mio socket in an [`AsyncFd`], registered on first use with the
+/// reactor of the thread that polls it, and moved with its task (see
+/// `fulcrum_runtime::io`).
+pub(crate) struct Io<S: AsFd> {
+    fd: AsyncFd<S>,
+}
+
+impl<S: AsFd> Io<S> {
     pub(crate) fn new(sock: S, interest: Interest) -> Self {
         Self {
-            sock,
-            reg: OnceLock::new(),
-            init: Mutex::new(()),
-            interest,
+            fd: AsyncFd::unregistered(sock, interest),
         }
     }
 
-    /// The registration, made now if this is the first use.
-    pub(crate) fn reg(&self) -> io::Result<&Registration> {
-        if let Some(r) = self.reg.get() {
-            return Ok(r);
-        }
-        let _guard = self.init.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = self.reg.get() {
-            return Ok(r);
-        }
-        let fd = self.sock.as_raw_fd();
-        let reg = Registration::new(&mut SourceFd(&fd), self.interest)?;
-        Ok(self.reg.get_or_init(|| reg))
+    /// The socket.
+    pub(crate) fn sock(&self) -> &S {
+        self.fd.get_ref()
     }
 
     /// Runs `f` when ready in `dir`, waiting again on `WouldBlock`.
@@ -54,18 +54,30 @@ impl<S: AsRawFd> Io<S> {
         &self,
         cx: &mut Context<'_>,
         dir: Direction,
-        f: impl FnMut() -> io::Result<R>,
+        mut f: impl FnMut() -> io::Result<R>,
     ) -> Poll<io::Result<R>> {
-        match self.reg() {
-            Ok(reg) => reg.poll_io(cx, dir, f),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.fd.poll_io(cx, dir.interest(), |_| f())
+    }
+
+    /// Polls for read readiness, for operations that need the guard.
+    pub(crate) fn poll_read_ready<'a>(
+        &'a self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<AsyncFdReadyGuard<'a, S>>> {
+        self.fd.poll_read_ready(cx)
+    }
+
+    /// Waits for readiness in `dir` and returns its guard.
+    pub(crate) async fn ready_guard(&self, dir: Direction) -> io::Result<AsyncFdReadyGuard<'_, S>> {
+        self.fd.ready(dir.interest()).await
     }
 
     /// Waits for readiness in `dir` (for `readable`/`writable`).
     pub(crate) async fn ready(&self, dir: Direction) -> io::Result<()> {
-        self.reg()?.ready(dir).await;
-        Ok(())
+        self.fd
+            .ready(dir.interest())
+            .await
+            .map(|mut g| g.retain_ready())
     }
 
     /// Runs `f` once if the socket looks ready in `dir`, else `WouldBlock`
@@ -75,25 +87,15 @@ impl<S: AsRawFd> Io<S> {
         dir: Direction,
         f: impl FnOnce() -> io::Result<R>,
     ) -> io::Result<R> {
-        self.reg()?.try_io(dir, f)
+        self.fd.try_io(dir.interest(), |_| f())
     }
 }
 
-impl<S: AsRawFd> Drop for Io<S> {
-    fn drop(&mut self) {
-        if let Some(mut reg) = self.reg.take() {
-            let fd = self.sock.as_raw_fd();
-            if let Err(e) = reg.deregister(&mut SourceFd(&fd)) {
-                tracing::debug!(fd, "deregistering a socket: {e}");
-            }
-        }
-    }
-}
-
-impl<S: AsRawFd> fmt::Debug for Io<S> {
+impl<S: AsFd> fmt::Debug for Io<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Io")
-            .field("fd", &self.sock.as_raw_fd())
+            .field("fd", &self.fd.as_raw_fd())
+            .field("worker", &self.fd.worker())
             .finish()
     }
 }
@@ -118,7 +120,7 @@ pub(crate) fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
 
 /// A connected mio stream socket (TCP or Unix): what the shared
 /// `AsyncRead`/`AsyncWrite` implementation needs of it.
-pub(crate) trait StreamSocket: AsRawFd {
+pub(crate) trait StreamSocket: AsFd {
     fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
     fn write(&self, buf: &[u8]) -> io::Result<usize>;
     fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize>;
@@ -155,7 +157,7 @@ pub(crate) fn poll_read<S: StreamSocket>(
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
     let n = match io.poll_io(cx, Direction::Read, || {
-        io.sock.read(buf.initialize_unfilled())
+        io.sock().read(buf.initialize_unfilled())
     }) {
         Poll::Ready(Ok(n)) => n,
         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -172,7 +174,7 @@ pub(crate) fn poll_read_slice<S: StreamSocket>(
     cx: &mut Context<'_>,
     buf: &mut [u8],
 ) -> Poll<io::Result<usize>> {
-    io.poll_io(cx, Direction::Read, || io.sock.read(buf))
+    io.poll_io(cx, Direction::Read, || io.sock().read(buf))
 }
 
 pub(crate) fn poll_write<S: StreamSocket>(
@@ -180,7 +182,7 @@ pub(crate) fn poll_write<S: StreamSocket>(
     cx: &mut Context<'_>,
     buf: &[u8],
 ) -> Poll<io::Result<usize>> {
-    io.poll_io(cx, Direction::Write, || io.sock.write(buf))
+    io.poll_io(cx, Direction::Write, || io.sock().write(buf))
 }
 
 pub(crate) fn poll_write_vectored<S: StreamSocket>(
@@ -188,11 +190,11 @@ pub(crate) fn poll_write_vectored<S: StreamSocket>(
     cx: &mut Context<'_>,
     bufs: &[io::IoSlice<'_>],
 ) -> Poll<io::Result<usize>> {
-    io.poll_io(cx, Direction::Write, || io.sock.write_vectored(bufs))
+    io.poll_io(cx, Direction::Write, || io.sock().write_vectored(bufs))
 }
 
 pub(crate) fn shutdown_write<S: StreamSocket>(io: &Io<S>) -> Poll<io::Result<()>> {
-    match io.sock.shutdown(Shutdown::Write) {
+    match io.sock().shutdown(Shutdown::Write) {
         Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
         _ => Poll::Ready(Ok(())),
     }
@@ -333,7 +335,8 @@ macro_rules! datagram_readiness {
         /// # Errors
         /// The OS error of `send`, or `WouldBlock`.
         pub fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
-            self.io.try_io(Direction::Write, || self.io.sock.send(buf))
+            self.io
+                .try_io(Direction::Write, || self.io.sock().send(buf))
         }
 
         /// Receives from the connected peer without waiting: `WouldBlock` if
@@ -342,7 +345,7 @@ macro_rules! datagram_readiness {
         /// # Errors
         /// The OS error of `recv`, or `WouldBlock`.
         pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-            self.io.try_io(Direction::Read, || self.io.sock.recv(buf))
+            self.io.try_io(Direction::Read, || self.io.sock().recv(buf))
         }
     };
 }

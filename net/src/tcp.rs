@@ -7,7 +7,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use fulcrum_runtime::io::{Direction, Interest};
+use fulcrum_runtime::io::Interest;
+
+use crate::io::Direction;
 
 use crate::io::{impl_async_read, impl_async_write, resolve, with_addr, Io};
 
@@ -19,8 +21,8 @@ pub struct TcpListener {
 impl fmt::Debug for TcpListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpListener")
-            .field("addr", &self.io.sock.local_addr().ok())
-            .field("fd", &self.io.sock.as_raw_fd())
+            .field("addr", &self.io.sock().local_addr().ok())
+            .field("fd", &self.io.sock().as_raw_fd())
             .finish()
     }
 }
@@ -99,7 +101,7 @@ impl TcpListener {
     /// Polls for a connection.
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
         self.io
-            .poll_io(cx, Direction::Read, || self.io.sock.accept())
+            .poll_io(cx, Direction::Read, || self.io.sock().accept())
             .map_ok(|(s, peer)| (TcpStream::from_mio(s), peer))
     }
 
@@ -108,13 +110,13 @@ impl TcpListener {
     /// # Errors
     /// The OS error of `getsockname`.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.local_addr()
+        self.io.sock().local_addr()
     }
 }
 
 impl AsRawFd for TcpListener {
     fn as_raw_fd(&self) -> RawFd {
-        self.io.sock.as_raw_fd()
+        self.io.sock().as_raw_fd()
     }
 }
 
@@ -126,9 +128,9 @@ pub struct TcpStream {
 impl fmt::Debug for TcpStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpStream")
-            .field("local", &self.io.sock.local_addr().ok())
-            .field("peer", &self.io.sock.peer_addr().ok())
-            .field("fd", &self.io.sock.as_raw_fd())
+            .field("local", &self.io.sock().local_addr().ok())
+            .field("peer", &self.io.sock().peer_addr().ok())
+            .field("fd", &self.io.sock().as_raw_fd())
             .finish()
     }
 }
@@ -165,15 +167,14 @@ impl TcpStream {
     pub(crate) async fn connected(self) -> io::Result<TcpStream> {
         let stream = self;
         // Writable once the handshake finished (or failed).
-        let reg = stream.io.reg()?;
-        let ev = reg.ready(Direction::Write).await;
-        if let Some(e) = stream.io.sock.take_error()? {
+        let mut ready = stream.io.ready_guard(Direction::Write).await?;
+        if let Some(e) = stream.io.sock().take_error()? {
             return Err(e);
         }
-        match stream.io.sock.peer_addr() {
+        match stream.io.sock().peer_addr() {
             Ok(_) => Ok(stream),
             Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                reg.clear_readiness(ev);
+                ready.clear_ready();
                 Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     "connection refused",
@@ -197,7 +198,7 @@ impl TcpStream {
     /// # Errors
     /// The OS error of `getpeername`.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.peer_addr()
+        self.io.sock().peer_addr()
     }
 
     /// The local address.
@@ -205,7 +206,7 @@ impl TcpStream {
     /// # Errors
     /// The OS error of `getsockname`.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.local_addr()
+        self.io.sock().local_addr()
     }
 
     /// Sets `TCP_NODELAY`.
@@ -213,7 +214,7 @@ impl TcpStream {
     /// # Errors
     /// The OS error of `setsockopt`.
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        self.io.sock.set_nodelay(nodelay)
+        self.io.sock().set_nodelay(nodelay)
     }
 
     /// Whether `TCP_NODELAY` is set.
@@ -221,7 +222,7 @@ impl TcpStream {
     /// # Errors
     /// The OS error of `getsockopt`.
     pub fn nodelay(&self) -> io::Result<bool> {
-        self.io.sock.nodelay()
+        self.io.sock().nodelay()
     }
 
     /// Waits until the stream is readable.
@@ -229,8 +230,7 @@ impl TcpStream {
     /// # Errors
     /// If the stream cannot be registered with the reactor.
     pub async fn readable(&self) -> io::Result<()> {
-        self.io.reg()?.ready(Direction::Read).await;
-        Ok(())
+        self.io.ready(Direction::Read).await
     }
 
     /// Waits until the stream is writable.
@@ -238,8 +238,7 @@ impl TcpStream {
     /// # Errors
     /// If the stream cannot be registered with the reactor.
     pub async fn writable(&self) -> io::Result<()> {
-        self.io.reg()?.ready(Direction::Write).await;
-        Ok(())
+        self.io.ready(Direction::Write).await
     }
 
     /// Reads without waiting: `WouldBlock` if nothing is ready.
@@ -247,9 +246,7 @@ impl TcpStream {
     /// # Errors
     /// The OS error of `read`, or `WouldBlock`.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io
-            .reg()?
-            .try_io(Direction::Read, || (&self.io.sock).read(buf))
+        self.io.try_io(Direction::Read, || self.io.sock().read(buf))
     }
 
     /// Writes without waiting: `WouldBlock` if the socket is full.
@@ -258,8 +255,7 @@ impl TcpStream {
     /// The OS error of `write`, or `WouldBlock`.
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         self.io
-            .reg()?
-            .try_io(Direction::Write, || (&self.io.sock).write(buf))
+            .try_io(Direction::Write, || self.io.sock().write(buf))
     }
 
     /// Splits into owned read and write halves, which can move to different
@@ -284,7 +280,7 @@ impl TcpStream {
 
 impl AsRawFd for TcpStream {
     fn as_raw_fd(&self) -> RawFd {
-        self.io.sock.as_raw_fd()
+        self.io.sock().as_raw_fd()
     }
 }
 
@@ -326,7 +322,7 @@ impl OwnedReadHalf {
     /// # Errors
     /// The OS error of `getpeername`.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.peer_addr()
+        self.io.sock().peer_addr()
     }
 }
 
@@ -336,6 +332,6 @@ impl OwnedWriteHalf {
     /// # Errors
     /// The OS error of `getpeername`.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.peer_addr()
+        self.io.sock().peer_addr()
     }
 }

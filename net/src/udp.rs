@@ -6,7 +6,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::task::{Context, Poll};
 
-use fulcrum_runtime::io::{Direction, Interest};
+use fulcrum_runtime::io::Interest;
+
+use crate::io::Direction;
 use tokio::io::ReadBuf;
 
 use crate::io::{resolve, with_addr, Io};
@@ -35,9 +37,9 @@ pub struct UdpSocket {
 impl fmt::Debug for UdpSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UdpSocket")
-            .field("local", &self.io.sock.local_addr().ok())
-            .field("peer", &self.io.sock.peer_addr().ok())
-            .field("fd", &self.io.sock.as_raw_fd())
+            .field("local", &self.io.sock().local_addr().ok())
+            .field("peer", &self.io.sock().peer_addr().ok())
+            .field("fd", &self.io.sock().as_raw_fd())
             .finish()
     }
 }
@@ -83,7 +85,7 @@ impl UdpSocket {
     pub async fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<()> {
         let mut last = None;
         for a in resolve(addr)? {
-            match self.io.sock.connect(a) {
+            match self.io.sock().connect(a) {
                 Ok(()) => return Ok(()),
                 Err(e) => last = Some(with_addr("connect", a, e)),
             }
@@ -96,7 +98,7 @@ impl UdpSocket {
     /// # Errors
     /// The OS error of `getsockname`.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.local_addr()
+        self.io.sock().local_addr()
     }
 
     /// The address given to [`connect`](Self::connect).
@@ -104,7 +106,7 @@ impl UdpSocket {
     /// # Errors
     /// `NotConnected` if not connected.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.peer_addr()
+        self.io.sock().peer_addr()
     }
 
     /// Sends a datagram to the connected peer.
@@ -119,7 +121,7 @@ impl UdpSocket {
     /// Polls to send a datagram to the connected peer.
     pub fn poll_send(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.io
-            .poll_io(cx, Direction::Write, || self.io.sock.send(buf))
+            .poll_io(cx, Direction::Write, || self.io.sock().send(buf))
     }
 
     /// Receives a datagram from the connected peer. A datagram longer than
@@ -130,7 +132,7 @@ impl UdpSocket {
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         std::future::poll_fn(|cx| {
             self.io
-                .poll_io(cx, Direction::Read, || self.io.sock.recv(buf))
+                .poll_io(cx, Direction::Read, || self.io.sock().recv(buf))
         })
         .await
     }
@@ -138,7 +140,7 @@ impl UdpSocket {
     /// Polls to receive a datagram from the connected peer into `buf`.
     pub fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let n = match self.io.poll_io(cx, Direction::Read, || {
-            self.io.sock.recv(buf.initialize_unfilled())
+            self.io.sock().recv(buf.initialize_unfilled())
         }) {
             Poll::Ready(Ok(n)) => n,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -165,7 +167,7 @@ impl UdpSocket {
         target: SocketAddr,
     ) -> Poll<io::Result<usize>> {
         self.io
-            .poll_io(cx, Direction::Write, || self.io.sock.send_to(buf, target))
+            .poll_io(cx, Direction::Write, || self.io.sock().send_to(buf, target))
     }
 
     /// Receives a datagram and the address it came from. A datagram longer
@@ -176,7 +178,7 @@ impl UdpSocket {
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         std::future::poll_fn(|cx| {
             self.io
-                .poll_io(cx, Direction::Read, || self.io.sock.recv_from(buf))
+                .poll_io(cx, Direction::Read, || self.io.sock().recv_from(buf))
         })
         .await
     }
@@ -188,7 +190,7 @@ impl UdpSocket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<SocketAddr>> {
         let (n, from) = match self.io.poll_io(cx, Direction::Read, || {
-            self.io.sock.recv_from(buf.initialize_unfilled())
+            self.io.sock().recv_from(buf.initialize_unfilled())
         }) {
             Poll::Ready(Ok(r)) => r,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -205,7 +207,7 @@ impl UdpSocket {
     pub async fn peek_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         std::future::poll_fn(|cx| {
             self.io
-                .poll_io(cx, Direction::Read, || self.io.sock.peek_from(buf))
+                .poll_io(cx, Direction::Read, || self.io.sock().peek_from(buf))
         })
         .await
     }
@@ -219,7 +221,7 @@ impl UdpSocket {
     /// The OS error of `sendto`, or `WouldBlock`.
     pub fn try_send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
         self.io
-            .try_io(Direction::Write, || self.io.sock.send_to(buf, target))
+            .try_io(Direction::Write, || self.io.sock().send_to(buf, target))
     }
 
     /// Receives without waiting: `WouldBlock` if nothing is ready.
@@ -228,7 +230,7 @@ impl UdpSocket {
     /// The OS error of `recvfrom`, or `WouldBlock`.
     pub fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.io
-            .try_io(Direction::Read, || self.io.sock.recv_from(buf))
+            .try_io(Direction::Read, || self.io.sock().recv_from(buf))
     }
 
     /// Sets `SO_BROADCAST`: allow sending to broadcast addresses.
@@ -236,7 +238,7 @@ impl UdpSocket {
     /// # Errors
     /// The OS error of `setsockopt`.
     pub fn set_broadcast(&self, on: bool) -> io::Result<()> {
-        self.io.sock.set_broadcast(on)
+        self.io.sock().set_broadcast(on)
     }
 
     /// Whether `SO_BROADCAST` is set.
@@ -244,7 +246,7 @@ impl UdpSocket {
     /// # Errors
     /// The OS error of `getsockopt`.
     pub fn broadcast(&self) -> io::Result<bool> {
-        self.io.sock.broadcast()
+        self.io.sock().broadcast()
     }
 
     /// Sets `IP_TTL`.
@@ -252,7 +254,7 @@ impl UdpSocket {
     /// # Errors
     /// The OS error of `setsockopt`.
     pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
-        self.io.sock.set_ttl(ttl)
+        self.io.sock().set_ttl(ttl)
     }
 
     /// `IP_TTL`.
@@ -260,7 +262,7 @@ impl UdpSocket {
     /// # Errors
     /// The OS error of `getsockopt`.
     pub fn ttl(&self) -> io::Result<u32> {
-        self.io.sock.ttl()
+        self.io.sock().ttl()
     }
 
     /// The pending socket error (`SO_ERROR`), clearing it.
@@ -268,18 +270,18 @@ impl UdpSocket {
     /// # Errors
     /// The OS error of `getsockopt`.
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        self.io.sock.take_error()
+        self.io.sock().take_error()
     }
 }
 
 impl AsRawFd for UdpSocket {
     fn as_raw_fd(&self) -> RawFd {
-        self.io.sock.as_raw_fd()
+        self.io.sock().as_raw_fd()
     }
 }
 
 impl AsFd for UdpSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.sock.as_fd()
+        self.io.sock().as_fd()
     }
 }

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use fulcrum_runtime::io::{Direction, Interest};
+use fulcrum_runtime::io::Interest;
+
+use crate::io::Direction;
 
 use crate::io::{impl_async_read, impl_async_write, with_addr, Io};
 
@@ -24,8 +26,8 @@ pub struct UnixListener {
 impl fmt::Debug for UnixListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UnixListener")
-            .field("addr", &self.io.sock.local_addr().ok())
-            .field("fd", &self.io.sock.as_raw_fd())
+            .field("addr", &self.io.sock().local_addr().ok())
+            .field("fd", &self.io.sock().as_raw_fd())
             .finish()
     }
 }
@@ -69,7 +71,7 @@ impl UnixListener {
     /// Polls for a connection.
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(UnixStream, SocketAddr)>> {
         self.io
-            .poll_io(cx, Direction::Read, || self.io.sock.accept())
+            .poll_io(cx, Direction::Read, || self.io.sock().accept())
             .map_ok(|(s, peer)| (UnixStream::from_mio(s), peer))
     }
 
@@ -78,19 +80,19 @@ impl UnixListener {
     /// # Errors
     /// The OS error of `getsockname`.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.local_addr()
+        self.io.sock().local_addr()
     }
 }
 
 impl AsRawFd for UnixListener {
     fn as_raw_fd(&self) -> RawFd {
-        self.io.sock.as_raw_fd()
+        self.io.sock().as_raw_fd()
     }
 }
 
 impl AsFd for UnixListener {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.sock.as_fd()
+        self.io.sock().as_fd()
     }
 }
 
@@ -103,9 +105,9 @@ pub struct UnixStream {
 impl fmt::Debug for UnixStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UnixStream")
-            .field("local", &self.io.sock.local_addr().ok())
-            .field("peer", &self.io.sock.peer_addr().ok())
-            .field("fd", &self.io.sock.as_raw_fd())
+            .field("local", &self.io.sock().local_addr().ok())
+            .field("peer", &self.io.sock().peer_addr().ok())
+            .field("fd", &self.io.sock().as_raw_fd())
             .finish()
     }
 }
@@ -129,7 +131,7 @@ impl UnixStream {
             let stream = Self::from_mio(mio::net::UnixStream::connect(path)?);
             // Writable once connected (or failed).
             stream.io.ready(Direction::Write).await?;
-            match stream.io.sock.take_error()? {
+            match stream.io.sock().take_error()? {
                 Some(e) => Err(e),
                 None => Ok(stream),
             }
@@ -162,7 +164,7 @@ impl UnixStream {
     /// # Errors
     /// The OS error of `getsockname`.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.local_addr()
+        self.io.sock().local_addr()
     }
 
     /// The peer's address.
@@ -170,7 +172,7 @@ impl UnixStream {
     /// # Errors
     /// The OS error of `getpeername`.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.peer_addr()
+        self.io.sock().peer_addr()
     }
 
     /// The pending socket error (`SO_ERROR`), clearing it.
@@ -178,7 +180,7 @@ impl UnixStream {
     /// # Errors
     /// The OS error of `getsockopt`.
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        self.io.sock.take_error()
+        self.io.sock().take_error()
     }
 
     /// Waits until the stream is readable.
@@ -202,8 +204,7 @@ impl UnixStream {
     /// # Errors
     /// The OS error of `read`, or `WouldBlock`.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io
-            .try_io(Direction::Read, || (&self.io.sock).read(buf))
+        self.io.try_io(Direction::Read, || self.io.sock().read(buf))
     }
 
     /// Writes without waiting: `WouldBlock` if the socket is full.
@@ -212,7 +213,7 @@ impl UnixStream {
     /// The OS error of `write`, or `WouldBlock`.
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         self.io
-            .try_io(Direction::Write, || (&self.io.sock).write(buf))
+            .try_io(Direction::Write, || self.io.sock().write(buf))
     }
 
     /// Splits into owned read and write halves, which can move to different
@@ -237,13 +238,13 @@ impl UnixStream {
 
 impl AsRawFd for UnixStream {
     fn as_raw_fd(&self) -> RawFd {
-        self.io.sock.as_raw_fd()
+        self.io.sock().as_raw_fd()
     }
 }
 
 impl AsFd for UnixStream {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.sock.as_fd()
+        self.io.sock().as_fd()
     }
 }
 
@@ -290,9 +291,9 @@ pub struct UnixDatagram {
 impl fmt::Debug for UnixDatagram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UnixDatagram")
-            .field("local", &self.io.sock.local_addr().ok())
-            .field("peer", &self.io.sock.peer_addr().ok())
-            .field("fd", &self.io.sock.as_raw_fd())
+            .field("local", &self.io.sock().local_addr().ok())
+            .field("peer", &self.io.sock().peer_addr().ok())
+            .field("fd", &self.io.sock().as_raw_fd())
             .finish()
     }
 }
@@ -350,7 +351,7 @@ impl UnixDatagram {
     pub fn connect(&self, path: impl AsRef<Path>) -> io::Result<()> {
         let path = path.as_ref();
         self.io
-            .sock
+            .sock()
             .connect(path)
             .map_err(|e| with_addr("connect", path.display(), e))
     }
@@ -360,7 +361,7 @@ impl UnixDatagram {
     /// # Errors
     /// The OS error of `getsockname`.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.local_addr()
+        self.io.sock().local_addr()
     }
 
     /// The connected peer's address.
@@ -368,7 +369,7 @@ impl UnixDatagram {
     /// # Errors
     /// `NotConnected` if not connected.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock.peer_addr()
+        self.io.sock().peer_addr()
     }
 
     /// Sends a datagram to the connected peer.
@@ -378,7 +379,7 @@ impl UnixDatagram {
     pub async fn send(&self, buf: &[u8]) -> io::Result<usize> {
         std::future::poll_fn(|cx| {
             self.io
-                .poll_io(cx, Direction::Write, || self.io.sock.send(buf))
+                .poll_io(cx, Direction::Write, || self.io.sock().send(buf))
         })
         .await
     }
@@ -391,7 +392,7 @@ impl UnixDatagram {
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         std::future::poll_fn(|cx| {
             self.io
-                .poll_io(cx, Direction::Read, || self.io.sock.recv(buf))
+                .poll_io(cx, Direction::Read, || self.io.sock().recv(buf))
         })
         .await
     }
@@ -404,7 +405,7 @@ impl UnixDatagram {
         let path = path.as_ref();
         std::future::poll_fn(|cx| {
             self.io
-                .poll_io(cx, Direction::Write, || self.io.sock.send_to(buf, path))
+                .poll_io(cx, Direction::Write, || self.io.sock().send_to(buf, path))
         })
         .await
     }
@@ -417,7 +418,7 @@ impl UnixDatagram {
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         std::future::poll_fn(|cx| {
             self.io
-                .poll_io(cx, Direction::Read, || self.io.sock.recv_from(buf))
+                .poll_io(cx, Direction::Read, || self.io.sock().recv_from(buf))
         })
         .await
     }
@@ -431,7 +432,7 @@ impl UnixDatagram {
     /// The OS error of `sendto`, or `WouldBlock`.
     pub fn try_send_to(&self, buf: &[u8], path: impl AsRef<Path>) -> io::Result<usize> {
         self.io
-            .try_io(Direction::Write, || self.io.sock.send_to(buf, path))
+            .try_io(Direction::Write, || self.io.sock().send_to(buf, path))
     }
 
     /// Receives without waiting: `WouldBlock` if nothing is ready.
@@ -440,7 +441,7 @@ impl UnixDatagram {
     /// The OS error of `recvfrom`, or `WouldBlock`.
     pub fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.io
-            .try_io(Direction::Read, || self.io.sock.recv_from(buf))
+            .try_io(Direction::Read, || self.io.sock().recv_from(buf))
     }
 
     /// The pending socket error (`SO_ERROR`), clearing it.
@@ -448,18 +449,18 @@ impl UnixDatagram {
     /// # Errors
     /// The OS error of `getsockopt`.
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        self.io.sock.take_error()
+        self.io.sock().take_error()
     }
 }
 
 impl AsRawFd for UnixDatagram {
     fn as_raw_fd(&self) -> RawFd {
-        self.io.sock.as_raw_fd()
+        self.io.sock().as_raw_fd()
     }
 }
 
 impl AsFd for UnixDatagram {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.sock.as_fd()
+        self.io.sock().as_fd()
     }
 }

@@ -85,7 +85,6 @@ pub(crate) struct WorkerCounters {
     pub(crate) steals: AtomicU64,
     pub(crate) io_resources: AtomicU64,
     pub(crate) io_rescued: AtomicU64,
-    pub(crate) io_moved_in: AtomicU64,
     pub(crate) busy_ns: AtomicU64,
 }
 
@@ -106,7 +105,7 @@ impl WorkerCounters {
             steals: self.steals.load(Relaxed),
             io_resources: self.io_resources.load(Relaxed),
             io_rescued: self.io_rescued.load(Relaxed),
-            io_moved_in: self.io_moved_in.load(Relaxed),
+            io_moved_in: 0,
             busy_ns: self.busy_ns.load(Relaxed),
             dlb_in_flight: 0,
             open_connections: 0,

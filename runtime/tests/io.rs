@@ -6,7 +6,8 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use fulcrum_dlb::Backend;
-use fulcrum_runtime::io::{Direction, Interest, Registration};
+use fulcrum_runtime::io::unix::AsyncFd;
+use fulcrum_runtime::io::Interest;
 use fulcrum_runtime::{spawn, Builder};
 use mio::net::{TcpListener, TcpStream};
 
@@ -15,25 +16,27 @@ use common::runtimes;
 
 /// A minimal async TCP stream over the public reactor interface.
 struct Stream {
-    io: TcpStream,
-    reg: Registration,
+    fd: AsyncFd<TcpStream>,
 }
 
 impl Stream {
-    fn new(mut io: TcpStream) -> io::Result<Self> {
-        let reg = Registration::new(&mut io, Interest::READABLE | Interest::WRITABLE)?;
-        Ok(Self { io, reg })
+    fn new(io: TcpStream) -> io::Result<Self> {
+        Ok(Self {
+            fd: AsyncFd::new(io)?,
+        })
     }
 
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (io, reg) = (&mut self.io, &self.reg);
-        std::future::poll_fn(|cx| reg.poll_io(cx, Direction::Read, || io.read(buf))).await
+        self.fd
+            .async_io(Interest::READABLE, |mut s| s.read(buf))
+            .await
     }
 
     async fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
-            let (io, reg) = (&mut self.io, &self.reg);
-            let n = std::future::poll_fn(|cx| reg.poll_io(cx, Direction::Write, || io.write(buf)))
+            let n = self
+                .fd
+                .async_io(Interest::WRITABLE, |mut s| s.write(buf))
                 .await?;
             buf = &buf[n..];
         }
@@ -41,24 +44,17 @@ impl Stream {
     }
 }
 
-impl Drop for Stream {
-    fn drop(&mut self) {
-        let _ = self.reg.deregister(&mut self.io);
-    }
+async fn accept(listener: &AsyncFd<TcpListener>) -> io::Result<TcpStream> {
+    listener
+        .async_io(Interest::READABLE, |l| l.accept().map(|(s, _)| s))
+        .await
 }
 
-async fn accept(listener: &mut TcpListener, reg: &Registration) -> io::Result<TcpStream> {
-    std::future::poll_fn(|cx| {
-        reg.poll_io(cx, Direction::Read, || listener.accept().map(|(s, _)| s))
-    })
-    .await
-}
-
-async fn echo_server(mut listener: TcpListener, conns: usize) -> io::Result<()> {
-    let reg = Registration::new(&mut listener, Interest::READABLE)?;
+async fn echo_server(listener: TcpListener, conns: usize) -> io::Result<()> {
+    let listener = AsyncFd::with_interest(listener, Interest::READABLE)?;
     let mut handles = Vec::new();
     for _ in 0..conns {
-        let sock = accept(&mut listener, &reg).await?;
+        let sock = accept(&listener).await?;
         // The socket registers on the worker that first polls this task.
         handles.push(spawn(async move {
             let mut s = Stream::new(sock)?;
@@ -100,7 +96,7 @@ async fn client(addr: SocketAddr, seed: u8, len: usize) -> io::Result<()> {
         got += n;
     }
     assert!(back == data, "echoed bytes differ");
-    s.io.shutdown(std::net::Shutdown::Write)?;
+    s.fd.get_ref().shutdown(std::net::Shutdown::Write)?;
     Ok(())
 }
 
@@ -151,8 +147,7 @@ fn metrics_count_io_resources_per_worker() {
     let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let h = rt.spawn(async move {
-        let mut l = listener;
-        let reg = Registration::new(&mut l, Interest::READABLE).unwrap();
+        let reg = AsyncFd::with_interest(listener, Interest::READABLE).unwrap();
         let worker = reg.worker();
         tx.send(()).unwrap();
         // Hold the registration until the test has looked.
@@ -179,25 +174,21 @@ fn metrics_count_io_resources_per_worker() {
 
 #[test]
 fn registration_outside_a_runtime_is_an_error() {
-    let mut l = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let err = Registration::new(&mut l, Interest::READABLE).unwrap_err();
+    let l = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let err = AsyncFd::with_interest(l, Interest::READABLE).unwrap_err();
     assert!(
         err.to_string().contains("outside a Fulcrum runtime"),
         "{err}"
     );
 }
 
-/// One worker blocks for 200 ms inside a task, right after registering a
-/// socket whose serving task waits on the other worker. Returns how long a
-/// ping on that socket took to come back and the rescue count, or `None`
-/// if the serving task did not get to the other worker (nothing to test).
-// The owner task hands the serving task's `JoinHandle` back on purpose.
-#[allow(clippy::async_yields_async)]
+/// A socket and the task serving it both live on worker 0; another task
+/// there then blocks worker 0 for 200 ms. Returns how long a ping on the
+/// socket took to come back, the rescue count, and the worker whose reactor
+/// owns the socket afterwards.
 fn ping_while_owner_blocks(
     rescue: Option<std::time::Duration>,
-) -> Option<(std::time::Duration, u64)> {
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-    use std::sync::Arc;
+) -> (std::time::Duration, u64, Option<usize>) {
     use std::time::{Duration, Instant};
 
     let rt = Builder::new_multi_thread()
@@ -214,54 +205,28 @@ fn ping_while_owner_blocks(
         .unwrap();
     let (server_side, _) = listener.accept().unwrap();
     server_side.set_nonblocking(true).unwrap();
-    let blocking = Arc::new(AtomicBool::new(false));
-    let gave_up = Arc::new(AtomicBool::new(false));
-    let (b2, g2) = (blocking.clone(), gave_up.clone());
-    let owner = rt.spawn(async move {
-        // All in one poll: register the socket on this worker, hand it to a
-        // serving task, wait until that task runs elsewhere, then block this
-        // worker.
+    let handle = rt.handle().clone();
+    let (waiting_tx, waiting_rx) = std::sync::mpsc::channel::<()>();
+    let (blocking_tx, blocking_rx) = std::sync::mpsc::channel::<()>();
+    // The serving task: registers the socket on worker 0, says it is about
+    // to wait, and waits in the same poll.
+    let server = handle.spawn_on_worker(0, async move {
         let mut s = Stream::new(TcpStream::from_std(server_side)).unwrap();
-        let here = std::thread::current().id();
-        let serving = Arc::new(AtomicBool::new(false));
-        let sv = serving.clone();
-        // Straight to the other worker (a directed DLB event).
-        let handle = fulcrum_runtime::Handle::current();
-        let other = handle.current_worker().map_or(0, |w| w + 1);
-        let server = handle.spawn_on_worker(other, async move {
-            if std::thread::current().id() != here {
-                sv.store(true, SeqCst);
-            }
-            let mut buf = [0u8; 64];
-            let n = s.read(&mut buf).await.unwrap();
-            s.write_all(&buf[..n]).await.unwrap();
-        });
-        let t = Instant::now();
-        while !serving.load(SeqCst) && t.elapsed() < Duration::from_secs(2) {
-            std::hint::spin_loop();
-        }
-        if !serving.load(SeqCst) {
-            g2.store(true, SeqCst);
-            return server;
-        }
-        // Give the serving task time to reach its read and wait.
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_millis(2) {
-            std::hint::spin_loop();
-        }
-        b2.store(true, SeqCst);
-        std::thread::sleep(Duration::from_millis(200));
-        server
+        assert_eq!(fulcrum_runtime::Handle::current().current_worker(), Some(0));
+        waiting_tx.send(()).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        s.write_all(&buf[..n]).await.unwrap();
+        s.fd.worker()
     });
-    while !blocking.load(SeqCst) && !gave_up.load(SeqCst) {
-        std::thread::yield_now();
-    }
-    if gave_up.load(SeqCst) {
-        client.write_all(b"ping").unwrap();
-        let server = rt.block_on(owner).unwrap();
-        rt.block_on(server).unwrap();
-        return None;
-    }
+    waiting_rx.recv().unwrap();
+    // Let the serving task's poll return before the blocker takes worker 0.
+    std::thread::sleep(Duration::from_millis(20));
+    let blocker = handle.spawn_on_worker(0, async move {
+        blocking_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    blocking_rx.recv().unwrap();
     std::thread::sleep(Duration::from_millis(2));
     let t = Instant::now();
     client.write_all(b"ping").unwrap();
@@ -269,8 +234,8 @@ fn ping_while_owner_blocks(
     client.read_exact(&mut back).unwrap();
     let took = t.elapsed();
     assert_eq!(&back, b"ping");
-    let server = rt.block_on(owner).unwrap();
-    rt.block_on(server).unwrap();
+    let owner = rt.block_on(server).unwrap();
+    rt.block_on(blocker).unwrap();
     let rescued = rt
         .handle()
         .metrics()
@@ -278,28 +243,25 @@ fn ping_while_owner_blocks(
         .iter()
         .map(|w| w.io_rescued)
         .sum();
-    Some((took, rescued))
-}
-
-fn exercised(rescue: Option<std::time::Duration>) -> (std::time::Duration, u64) {
-    for _ in 0..20 {
-        if let Some(r) = ping_while_owner_blocks(rescue) {
-            return r;
-        }
-    }
-    panic!("the serving task never ran on the other worker in 20 tries");
+    (took, rescued, owner)
 }
 
 #[test]
 fn a_blocked_worker_does_not_hold_its_sockets_ready_io_hostage() {
-    let (fast, rescued) = exercised(Some(std::time::Duration::from_micros(100)));
+    let (fast, rescued, owner) =
+        ping_while_owner_blocks(Some(std::time::Duration::from_micros(100)));
     // Without the rescue the same ping waits for the blocked worker.
-    let (slow, none) = exercised(None);
-    eprintln!("ping while its owner is blocked: rescued {fast:?} ({rescued} events), not rescued {slow:?}");
+    let (slow, none, _) = ping_while_owner_blocks(None);
+    eprintln!(
+        "ping while its owner is blocked: rescued {fast:?} ({rescued} events, socket now on \
+         worker {owner:?}), not rescued {slow:?}"
+    );
     assert!(rescued > 0);
     assert_eq!(none, 0);
+    // The rescued task took its socket along to worker 1.
+    assert_eq!(owner, Some(1));
     assert!(
-        fast < std::time::Duration::from_millis(20),
+        fast < std::time::Duration::from_millis(100),
         "rescued ping took {fast:?}"
     );
     assert!(
@@ -330,14 +292,11 @@ fn a_yield_loop_lets_io_through() {
         let (mut tx, rx) = mio::net::UnixStream::pair().unwrap();
         let (turns, got) = rt.block_on(async move {
             let reader = spawn(async move {
-                let mut rx = rx;
-                let mut reg = Registration::new(&mut rx, Interest::READABLE)?;
+                let rx = AsyncFd::with_interest(rx, Interest::READABLE)?;
                 let mut byte = [0u8; 1];
-                let n = std::future::poll_fn(|cx| {
-                    reg.poll_io(cx, Direction::Read, || (&rx).read(&mut byte))
-                })
-                .await?;
-                let _ = reg.deregister(&mut rx);
+                let n = rx
+                    .async_io(Interest::READABLE, |mut r| r.read(&mut byte))
+                    .await?;
                 io::Result::Ok(byte[..n].to_vec())
             });
             let spinner = spawn(async move {
@@ -360,5 +319,57 @@ fn a_yield_loop_lets_io_through() {
         // current-thread scheduler, before it polled I/O between batches:
         // 8.5 million turns).
         assert!((101..=400).contains(&turns), "{name}: {turns} turns");
+    }
+}
+
+/// The misuse that made the old public `Registration` unsound: the fd's
+/// file stays open after its owner is gone (here a `dup` keeps it), and
+/// data keeps arriving. An `AsyncFd` removes its fd from the reactor before
+/// closing it, so no event names the freed state: the workers go on
+/// serving, the registration count goes back to zero, and under valgrind
+/// (CI runs this test under memcheck) nothing reads freed memory.
+#[test]
+fn a_dropped_async_fd_gets_no_events_while_a_dup_keeps_its_file_open() {
+    for (name, rt) in runtimes() {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let dup = a.try_clone().unwrap();
+        rt.block_on(async {
+            spawn(async move {
+                let fd = AsyncFd::new(a).unwrap();
+                // Wait once, so the fd is in the epoll set with a token.
+                std::io::Write::write_all(&mut b, b"1").unwrap();
+                let mut buf = [0u8; 8];
+                let n = fd
+                    .async_io(Interest::READABLE, |mut s| s.read(&mut buf))
+                    .await
+                    .unwrap();
+                assert_eq!(&buf[..n], b"1");
+                drop(fd);
+                // The file lives on through `dup`; make it readable many
+                // times while the worker goes on polling its reactor.
+                for _ in 0..50 {
+                    std::io::Write::write_all(&mut b, b"x").unwrap();
+                    fulcrum_runtime::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                b
+            })
+            .await
+            .unwrap();
+        });
+        // The worker still serves I/O.
+        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.block_on(async move {
+            let server = spawn(echo_server(listener, 1));
+            spawn(client(addr, 3, 4096)).await.unwrap().unwrap();
+            server.await.unwrap().unwrap();
+        });
+        let m = rt.handle().metrics();
+        let live: u64 = m.workers.iter().map(|w| w.io_resources).sum();
+        assert_eq!(live, 0, "{name}: {m:?}");
+        let mut left = [0u8; 64];
+        let n = (&dup).read(&mut left).unwrap();
+        assert_eq!(n, 50, "{name}: the bytes stayed in the file for its dup");
     }
 }

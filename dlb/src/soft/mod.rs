@@ -20,7 +20,10 @@
 //!   the owner; see *Releases* below).
 //!
 //! A port is *eligible* when `cq < cq_depth && owed <= cq_depth`; its load
-//! is `cq + owed`. Producers reserve slots with a CAS that checks
+//! is `cq + owed + hint`, where `hint` is what the owner published with
+//! [`SoftPort::set_load_hint`] (work the queue cannot see: the owner's own
+//! connections, its recent busy time). The hint ranks eligible ports; it
+//! never makes one ineligible, so it cannot strand an event. Producers reserve slots with a CAS that checks
 //! eligibility and takes positions from `tail`, so a CQ never overflows and
 //! a producer never races another for a slot. The owner gives slots back
 //! (decrements `cq`) only after reading them.
@@ -205,6 +208,10 @@ struct PortShared {
     links: Box<[(u8, u8)]>,
     /// Whether a [`SoftPort`] currently owns this port.
     taken: AtomicBool,
+    /// The owner's published load beyond its queue (see the module docs).
+    /// Written by the owner, read by producers: relaxed (a stale value
+    /// only perturbs a ranking).
+    hint: AtomicU32,
     counters: PortCounters,
 }
 
@@ -312,7 +319,8 @@ impl Shared {
                 let s = self.ports[consumers[at]].state.load(Acquire);
                 if self.eligible(s) {
                     eligible += 1;
-                    let load = cq_of(s) + owed_of(s);
+                    let hint = self.ports[consumers[at]].hint.load(Relaxed);
+                    let load = cq_of(s) + owed_of(s) + u64::from(hint);
                     match best {
                         Some((_, l)) if load >= l => second = second.min(load),
                         Some((_, l)) => {
@@ -674,6 +682,7 @@ impl SoftDomain {
                     notifier: Notifier::new()?,
                     links: cfg.links[id].clone().into_boxed_slice(),
                     taken: AtomicBool::new(false),
+                    hint: AtomicU32::new(0),
                     counters: PortCounters::default(),
                 })
             })
@@ -726,6 +735,12 @@ impl SoftDomain {
             owed: 0,
             unpublished_releases: 0,
         })
+    }
+
+    pub(crate) fn set_load_hint(&self, id: usize, hint: u32) {
+        if let Some(p) = self.shared.ports.get(id) {
+            p.hint.store(hint, Relaxed);
+        }
     }
 
     pub(crate) fn port_stats(&self, id: usize) -> Option<PortStats> {
@@ -1048,6 +1063,14 @@ impl SoftPort {
     #[cfg(not(loom))]
     pub(crate) fn readiness_fd(&self) -> std::os::fd::RawFd {
         self.me().notifier.fd()
+    }
+
+    /// Publishes the owner's load beyond its queue (see the module docs).
+    pub(crate) fn set_load_hint(&self, hint: u32) {
+        let h = &self.me().hint;
+        if h.load(Relaxed) != hint {
+            h.store(hint, Relaxed);
+        }
     }
 
     pub(crate) fn stats(&self) -> PortStats {

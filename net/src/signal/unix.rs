@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::task::{Context, Poll};
 
-use fulcrum_runtime::io::{Direction, Interest};
+use fulcrum_runtime::io::Interest;
 
 use super::registry::{self, Slot};
 use crate::io::Io;
@@ -122,7 +122,7 @@ impl fmt::Debug for Signal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Signal")
             .field("kind", &self.kind)
-            .field("fd", &self.io.sock.as_raw_fd())
+            .field("fd", &self.io.sock().as_raw_fd())
             .finish()
     }
 }
@@ -183,18 +183,15 @@ impl Signal {
 
     /// Polls for the next delivery, with the reason it cannot wait.
     pub(super) fn poll_recv_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let reg = match self.io.reg() {
-            Ok(reg) => reg,
-            Err(e) => return Poll::Ready(Err(e)),
-        };
         loop {
             let now = registry::deliveries(self.kind.0);
             if now != self.seen {
                 self.seen = now;
                 return Poll::Ready(Ok(()));
             }
-            let ev = match reg.poll_ready(cx, Direction::Read) {
-                Poll::Ready(ev) => ev,
+            let mut ready = match self.io.poll_read_ready(cx) {
+                Poll::Ready(Ok(ready)) => ready,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             };
             // Drain the eventfd, then check the counter again: a delivery
@@ -202,11 +199,11 @@ impl Signal {
             let mut buf = [0u8; 8];
             // SAFETY: `buf` is 8 writable bytes, the size of an eventfd
             // counter.
-            let n = unsafe { libc::read(self.io.sock.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+            let n = unsafe { libc::read(self.io.sock().as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 match e.kind() {
-                    io::ErrorKind::WouldBlock => reg.clear_readiness(ev),
+                    io::ErrorKind::WouldBlock => ready.clear_ready(),
                     io::ErrorKind::Interrupted => {}
                     _ => return Poll::Ready(Err(e)),
                 }

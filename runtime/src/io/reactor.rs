@@ -10,6 +10,14 @@
 //! events) that was under way then is over by the time the owner releases
 //! the list, so a token never points at freed memory.
 //!
+//! # Moving
+//! A registration moves to the reactor of the thread that polls it
+//! (`Registration`): it is added to the new owner's epoll set first, then
+//! deleted from the old owner's, and its state is parked in the old
+//! owner's `pending_release` as well, because the old owner may be
+//! dispatching an event that names it. An `EPOLL_CTL_ADD` reports the
+//! source's current readiness, so no edge is lost in the move.
+//!
 //! # Assist
 //! An idle worker may rescue a peer stuck in a long poll by waiting on the
 //! peer's epoll fd itself ([`Reactor::assist`]); each ready event goes to
@@ -24,9 +32,10 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
-use mio::{Events, Interest, Registry, Token};
+use mio::unix::SourceFd;
+use mio::{Events, Registry, Token};
 
-use super::{Ready, ScheduledIo};
+use super::{Interest, Ready, ScheduledIo};
 
 /// Tokens below this are the runtime's own (DLB readiness fd, waker).
 pub(crate) const FIRST_IO_TOKEN: usize = 16;
@@ -44,6 +53,8 @@ pub(crate) struct Reactor {
     epoll_fd: Option<RawFd>,
     /// Helpers currently waiting on or dispatching from this epoll fd.
     assisting: AtomicUsize,
+    /// Registrations that moved in from another reactor (for metrics).
+    moved_in: AtomicU64,
 }
 
 thread_local! {
@@ -53,6 +64,14 @@ thread_local! {
 /// The reactor of this thread.
 pub(crate) fn current() -> Option<Arc<Reactor>> {
     CURRENT.with(|c| c.borrow().clone())
+}
+
+/// The address of this thread's reactor (0 if none), to compare with a
+/// registration's owner without cloning the `Arc`.
+pub(crate) fn current_addr() -> usize {
+    CURRENT
+        .try_with(|c| c.borrow().as_ref().map_or(0, |r| Arc::as_ptr(r) as usize))
+        .unwrap_or(0)
 }
 
 /// Makes `reactor` this thread's reactor until the guard drops.
@@ -81,6 +100,7 @@ impl Reactor {
             worker,
             epoll_fd,
             assisting: AtomicUsize::new(0),
+            moved_in: AtomicU64::new(0),
         }
     }
 
@@ -92,32 +112,73 @@ impl Reactor {
         self.resources.load(Acquire)
     }
 
-    pub(crate) fn register(
-        &self,
-        source: &mut impl mio::event::Source,
-        interest: Interest,
-    ) -> io::Result<Arc<ScheduledIo>> {
+    /// Registrations that moved into this reactor.
+    pub(crate) fn moved_in(&self) -> u64 {
+        self.moved_in.load(Acquire)
+    }
+
+    /// Registers `fd` with a new readiness state, whose address is the
+    /// token.
+    pub(crate) fn register(&self, fd: RawFd, interest: Interest) -> io::Result<Arc<ScheduledIo>> {
         let io = Arc::new(ScheduledIo::new());
-        let token = Token(Arc::as_ptr(&io) as usize);
-        debug_assert!(token.0 >= FIRST_IO_TOKEN);
-        self.registry.register(source, token, interest)?;
-        self.resources.fetch_add(1, AcqRel);
+        self.add(fd, &io, interest)?;
         Ok(io)
     }
 
-    pub(crate) fn deregister(
+    /// Adds `fd` with `io`'s token to this reactor's epoll set.
+    fn add(&self, fd: RawFd, io: &Arc<ScheduledIo>, interest: Interest) -> io::Result<()> {
+        let token = Token(Arc::as_ptr(io) as usize);
+        debug_assert!(token.0 >= FIRST_IO_TOKEN);
+        self.registry
+            .register(&mut SourceFd(&fd), token, interest.to_mio())?;
+        self.resources.fetch_add(1, AcqRel);
+        Ok(())
+    }
+
+    /// Takes over `fd` (registered with `io`'s token in another reactor):
+    /// adds it here; the caller then removes it from the old owner with
+    /// [`give_up`](Self::give_up).
+    pub(crate) fn adopt(
         &self,
-        source: &mut impl mio::event::Source,
+        fd: RawFd,
         io: &Arc<ScheduledIo>,
+        interest: Interest,
     ) -> io::Result<()> {
-        let res = self.registry.deregister(source);
+        self.add(fd, io, interest)?;
+        self.moved_in.fetch_add(1, AcqRel);
+        Ok(())
+    }
+
+    /// Removes `fd` from this reactor after it moved elsewhere. Its state
+    /// stays alive until this reactor's owner next enters `epoll_wait` (it
+    /// may be dispatching an event naming it). If the removal fails, the fd
+    /// may still be in this epoll set with `io`'s token, so the state is
+    /// kept alive for good (a leak, never a dangling token).
+    pub(crate) fn give_up(&self, fd: RawFd, io: &Arc<ScheduledIo>) {
+        if let Err(e) = self.registry.deregister(&mut SourceFd(&fd)) {
+            tracing::warn!(
+                fd,
+                "removing a moved fd from its old reactor: {e}; keeping its state"
+            );
+            std::mem::forget(io.clone());
+        }
+        self.forget(io);
+    }
+
+    /// Removes `fd` for good (its owner is about to close it). On failure
+    /// the state is kept alive for good, as in [`give_up`](Self::give_up).
+    pub(crate) fn deregister(&self, fd: RawFd, io: &Arc<ScheduledIo>) -> io::Result<()> {
+        let res = self.registry.deregister(&mut SourceFd(&fd));
+        if res.is_err() {
+            std::mem::forget(io.clone());
+        }
         self.forget(io);
         res
     }
 
     /// Keeps `io` alive until the owner's next `epoll_wait` (see the module
     /// docs).
-    pub(crate) fn forget(&self, io: &Arc<ScheduledIo>) {
+    fn forget(&self, io: &Arc<ScheduledIo>) {
         self.resources.fetch_sub(1, AcqRel);
         self.pending_release
             .lock()

@@ -122,18 +122,17 @@ impl fmt::Debug for Ready {
 }
 
 /// Readiness observed by a poll, to be cleared with
-/// [`Registration::clear_readiness`](crate::io::Registration::clear_readiness)
-/// when an operation gets `WouldBlock`.
+/// [`ScheduledIo::clear_readiness`] when an operation gets `WouldBlock`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadyEvent {
+pub(crate) struct ReadyEvent {
     pub(crate) tick: usize,
     /// The readiness seen.
-    pub ready: Ready,
+    pub(crate) ready: Ready,
 }
 
 /// Which side of a source a task waits on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     /// Waiting to read.
     Read,
     /// Waiting to write.
@@ -209,6 +208,18 @@ impl ScheduledIo {
         let clear = event.ready & (Ready::READABLE | Ready::WRITABLE);
         let _ = self.readiness.fetch_update(AcqRel, Acquire, |cur| {
             ((cur >> TICK_SHIFT) == event.tick).then_some(cur & !clear.0)
+        });
+    }
+
+    /// Adds `ready` as if an event had reported it, without waking anyone:
+    /// after the source moved to another reactor (`Registration`), so that
+    /// the task tries its operation at once instead of waiting for the new
+    /// reactor's first event. A wrong guess costs one `WouldBlock`, which
+    /// clears it.
+    pub(crate) fn assume_ready(&self, ready: Ready) {
+        let _ = self.readiness.fetch_update(AcqRel, Acquire, |cur| {
+            let tick = (cur >> TICK_SHIFT).wrapping_add(1);
+            Some((tick << TICK_SHIFT) | (cur & READY_MASK) | ready.0)
         });
     }
 
@@ -290,6 +301,45 @@ mod loom_tests {
             });
             read_until_data(&io, &data);
             reactor.join().unwrap();
+        });
+    }
+
+    /// A registration moving from one reactor's epoll set to another's
+    /// while data arrives (`Registration::follow`): the kernel reports the
+    /// edge to every set holding the fd at that moment; the mover adds the
+    /// fd to the new set (which reports the current state), removes it from
+    /// the old one, assumes readiness, and then the task reads. Whatever
+    /// the interleaving, the task sees the data.
+    #[test]
+    fn a_move_between_reactors_loses_no_wake_up() {
+        ::loom::model(|| {
+            let io = Arc::new(ScheduledIo::new());
+            let data = Arc::new(AtomicBool::new(false));
+            let in_old = Arc::new(AtomicBool::new(true));
+            let in_new = Arc::new(AtomicBool::new(false));
+            let kernel = {
+                let (io, data) = (io.clone(), data.clone());
+                let (in_old, in_new) = (in_old.clone(), in_new.clone());
+                thread::spawn(move || {
+                    data.store(true, SeqCst);
+                    if in_old.load(SeqCst) {
+                        io.dispatch(Ready::READABLE);
+                    }
+                    if in_new.load(SeqCst) {
+                        io.dispatch(Ready::READABLE);
+                    }
+                })
+            };
+            // EPOLL_CTL_ADD to the new set reports the current state.
+            in_new.store(true, SeqCst);
+            if data.load(SeqCst) {
+                io.dispatch(Ready::READABLE);
+            }
+            // EPOLL_CTL_DEL from the old set.
+            in_old.store(false, SeqCst);
+            io.assume_ready(Ready::READABLE);
+            read_until_data(&io, &data);
+            kernel.join().unwrap();
         });
     }
 

@@ -185,6 +185,13 @@ impl<S: 'static> Notified<S> {
         unsafe { (ptr.as_ref().vtable.run)(ptr, start) }
     }
 
+    /// The task's recent poll cost: a weighted mean of its last polls, from
+    /// when the scheduler started each one to when it returned (zero before
+    /// its first poll).
+    pub(crate) fn poll_cost(&self) -> std::time::Duration {
+        self.0.header().poll_cost()
+    }
+
     /// The task's id.
     pub(crate) fn id(&self) -> Id {
         self.0.id()

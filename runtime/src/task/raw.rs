@@ -67,6 +67,10 @@ pub(crate) struct Header {
 }
 
 impl Header {
+    /// The task's recent poll cost.
+    pub(super) fn poll_cost(&self) -> Duration {
+        Duration::from_nanos(u64::from(self.poll_ns.load(Relaxed)))
+    }
     /// Folds one poll's cost into the mean (weight 1/4; the first poll sets
     /// it). Only the holder of `RUNNING` calls this.
     fn record_poll(&self, cost: Duration) {

@@ -24,16 +24,24 @@ impl Worker {
         }
         let any_idle = shared.sleepers.any_idle();
         match (self.phase.get(), intent) {
-            // The rescue: the task comes here, directed (the module docs of
-            // `multi` say why not unordered).
-            (Phase::Rescuing, _) => self.hand_off_or_queue(task, Some(self.index)),
+            // The rescue: a light task comes here, directed (the module docs
+            // of `multi` say why not unordered). A heavy one comes here only
+            // if this worker is calm and serves no connections, else it
+            // stays with its busy owner: heavy work stays put, the light
+            // work behind it moves.
+            (Phase::Rescuing { from }, _) => {
+                let target = if self.is_heavy(&task) && !self.can_take_heavy() {
+                    from
+                } else {
+                    self.index
+                };
+                self.hand_off_or_queue(task, Some(target))
+            }
             // A spawn during a poll: decided when the poll ends.
             (Phase::Polling(_), Intent::Spawn) if any_idle => self.pending.borrow_mut().push(task),
-            // A backlogged worker's maintenance wakes: to a sleeping peer,
-            // directed (unordered, the arbiter could hand them straight
-            // back to this busy worker).
-            (Phase::Dispatching { hand_off: true }, _) if any_idle => {
-                self.hand_off_or_queue(task, shared.sleeping_peer(self.index))
+            // Wakes from this worker's own I/O and yields, outside a poll.
+            (Phase::Dispatching { backlogged }, Intent::Wake) if any_idle => {
+                self.place_wake(task, backlogged)
             }
             // A spawn outside a poll (from a drop, say) while a peer idles.
             (Phase::Between | Phase::Dispatching { .. }, Intent::Spawn) if any_idle => {
@@ -42,6 +50,34 @@ impl Worker {
             // Wakes stay here, where the woken task's sockets are
             // registered.
             _ => self.queue.borrow_mut().push_back(task),
+        }
+    }
+
+    /// Where a task woken by this worker's own I/O (or a yield) goes while
+    /// a peer idles. A light task leaves for a calm sleeping peer (one not
+    /// running heavy work, directed: unordered, the arbiter could hand it
+    /// straight back) if it would wait here behind heavy work (this worker
+    /// runs heavy work, or a heavy task is queued ahead of it) or behind a
+    /// backlog. A heavy task stays, unless another heavy task is already
+    /// queued here and a sleeping peer is calm and serves no connections:
+    /// then it goes there, so that heavy work spreads without landing on
+    /// light work. Its sockets follow it there (`crate::io`).
+    fn place_wake(&self, task: TaskRef, backlogged: bool) {
+        let heavy = self.is_heavy(&task);
+        let crowded = self.heavy_queued.get();
+        let peer = match (heavy, crowded || backlogged || self.runs_heavy()) {
+            (true, _) if crowded => self.shared.calm_sleeping_peer(self.index, true),
+            (false, true) => self.shared.calm_sleeping_peer(self.index, false),
+            _ => None,
+        };
+        match peer {
+            Some(_) => self.hand_off_or_queue(task, peer),
+            None => {
+                if heavy {
+                    self.heavy_queued.set(true);
+                }
+                self.queue.borrow_mut().push_back(task);
+            }
         }
     }
 
@@ -140,15 +176,27 @@ impl Worker {
         {
             return;
         }
+        // Half the queue from its tail, at most `SHED_MAX`; heavy tasks
+        // stay here.
         let take = (len / 2).min(SHED_MAX);
         let events: Vec<Event> = {
             let mut queue = self.queue.borrow_mut();
-            let start = queue.len() - take;
-            queue
-                .drain(start..)
-                .map(|t| Event::unordered(0, t.into_raw()))
-                .collect()
+            let mut events = Vec::with_capacity(take);
+            let mut kept = Vec::new();
+            while events.len() < take {
+                let Some(t) = queue.pop_back() else { break };
+                if self.is_heavy(&t) {
+                    kept.push(t);
+                } else {
+                    events.push(Event::unordered(0, t.into_raw()));
+                }
+            }
+            queue.extend(kept.into_iter().rev());
+            events
         };
+        if events.is_empty() {
+            return;
+        }
         let sent = self.port.borrow_mut().send(&events).unwrap_or(0);
         if sent > 0 {
             WorkerCounters::add(&self.counters().dlb_sent, sent as u64);

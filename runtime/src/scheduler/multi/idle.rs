@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use mio::{Events, Poll};
 
-use super::worker::Worker;
+use super::worker::{Phase, Worker};
 use crate::io::reactor::Reactor;
 use crate::metrics::WorkerCounters;
 
@@ -55,7 +55,10 @@ impl Worker {
             if let Some(p) = &self.precise {
                 p.arm_for(timeout);
             }
+            self.heavy_queued.set(false);
+            self.phase.set(Phase::Dispatching { backlogged: false });
             crate::park::poll_and_dispatch(poll, events, reactor, timeout);
+            self.phase.set(Phase::Between);
             if let Some(p) = &self.precise {
                 if events
                     .iter()

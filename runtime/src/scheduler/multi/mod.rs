@@ -98,7 +98,7 @@ pub(crate) use self::worker::defer;
 use self::worker::Worker;
 use super::owned::OwnedTasks;
 use crate::io::reactor::Reactor;
-use crate::loom::{lock, Arc, AtomicBool, AtomicU64, Mutex};
+use crate::loom::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, Mutex};
 use crate::metrics::{RuntimeMetrics, WorkerCounters};
 use crate::task::{JoinHandle, Notified, Schedule, Task};
 
@@ -149,6 +149,15 @@ impl Default for Tuning {
         }
     }
 }
+
+/// A worker whose recent busy fraction is at least this (per mille) runs
+/// heavy work: light tasks leave it, and heavy tasks are not sent to it.
+pub(crate) const BUSY_PERMILLE: u32 = 500;
+
+/// The load hint of a worker inside a long task poll: as if it had this many
+/// events waiting, so that the arbiter passes it over while any other port
+/// is eligible (it stays eligible, so nothing is stranded).
+pub(crate) const STUCK_HINT: u32 = 1024;
 
 /// The tokens of a worker's own sources in its `Poll`.
 const DLB_TOKEN: Token = Token(0);
@@ -207,6 +216,12 @@ pub(crate) struct Shared {
     /// Per worker: `seq << 1 | in_poll`, bumped around every task poll, so
     /// that idle workers can tell a peer stuck in one long poll.
     polling: Box<[CachePadded<AtomicU64>]>,
+    /// Per worker: its recent busy fraction, per mille, as it last
+    /// published it (`Worker::publish_load`).
+    busy: Box<[AtomicU32]>,
+    /// Per worker: how many rescues of it in a row found no ready I/O (the
+    /// watch over it backs off, see `rescue.rs`).
+    rescue_misses: Box<[AtomicU32]>,
     /// Per worker: whether it watches busy peers while asleep (it then
     /// wakes every rescue interval).
     watching: Box<[AtomicBool]>,
@@ -292,6 +307,8 @@ pub(crate) fn build(
         polling: (0..workers)
             .map(|_| CachePadded(AtomicU64::new(0)))
             .collect(),
+        busy: (0..workers).map(|_| AtomicU32::new(0)).collect(),
+        rescue_misses: (0..workers).map(|_| AtomicU32::new(0)).collect(),
         watching: (0..workers).map(|_| AtomicBool::new(false)).collect(),
         // The comparison mode gets no rescue: it balances by stealing only.
         rescue_interval: threads.rescue_interval.filter(|_| !threads.stealing),
@@ -437,6 +454,7 @@ impl Shared {
                 .map(|(i, (c, r))| {
                     let mut m = c.snapshot();
                     m.io_resources = r.resources();
+                    m.io_moved_in = r.moved_in();
                     m.dlb_in_flight = self.domain.port_stats(i).map_or(0, |p| p.in_flight);
                     m
                 })

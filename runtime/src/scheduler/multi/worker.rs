@@ -29,12 +29,13 @@ pub(super) enum Phase {
     Between,
     /// Polling the task with this id.
     Polling(Id),
-    /// Dispatching its own I/O events at a maintenance step. `hand_off`:
-    /// it is backlogged, so the tasks they wake go to a sleeping peer.
-    Dispatching { hand_off: bool },
-    /// Dispatching a busy peer's ready I/O: the tasks it wakes come to
-    /// this worker (the rescue).
-    Rescuing,
+    /// Dispatching its own I/O events (at a maintenance step, or after a
+    /// sleep), or waking the tasks that yielded. `backlogged`: the tasks
+    /// queued here would wait at least `Builder::handoff_wait`.
+    Dispatching { backlogged: bool },
+    /// Dispatching the ready I/O of busy peer `from`: the light tasks it
+    /// wakes come to this worker (the rescue).
+    Rescuing { from: usize },
 }
 
 /// Why a task is scheduled.
@@ -76,6 +77,19 @@ pub(super) struct Worker {
     last_io: Cell<Instant>,
     /// Whether the pre-park spin has been paying off (see `idle.rs`).
     pub(super) spin: super::idle::SpinPolicy,
+    /// This worker's recent busy fraction, per mille (a weighted mean of
+    /// the windows between publications), and when it last published its
+    /// load (see [`publish_load`](Self::publish_load)).
+    busy_permille: Cell<u32>,
+    busy_since_publish: Cell<Duration>,
+    last_publish: Cell<Instant>,
+    /// Set while dispatching when a heavy task is queued here (ahead of
+    /// what the dispatch wakes next).
+    pub(super) heavy_queued: Cell<bool>,
+    /// The load hint last published (see [`publish_load`](Self::publish_load)).
+    hint: Cell<u32>,
+    /// The mean poll time of the last maintenance window with polls.
+    last_mean: Cell<Duration>,
     /// Tasks spawned during the current poll, to hand off when it ends
     /// (see [`end_poll`](Self::end_poll)).
     pub(super) pending: RefCell<Vec<TaskRef>>,
@@ -212,10 +226,21 @@ impl Worker {
             .tuning
             .poll_time_slice
             .and_then(|slice| start.checked_add(slice));
+        // A heavy task's poll will be long: say so to the arbiter now.
+        let heavy = self.is_heavy(&task);
+        if heavy {
+            let port = self.port.borrow();
+            port.set_load_hint(self.hint.get().saturating_add(super::STUCK_HINT));
+        }
         let ran = crate::coop::budget(deadline, || task.run(start));
+        if heavy {
+            self.port.borrow().set_load_hint(self.hint.get());
+        }
         let busy = ran.end.saturating_duration_since(start);
         WorkerCounters::add(&self.counters().busy_ns, busy.as_nanos() as u64);
         self.busy_window.set(self.busy_window.get() + busy);
+        self.busy_since_publish
+            .set(self.busy_since_publish.get() + busy);
         self.busy_polls.set(self.busy_polls.get() + 1);
         self.phase.set(Phase::Between);
         self.end_poll(ran.completed);
@@ -228,7 +253,68 @@ impl Worker {
     /// since this worker last woke up), and resets the measure.
     fn take_mean_poll(&self) -> Duration {
         let busy = self.busy_window.replace(Duration::ZERO);
-        busy / self.busy_polls.replace(0).max(1)
+        let polls = self.busy_polls.replace(0);
+        let mean = busy / polls.max(1);
+        if polls > 0 {
+            self.last_mean.set(mean);
+        }
+        mean
+    }
+
+    /// Whether this worker's recent busy fraction marks it as running heavy
+    /// work (half its time or more in task polls).
+    pub(super) fn is_busy(&self) -> bool {
+        self.busy_permille.get() >= super::BUSY_PERMILLE
+    }
+
+    /// Whether this worker runs heavy work: busy half its time or more, in
+    /// polls that take at least the I/O poll interval on average. Light
+    /// tasks leave such a worker for a calm one.
+    pub(super) fn runs_heavy(&self) -> bool {
+        self.is_busy() && self.last_mean.get() >= self.shared.threads.tuning.io_poll_interval
+    }
+
+    /// Whether this worker may take a heavy task from a busy peer: it runs
+    /// no heavy work and serves no connections.
+    pub(super) fn can_take_heavy(&self) -> bool {
+        !self.is_busy() && self.shared.reactors[self.index].resources() == 0
+    }
+
+    /// Whether `task` is heavy: its recent polls take at least the
+    /// interval at which a busy worker looks at its I/O, so whatever waits
+    /// behind it on a worker waits that long. Heavy tasks stay where they
+    /// are; the light ones behind them move (`handoff.rs`).
+    pub(super) fn is_heavy(&self, task: &TaskRef) -> bool {
+        task.poll_cost() >= self.shared.threads.tuning.io_poll_interval
+    }
+
+    /// Publishes this worker's load beyond what the DLB queue sees, for
+    /// the software arbiter's placement of unordered handoffs
+    /// (`Port::set_load_hint`): one per registration its reactor owns (a
+    /// connection's work arrives here without going through the queue),
+    /// plus up to 64 for its recent busy fraction, so that a worker busy
+    /// with heavy requests is passed over for new connections. A worker
+    /// about to sleep (`parking`) is idle now, whatever its history: its
+    /// hint is its registrations alone. (A worker inside a heavy task's
+    /// poll adds [`STUCK_HINT`](super::STUCK_HINT) for the poll's length.)
+    fn publish_load(&self, reactor: &Reactor, now: Instant, parking: bool) {
+        let window = now.saturating_duration_since(self.last_publish.replace(now));
+        let busy = self.busy_since_publish.replace(Duration::ZERO);
+        if !window.is_zero() {
+            let sample = (busy.as_nanos().min(window.as_nanos()) * 1000 / window.as_nanos()) as u32;
+            let old = self.busy_permille.get();
+            self.busy_permille.set(old - old / 4 + sample / 4);
+        }
+        let busy = self.busy_permille.get();
+        self.shared.busy[self.index].store(busy, Relaxed);
+        let conns = u32::try_from(reactor.resources()).unwrap_or(u32::MAX);
+        let hint = if parking {
+            conns
+        } else {
+            conns.saturating_add(busy * 64 / 1000)
+        };
+        self.hint.set(hint);
+        self.port.borrow().set_load_hint(hint);
     }
 
     /// Polls this worker's own reactor without blocking.
@@ -242,14 +328,22 @@ impl Worker {
     /// would otherwise wait long here), the tasks that yielded, shedding.
     fn maintain(&self, poll: &mut Poll, events: &mut Events, reactor: &Reactor, now: Instant) {
         crate::time::driver::fire_due();
+        self.publish_load(reactor, now, false);
         let mean = self.take_mean_poll();
         let ahead = self.queue.borrow().len() + self.received.borrow().len();
+        self.heavy_queued.set(
+            self.queue
+                .borrow()
+                .iter()
+                .take(16)
+                .any(|t| self.is_heavy(t)),
+        );
         self.phase.set(Phase::Dispatching {
-            hand_off: self.waits_long(ahead, mean),
+            backlogged: ahead > 0 && self.waits_long(ahead, mean),
         });
         self.poll_io_now(poll, events, reactor, now);
-        self.phase.set(Phase::Between);
         self.wake_deferred();
+        self.phase.set(Phase::Between);
         self.shed(mean);
         let depth = self.queue.borrow().len() + self.received.borrow().len();
         self.counters()
@@ -343,6 +437,12 @@ pub(super) fn run(
         busy_polls: Cell::new(0),
         last_io: Cell::new(Instant::now()),
         spin: super::idle::SpinPolicy::new(),
+        busy_permille: Cell::new(0),
+        busy_since_publish: Cell::new(Duration::ZERO),
+        last_publish: Cell::new(Instant::now()),
+        heavy_queued: Cell::new(false),
+        hint: Cell::new(0),
+        last_mean: Cell::new(Duration::ZERO),
         pending: RefCell::new(Vec::with_capacity(16)),
         deferred: RefCell::new(Vec::new()),
     };
@@ -394,11 +494,16 @@ impl Worker {
             if !self.deferred.borrow().is_empty() {
                 // Only yielded tasks are left: look at this worker's I/O (as
                 // the maintenance step does), then run them again.
+                self.publish_load(reactor, now, false);
+                self.heavy_queued.set(false);
+                self.phase.set(Phase::Dispatching { backlogged: false });
                 self.poll_io_now(poll, &mut events, reactor, now);
                 self.wake_deferred();
+                self.phase.set(Phase::Between);
                 now = Instant::now();
                 continue;
             }
+            self.publish_load(reactor, now, true);
             self.park(poll, &mut events, reactor);
             now = Instant::now();
             self.last_io.set(now);
