@@ -334,7 +334,7 @@ impl BlockingPool {
             while let Some(Queued { notified, owner }) = state.queue.pop_front() {
                 drop(state);
                 drop(owner);
-                notified.run(std::time::Instant::now());
+                notified.run(crate::clock::now_ns());
                 state = self.lock();
             }
             if state.shutdown {

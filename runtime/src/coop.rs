@@ -11,7 +11,6 @@
 
 use std::cell::Cell;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 /// Operations per task poll, as in tokio.
 pub(crate) const BUDGET: u8 = 128;
@@ -20,7 +19,8 @@ pub(crate) const BUDGET: u8 = 128;
 #[derive(Clone, Copy)]
 struct Budget {
     remaining: u8,
-    deadline: Option<Instant>,
+    /// In `crate::clock` nanoseconds.
+    deadline: Option<u64>,
 }
 
 thread_local! {
@@ -28,8 +28,8 @@ thread_local! {
 }
 
 /// Runs `f` (a task poll) with a fresh budget, whose time slice (if any)
-/// ends at `deadline`.
-pub(crate) fn budget<R>(deadline: Option<Instant>, f: impl FnOnce() -> R) -> R {
+/// ends at `deadline` (`crate::clock` nanoseconds).
+pub(crate) fn budget<R>(deadline: Option<u64>, f: impl FnOnce() -> R) -> R {
     struct Reset(Option<Budget>);
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -52,7 +52,7 @@ pub(crate) fn poll_proceed(cx: &mut Context<'_>) -> Poll<()> {
         Some(b) if b.remaining == 0 => true,
         Some(Budget {
             deadline: Some(d), ..
-        }) => Instant::now() >= d,
+        }) => crate::clock::now_ns() >= d,
         Some(_) => false,
     });
     if !spent {

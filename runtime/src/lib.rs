@@ -46,6 +46,7 @@
 // task state machine (`task::loom_tests`).
 #[cfg(not(loom))]
 mod blocking;
+mod clock;
 #[cfg(not(loom))]
 mod context;
 #[cfg(not(loom))]

@@ -361,6 +361,9 @@ impl Builder {
     }
 
     fn build_multi(&mut self, blocking: Arc<BlockingPool>) -> io::Result<Runtime> {
+        // Calibrate the scheduler's clock here, once per process, rather
+        // than on a worker's first poll.
+        let _ = crate::clock::now_ns();
         let workers = match self.workers {
             Some(n) => n,
             None => thread::available_parallelism().map_or(1, |n| n.get()),

@@ -107,7 +107,7 @@ impl Shared {
                 let next = lock(&self.queue).pop_front();
                 let Some(task) = next else { break };
                 WorkerCounters::add(&self.counters.tasks_polled, 1);
-                crate::coop::budget(None, || task.run(std::time::Instant::now()));
+                crate::coop::budget(None, || task.run(crate::clock::now_ns()));
                 ran += 1;
             }
             if ran == BATCH {

@@ -44,7 +44,7 @@ impl Mock {
             let next = self.queue.lock().unwrap().pop_front();
             match next {
                 Some(task) => {
-                    task.run(std::time::Instant::now());
+                    task.run(crate::clock::now_ns());
                     ran += 1;
                 }
                 None => return ran,
@@ -127,7 +127,7 @@ fn wake_while_running() {
                 w.wake();
             }
         });
-        notified.run(std::time::Instant::now());
+        notified.run(crate::clock::now_ns());
         waker_thread.join().unwrap();
         // If the other thread looked before the waker existed, wake now.
         let late = probe.slot.lock().unwrap().take();
@@ -154,7 +154,7 @@ fn wake_after_completion_does_nothing() {
         let (fut, probe) = steps(0);
         let (owned, notified, join) = new_task(fut, mock.clone());
         let slot = probe.slot.clone();
-        notified.run(std::time::Instant::now());
+        notified.run(crate::clock::now_ns());
         let waker = slot.lock().unwrap().take();
         drop(slot);
         let t = thread::spawn(move || {
@@ -179,7 +179,7 @@ fn abort_races_completion() {
         let (owned, notified, mut join) = new_task(fut, mock.clone());
         let abort = join.abort_handle();
         let t = thread::spawn(move || abort.abort());
-        notified.run(std::time::Instant::now());
+        notified.run(crate::clock::now_ns());
         // Wake the task for its second poll, racing the abort.
         let waker = probe.slot.lock().unwrap().take();
         if let Some(w) = waker {
@@ -212,7 +212,7 @@ fn join_handle_dropped_racing_completion() {
         let (fut, probe) = steps(0);
         let (owned, notified, join) = new_task(fut, mock.clone());
         let t = thread::spawn(move || drop(join));
-        notified.run(std::time::Instant::now());
+        notified.run(crate::clock::now_ns());
         t.join().unwrap();
         assert_eq!(probe.output_drops.load(SeqCst), 1, "output dropped once");
         assert_eq!(probe.future_drops.load(SeqCst), 1);
@@ -230,7 +230,7 @@ fn join_waker_is_never_lost() {
         // The joiner blocks until the join waker fires: a lost join wake-up
         // is a loom deadlock.
         let joiner = thread::spawn(move || ::loom::future::block_on(join).is_ok());
-        notified.run(std::time::Instant::now());
+        notified.run(crate::clock::now_ns());
         assert!(joiner.join().unwrap());
         assert_eq!(probe.output_drops.load(SeqCst), 1);
         drop(owned);
@@ -244,7 +244,7 @@ fn shutdown_races_wake() {
         let mock = Mock::new();
         let (fut, probe) = steps(1);
         let (owned, notified, mut join) = new_task(fut, mock.clone());
-        notified.run(std::time::Instant::now());
+        notified.run(crate::clock::now_ns());
         let waker = probe.slot.lock().unwrap().take();
         let t = thread::spawn(move || {
             if let Some(w) = waker {

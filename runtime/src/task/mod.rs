@@ -160,8 +160,11 @@ pub(crate) struct Ran {
     /// The task completed (output, panic or cancellation): it will not run
     /// again.
     pub(crate) completed: bool,
-    /// When the poll returned (the start instant if nothing was polled).
-    pub(crate) end: std::time::Instant,
+    /// When the poll returned, in `crate::clock` nanoseconds (the start if
+    /// nothing was polled).
+    pub(crate) end: u64,
+    /// How long the poll took, nanoseconds (zero if nothing was polled).
+    pub(crate) cost: u64,
 }
 
 /// Permission to run a task once (see the module docs).
@@ -176,9 +179,9 @@ impl<S: 'static> Notified<S> {
     }
 
     /// Runs the task (polls it once, or cancels it), the poll starting at
-    /// `start` (for its cost; see [`poll_cost`](Self::poll_cost)). Consumes
-    /// the permission.
-    pub(crate) fn run(self, start: std::time::Instant) -> Ran {
+    /// `start` (`crate::clock` nanoseconds; for its cost, see
+    /// [`poll_cost_ns`](Self::poll_cost_ns)). Consumes the permission.
+    pub(crate) fn run(self, start: u64) -> Ran {
         let ptr = self.0.ptr;
         std::mem::forget(self);
         // SAFETY: we hand over the `Notified` reference to a live task.
@@ -188,8 +191,8 @@ impl<S: 'static> Notified<S> {
     /// The task's recent poll cost: a weighted mean of its last polls, from
     /// when the scheduler started each one to when it returned (zero before
     /// its first poll).
-    pub(crate) fn poll_cost(&self) -> std::time::Duration {
-        self.0.header().poll_cost()
+    pub(crate) fn poll_cost_ns(&self) -> u64 {
+        self.0.header().poll_cost_ns()
     }
 
     /// The task's id.

@@ -24,7 +24,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
-use std::time::{Duration, Instant};
 
 use super::state::{
     State, TransitionToIdle, TransitionToNotified, TransitionToRunning, COMPLETE, JOIN_INTEREST,
@@ -35,9 +34,9 @@ use crate::loom::{AtomicU32, AtomicUsize, UnsafeCell};
 
 /// The type-erased operations of a task.
 pub(super) struct Vtable {
-    /// Runs the task; consumes a `Notified` reference. The instant is when
-    /// the poll started (for its cost).
-    pub(super) run: unsafe fn(NonNull<Header>, Instant) -> Ran,
+    /// Runs the task; consumes a `Notified` reference. The time is when
+    /// the poll started, in `crate::clock` nanoseconds (for its cost).
+    pub(super) run: unsafe fn(NonNull<Header>, u64) -> Ran,
     /// Hands a `Notified` reference to the scheduler.
     pub(super) schedule: unsafe fn(NonNull<Header>),
     /// Frees the allocation (refcount reached zero).
@@ -66,16 +65,24 @@ pub(crate) struct Header {
     pub(super) poll_ns: AtomicU32,
 }
 
+/// See [`Header::record_poll`].
+const SHORT_POLL_NS: u32 = 1 << 10;
+
 impl Header {
     /// The task's recent poll cost.
-    pub(super) fn poll_cost(&self) -> Duration {
-        Duration::from_nanos(u64::from(self.poll_ns.load(Relaxed)))
+    pub(super) fn poll_cost_ns(&self) -> u64 {
+        u64::from(self.poll_ns.load(Relaxed))
     }
     /// Folds one poll's cost into the mean (weight 1/4; the first poll sets
     /// it). Only the holder of `RUNNING` calls this.
-    fn record_poll(&self, cost: Duration) {
-        let sample = u32::try_from(cost.as_nanos()).unwrap_or(u32::MAX);
+    fn record_poll(&self, cost_ns: u64) {
+        let sample = u32::try_from(cost_ns).unwrap_or(u32::MAX);
         let old = self.poll_ns.load(Relaxed);
+        // Polls under a microsecond, of a task whose mean is under one too,
+        // change nothing the scheduler looks at: skip the store.
+        if old != 0 && (old | sample) < SHORT_POLL_NS {
+            return;
+        }
         let new = if old == 0 {
             sample
         } else {
@@ -181,7 +188,7 @@ where
         .schedule(unsafe { Notified::from_header(ptr) });
 }
 
-unsafe fn run<F, S>(ptr: NonNull<Header>, start: Instant) -> Ran
+unsafe fn run<F, S>(ptr: NonNull<Header>, start: u64) -> Ran
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -196,6 +203,7 @@ where
             Ran {
                 completed: false,
                 end: start,
+                cost: 0,
             }
         }
         TransitionToRunning::Cancel => {
@@ -205,6 +213,7 @@ where
             Ran {
                 completed: true,
                 end: start,
+                cost: 0,
             }
         }
         TransitionToRunning::Poll => {
@@ -227,9 +236,9 @@ where
                     }
                 })
             }));
-            let end = Instant::now();
-            cell.header
-                .record_poll(end.saturating_duration_since(start));
+            let end = crate::clock::now_ns();
+            let cost = end.saturating_sub(start);
+            cell.header.record_poll(cost);
             let completed = match polled {
                 Ok(Poll::Ready(output)) => {
                     store(cell, Stage::Finished(Ok(output)));
@@ -271,7 +280,11 @@ where
                     }
                 },
             };
-            Ran { completed, end }
+            Ran {
+                completed,
+                end,
+                cost,
+            }
         }
     }
 }

@@ -4,7 +4,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::{now_ns, ns};
 
 use fulcrum_dlb::{Event, Port};
 use mio::{Events, Poll};
@@ -30,7 +32,7 @@ pub(super) enum Phase {
     /// Polling the task with this id.
     Polling(Id),
     /// Dispatching its own I/O events (at a maintenance step, or after a
-    /// sleep), or waking the tasks that yielded. `backlogged`: the tasks
+    /// sleep). `backlogged`: the tasks
     /// queued here would wait at least `Builder::handoff_wait`.
     Dispatching { backlogged: bool },
     /// Dispatching the ready I/O of busy peer `from`: the light tasks it
@@ -71,25 +73,29 @@ pub(super) struct Worker {
     /// Time spent in task polls since the last maintenance step (or since
     /// this worker last woke up), and how many polls: their ratio is its
     /// recent mean poll time.
-    busy_window: Cell<Duration>,
+    busy_window: Cell<u64>,
     busy_polls: Cell<u32>,
-    /// When this worker last polled its own reactor.
-    last_io: Cell<Instant>,
+    /// When this worker's next maintenance step is due by time (its last
+    /// poll of its own reactor plus `io_poll_interval`).
+    io_due: Cell<u64>,
     /// Whether the pre-park spin has been paying off (see `idle.rs`).
     pub(super) spin: super::idle::SpinPolicy,
     /// This worker's recent busy fraction, per mille (a weighted mean of
     /// the windows between publications), and when it last published its
     /// load (see [`publish_load`](Self::publish_load)).
     busy_permille: Cell<u32>,
-    busy_since_publish: Cell<Duration>,
-    last_publish: Cell<Instant>,
+    busy_since_publish: Cell<u64>,
+    last_publish: Cell<u64>,
     /// Set while dispatching when a heavy task is queued here (ahead of
     /// what the dispatch wakes next).
     pub(super) heavy_queued: Cell<bool>,
     /// The load hint last published (see [`publish_load`](Self::publish_load)).
     hint: Cell<u32>,
-    /// The mean poll time of the last maintenance window with polls.
-    last_mean: Cell<Duration>,
+    /// The mean poll time of the last maintenance window with polls, ns.
+    last_mean: Cell<u64>,
+    /// `io_poll_interval` and the poll time slice, in clock nanoseconds.
+    io_interval_ns: u64,
+    slice_ns: Option<u64>,
     /// Tasks spawned during the current poll, to hand off when it ends
     /// (see [`end_poll`](Self::end_poll)).
     pub(super) pending: RefCell<Vec<TaskRef>>,
@@ -216,16 +222,12 @@ impl Worker {
     /// Runs one task whose poll starts at `start` (the clock's last
     /// reading: the end of the previous poll, or a later reading); returns
     /// when the poll ended.
-    fn run_task(&self, task: TaskRef, start: Instant, seq: &mut u64) -> Instant {
+    fn run_task(&self, task: TaskRef, start: u64, seq: &mut u64) -> u64 {
         let shared = &*self.shared;
         WorkerCounters::add(&self.counters().tasks_polled, 1);
         shared.polling[self.index].store((*seq << 1) | 1, Release);
         self.phase.set(Phase::Polling(task.id()));
-        let deadline = shared
-            .threads
-            .tuning
-            .poll_time_slice
-            .and_then(|slice| start.checked_add(slice));
+        let deadline = self.slice_ns.map(|slice| start.saturating_add(slice));
         // A heavy task's poll will be long: say so to the arbiter now.
         let heavy = self.is_heavy(&task);
         if heavy {
@@ -236,8 +238,8 @@ impl Worker {
         if heavy {
             self.port.borrow().set_load_hint(self.hint.get());
         }
-        let busy = ran.end.saturating_duration_since(start);
-        WorkerCounters::add(&self.counters().busy_ns, busy.as_nanos() as u64);
+        let busy = ran.cost;
+        WorkerCounters::add(&self.counters().busy_ns, busy);
         self.busy_window.set(self.busy_window.get() + busy);
         self.busy_since_publish
             .set(self.busy_since_publish.get() + busy);
@@ -252,13 +254,13 @@ impl Worker {
     /// At a maintenance step: the mean poll time since the last one (or
     /// since this worker last woke up), and resets the measure.
     fn take_mean_poll(&self) -> Duration {
-        let busy = self.busy_window.replace(Duration::ZERO);
+        let busy = self.busy_window.replace(0);
         let polls = self.busy_polls.replace(0);
-        let mean = busy / polls.max(1);
+        let mean = busy / u64::from(polls.max(1));
         if polls > 0 {
             self.last_mean.set(mean);
         }
-        mean
+        Duration::from_nanos(mean)
     }
 
     /// Whether this worker's recent busy fraction marks it as running heavy
@@ -271,7 +273,7 @@ impl Worker {
     /// polls that take at least the I/O poll interval on average. Light
     /// tasks leave such a worker for a calm one.
     pub(super) fn runs_heavy(&self) -> bool {
-        self.is_busy() && self.last_mean.get() >= self.shared.threads.tuning.io_poll_interval
+        self.is_busy() && self.last_mean.get() >= self.io_interval_ns
     }
 
     /// Whether this worker may take a heavy task from a busy peer: it runs
@@ -285,7 +287,7 @@ impl Worker {
     /// behind it on a worker waits that long. Heavy tasks stay where they
     /// are; the light ones behind them move (`handoff.rs`).
     pub(super) fn is_heavy(&self, task: &TaskRef) -> bool {
-        task.poll_cost() >= self.shared.threads.tuning.io_poll_interval
+        task.poll_cost_ns() >= self.io_interval_ns
     }
 
     /// Publishes this worker's load beyond what the DLB queue sees, for
@@ -297,11 +299,11 @@ impl Worker {
     /// about to sleep (`parking`) is idle now, whatever its history: its
     /// hint is its registrations alone. (A worker inside a heavy task's
     /// poll adds [`STUCK_HINT`](super::STUCK_HINT) for the poll's length.)
-    fn publish_load(&self, reactor: &Reactor, now: Instant, parking: bool) {
-        let window = now.saturating_duration_since(self.last_publish.replace(now));
-        let busy = self.busy_since_publish.replace(Duration::ZERO);
-        if !window.is_zero() {
-            let sample = (busy.as_nanos().min(window.as_nanos()) * 1000 / window.as_nanos()) as u32;
+    fn publish_load(&self, reactor: &Reactor, now: u64, parking: bool) {
+        let window = now.saturating_sub(self.last_publish.replace(now));
+        let busy = self.busy_since_publish.replace(0);
+        if let Some(sample) = (busy.min(window) * 1000).checked_div(window) {
+            let sample = sample as u32;
             let old = self.busy_permille.get();
             self.busy_permille.set(old - old / 4 + sample / 4);
         }
@@ -318,15 +320,15 @@ impl Worker {
     }
 
     /// Polls this worker's own reactor without blocking.
-    fn poll_io_now(&self, poll: &mut Poll, events: &mut Events, reactor: &Reactor, now: Instant) {
-        self.last_io.set(now);
+    fn poll_io_now(&self, poll: &mut Poll, events: &mut Events, reactor: &Reactor, now: u64) {
+        self.io_due.set(now.saturating_add(self.io_interval_ns));
         crate::park::poll_and_dispatch(poll, events, reactor, Some(Duration::ZERO));
     }
 
     /// The maintenance step: due timers, this worker's I/O events without
     /// blocking (the tasks they wake go to a sleeping peer only if they
     /// would otherwise wait long here), the tasks that yielded, shedding.
-    fn maintain(&self, poll: &mut Poll, events: &mut Events, reactor: &Reactor, now: Instant) {
+    fn maintain(&self, poll: &mut Poll, events: &mut Events, reactor: &Reactor, now: u64) {
         crate::time::driver::fire_due();
         self.publish_load(reactor, now, false);
         let mean = self.take_mean_poll();
@@ -342,8 +344,10 @@ impl Worker {
             backlogged: ahead > 0 && self.waits_long(ahead, mean),
         });
         self.poll_io_now(poll, events, reactor, now);
-        self.wake_deferred();
         self.phase.set(Phase::Between);
+        // Yielded tasks queue here again (they chose to yield, not to
+        // move).
+        self.wake_deferred();
         self.shed(mean);
         let depth = self.queue.borrow().len() + self.received.borrow().len();
         self.counters()
@@ -433,16 +437,18 @@ pub(super) fn run(
         lifo: RefCell::new(None),
         lifo_polls: Cell::new(0),
         deque,
-        busy_window: Cell::new(Duration::ZERO),
+        busy_window: Cell::new(0),
         busy_polls: Cell::new(0),
-        last_io: Cell::new(Instant::now()),
+        io_due: Cell::new(now_ns().saturating_add(ns(shared.threads.tuning.io_poll_interval))),
         spin: super::idle::SpinPolicy::new(),
         busy_permille: Cell::new(0),
-        busy_since_publish: Cell::new(Duration::ZERO),
-        last_publish: Cell::new(Instant::now()),
+        busy_since_publish: Cell::new(0),
+        last_publish: Cell::new(now_ns()),
         heavy_queued: Cell::new(false),
         hint: Cell::new(0),
-        last_mean: Cell::new(Duration::ZERO),
+        last_mean: Cell::new(0),
+        io_interval_ns: ns(shared.threads.tuning.io_poll_interval),
+        slice_ns: shared.threads.tuning.poll_time_slice.map(ns),
         pending: RefCell::new(Vec::with_capacity(16)),
         deferred: RefCell::new(Vec::new()),
     };
@@ -467,7 +473,7 @@ impl Worker {
         let mut tick: u32 = 0;
         // The clock's last reading: one per task poll (its end), plus one
         // after each maintenance step and each sleep.
-        let mut now = Instant::now();
+        let mut now = now_ns();
         while !shared.shutdown.load(Acquire) {
             tick = tick.wrapping_add(1);
             if tick % TIMER_INTERVAL == 0 {
@@ -483,11 +489,9 @@ impl Worker {
                     // handed-off task looks loaded to the arbiter meanwhile.
                     let _ = self.port.borrow_mut().release(1);
                 }
-                if tick % tuning.event_interval == 0
-                    || now.saturating_duration_since(self.last_io.get()) >= tuning.io_poll_interval
-                {
+                if tick % tuning.event_interval == 0 || now >= self.io_due.get() {
                     self.maintain(poll, &mut events, reactor, now);
-                    now = Instant::now();
+                    now = now_ns();
                 }
                 continue;
             }
@@ -498,16 +502,16 @@ impl Worker {
                 self.heavy_queued.set(false);
                 self.phase.set(Phase::Dispatching { backlogged: false });
                 self.poll_io_now(poll, &mut events, reactor, now);
-                self.wake_deferred();
                 self.phase.set(Phase::Between);
-                now = Instant::now();
+                self.wake_deferred();
+                now = now_ns();
                 continue;
             }
             self.publish_load(reactor, now, true);
             self.park(poll, &mut events, reactor);
-            now = Instant::now();
-            self.last_io.set(now);
-            self.busy_window.set(Duration::ZERO);
+            now = now_ns();
+            self.io_due.set(now.saturating_add(self.io_interval_ns));
+            self.busy_window.set(0);
             self.busy_polls.set(0);
         }
     }
