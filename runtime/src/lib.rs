@@ -78,7 +78,9 @@ use std::task::{Context, Poll};
 #[cfg(not(loom))]
 pub use blocking::spawn_blocking;
 #[cfg(not(loom))]
-pub use metrics::{RuntimeMetrics, WorkerMetrics};
+pub use metrics::live::RuntimeMetrics;
+#[cfg(not(loom))]
+pub use metrics::WorkerMetrics;
 #[cfg(not(loom))]
 pub use runtime::{
     Builder, ConnectionGuard, EnterGuard, Handle, Runtime, Scheduler, TryCurrentError,
