@@ -21,18 +21,20 @@
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod io;
+mod resolve;
 mod serve;
 pub mod signal;
 mod socket;
 mod sys;
-mod tcp;
+pub mod tcp;
 mod udp;
 pub mod unix;
 
+#[cfg(feature = "resolver-hook")]
+pub use resolve::hook as resolver_hook;
+pub use resolve::{lookup_host, ToSocketAddrs};
 pub use serve::{Balance, Server, Serving};
 pub use socket::TcpSocket;
-pub use tcp::{
-    OwnedReadHalf, OwnedReadHalfRef, OwnedWriteHalf, OwnedWriteHalfRef, TcpListener, TcpStream,
-};
+pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixDatagram, UnixListener, UnixStream};
