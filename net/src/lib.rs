@@ -18,6 +18,7 @@
 //! task lands on: in the DLB scheduler the spawn goes through the DLB queue
 //! while another worker is idle, so the arbiter places the connection.
 
+pub mod fs;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod io;
