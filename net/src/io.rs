@@ -87,6 +87,20 @@ impl<S: AsRawFd> Io<S> {
             }
         }
     }
+
+    /// Deregisters the source and gives it back (to hand the fd to
+    /// someone else: a child process's stdio, say).
+    pub(crate) fn into_inner(self) -> S {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        this.deregister();
+        // SAFETY: `this` is never used or dropped again: each field is
+        // moved out (`sock`) or dropped in place (the rest) exactly once.
+        unsafe {
+            std::ptr::drop_in_place(&mut this.reg);
+            std::ptr::drop_in_place(&mut this.init);
+            std::ptr::read(&this.sock)
+        }
+    }
 }
 
 impl<S: AsRawFd> Drop for Io<S> {

@@ -18,14 +18,17 @@
 //! task lands on: in the DLB scheduler the spawn goes through the DLB queue
 //! while another worker is idle, so the arbiter places the connection.
 
+mod buf;
 pub mod fs;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod io;
+pub mod process;
 mod resolve;
 mod serve;
 pub mod signal;
 mod socket;
+mod stdio;
 mod sys;
 pub mod tcp;
 mod udp;
@@ -36,6 +39,7 @@ pub use resolve::hook as resolver_hook;
 pub use resolve::{lookup_host, ToSocketAddrs};
 pub use serve::{Balance, Server, Serving};
 pub use socket::TcpSocket;
+pub use stdio::{stderr, stdin, stdout, Stderr, Stdin, Stdout};
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixDatagram, UnixListener, UnixStream};

@@ -20,7 +20,7 @@
 use std::fmt;
 use std::fs::{Metadata, Permissions};
 use std::future::Future;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 use std::pin::Pin;
@@ -31,6 +31,7 @@ use fulcrum_runtime::JoinHandle;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 use super::{asyncify, join_error, spawn_blocking, OpenOptions};
+use crate::buf::Buf;
 
 /// tokio's default: the most a single read or write hands the pool.
 const DEFAULT_MAX_BUF_SIZE: usize = 2 * 1024 * 1024;
@@ -90,72 +91,6 @@ enum Operation {
     Read(io::Result<usize>),
     Write(io::Result<()>),
     Seek(io::Result<u64>),
-}
-
-/// Bytes read ahead (`data[pos..]`), or about to be written (`data`).
-#[derive(Debug, Default)]
-struct Buf {
-    data: Vec<u8>,
-    pos: usize,
-}
-
-impl Buf {
-    fn is_empty(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-
-    fn clear(&mut self) {
-        self.data.clear();
-        self.pos = 0;
-    }
-
-    /// Hands read-ahead bytes to `dst`.
-    fn copy_to(&mut self, dst: &mut ReadBuf<'_>) {
-        let n = (self.data.len() - self.pos).min(dst.remaining());
-        dst.put_slice(&self.data[self.pos..self.pos + n]);
-        self.pos += n;
-        if self.is_empty() {
-            self.clear();
-        }
-    }
-
-    /// Takes up to `max` bytes of `src` to write; returns how many.
-    fn copy_from(&mut self, src: &[u8], max: usize) -> usize {
-        debug_assert!(self.is_empty());
-        self.clear();
-        let n = src.len().min(max);
-        self.data.extend_from_slice(&src[..n]);
-        n
-    }
-
-    /// Forgets the bytes read ahead; returns the (negative) offset that
-    /// takes the OS position back to where the reader is.
-    fn discard_read(&mut self) -> i64 {
-        let ahead = (self.data.len() - self.pos) as i64;
-        self.clear();
-        -ahead
-    }
-
-    /// Reads up to `want` bytes from `file` (on the pool).
-    fn read_from(&mut self, file: &std::fs::File, want: usize) -> io::Result<usize> {
-        self.clear();
-        self.data.resize(want, 0);
-        let res = loop {
-            match (&*file).read(&mut self.data) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                res => break res,
-            }
-        };
-        self.data.truncate(*res.as_ref().unwrap_or(&0));
-        res
-    }
-
-    /// Writes all of the buffer to `file` (on the pool).
-    fn write_to(&mut self, file: &std::fs::File) -> io::Result<()> {
-        let res = (&*file).write_all(&self.data);
-        self.clear();
-        res
-    }
 }
 
 impl fmt::Debug for File {
@@ -417,7 +352,7 @@ impl AsyncRead for File {
                     let std = me.std.clone();
                     let want = dst.remaining().min(max);
                     match spawn_blocking(move || {
-                        let res = buf.read_from(&std, want);
+                        let res = buf.read_from(&mut &*std, want);
                         (Operation::Read(res), buf)
                     }) {
                         Ok(rx) => inner.state = State::Busy(rx),
@@ -489,8 +424,8 @@ impl AsyncWrite for File {
             let res = match back {
                 Some(back) => (&*std)
                     .seek(SeekFrom::Current(back))
-                    .and_then(|_| buf.write_to(&std)),
-                None => buf.write_to(&std),
+                    .and_then(|_| buf.write_to(&mut &*std)),
+                None => buf.write_to(&mut &*std),
             };
             (Operation::Write(res), buf)
         }) {
