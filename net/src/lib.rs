@@ -1,10 +1,13 @@
 //! Fulcrum's sockets.
 //!
-//! **Status: in progress.** Today: [`TcpListener`], [`TcpStream`] and
-//! [`TcpSocket`]; [`UdpSocket`]; Unix sockets ([`UnixListener`],
-//! [`UnixStream`], [`UnixDatagram`]); signals ([`signal::ctrl_c`],
-//! [`signal::unix::signal`]); and balanced serving ([`Server`]) with four
-//! modes ([`Balance`]). The streams implement tokio's
+//! **Status: in progress.** Today: [`TcpListener`], [`TcpStream`] (with
+//! tokio's [`tcp`] halves) and [`TcpSocket`]; [`UdpSocket`]; Unix sockets
+//! ([`UnixListener`], [`UnixStream`], [`UnixDatagram`]); host names
+//! ([`lookup_host`], [`ToSocketAddrs`]: resolved on the blocking pool);
+//! files ([`fs`]), child processes ([`process`]) and the standard streams
+//! ([`stdin`], [`stdout`], [`stderr`]), with tokio's APIs; signals
+//! ([`signal::ctrl_c`], [`signal::unix::signal`]); and balanced serving
+//! ([`Server`]) with four modes ([`Balance`]). The streams implement tokio's
 //! `AsyncRead`/`AsyncWrite` (so tokio-util codecs, `copy_bidirectional` and
 //! the other ecosystem helpers work on them); with the `futures-io` feature
 //! they also implement `futures_io::AsyncRead`/`AsyncWrite` (closing a

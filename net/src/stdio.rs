@@ -179,7 +179,10 @@ macro_rules! stream {
 
 stream!(
     /// The process's standard input, tokio's `io::Stdin`: `AsyncRead`,
-    /// each read a blocking call on the pool (see the [module docs](self)).
+    /// each read a blocking call on the pool. Such a read cannot be
+    /// cancelled: a runtime shut down while one is in flight waits for it
+    /// (tokio's caveat too); for interactive input, read stdin on a thread
+    /// of its own and send the lines over a channel.
     Stdin(io::Stdin),
     stdin,
     io::stdin()
@@ -187,8 +190,9 @@ stream!(
 
 stream!(
     /// The process's standard output, tokio's `io::Stdout`: `AsyncWrite`,
-    /// each write completing into a buffer that the pool writes out; flush
-    /// to wait for it (see the [module docs](self)).
+    /// each write completing into a buffer that the pool writes out;
+    /// `flush` waits for it and flushes std's line buffer. Flush before
+    /// exiting, or what is still buffered is lost.
     Stdout(io::Stdout),
     stdout,
     io::stdout()

@@ -160,7 +160,10 @@ fn dropping_the_set_cancels_its_tasks_on_its_thread() {
     let rt = Builder::new_current_thread().build().unwrap();
     let dropped_on = Arc::new(Mutex::new(None));
     /// Records the thread it is dropped on; the `Rc` makes it `!Send`.
-    struct OnDrop(Arc<Mutex<Option<std::thread::ThreadId>>>, #[allow(dead_code)] Rc<()>);
+    struct OnDrop(
+        Arc<Mutex<Option<std::thread::ThreadId>>>,
+        #[allow(dead_code)] Rc<()>,
+    );
     impl Drop for OnDrop {
         fn drop(&mut self) {
             *self.0.lock().unwrap() = Some(std::thread::current().id());

@@ -38,7 +38,7 @@ const DEFAULT_MAX_BUF_SIZE: usize = 2 * 1024 * 1024;
 
 /// An open file; tokio's `fs::File`. Implements tokio's `AsyncRead`,
 /// `AsyncWrite` and `AsyncSeek`, each operation a call on the runtime's
-/// blocking pool (see the [module docs](self) for the buffering).
+/// blocking pool, with tokio's buffering (see the [`fs`](crate::fs) docs).
 ///
 /// A write completes into the file's buffer: call
 /// [`flush`](tokio::io::AsyncWriteExt::flush) (or
