@@ -1,5 +1,6 @@
 //! `Handle::block_on`, `task::{id, try_id}` and tokio's `RuntimeMetrics`
 //! methods, against tokio's documented behaviour.
+#![cfg(not(loom))]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! `task::LocalSet` and `task::spawn_local`, against tokio's documented
 //! behaviour: `!Send` tasks on the thread that drives the set.
+#![cfg(not(loom))]
 
 mod common;
 

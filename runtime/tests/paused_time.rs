@@ -1,6 +1,7 @@
 //! The runtime's clock: `time::Instant`, `pause`/`resume`/`advance`,
 //! auto-advance and `start_paused`, against tokio's documented behaviour
 //! (tokio's `test-util`).
+#![cfg(not(loom))]
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;

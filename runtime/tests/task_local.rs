@@ -1,6 +1,7 @@
 //! `task_local!` and `task::LocalKey`, against tokio's documented
 //! behaviour: the value follows its task across `.await` points and across
 //! moves between workers, and is seen by nothing else.
+#![cfg(not(loom))]
 
 mod common;
 
