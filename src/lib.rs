@@ -58,29 +58,91 @@
 //!
 //! # What is here
 //! - [`runtime`]: [`Builder`](runtime::Builder), [`Runtime`](runtime::Runtime),
-//!   [`Handle`](runtime::Handle), the schedulers and metrics.
+//!   [`Handle`](runtime::Handle) (with `block_on`), the schedulers, and
+//!   [`RuntimeMetrics`](runtime::RuntimeMetrics) with tokio's method names.
 //! - [`spawn`], [`task`] (`JoinHandle`, `JoinSet`, `spawn_blocking`,
-//!   `yield_now`), [`time`] (`sleep`, `timeout`, `interval`).
+//!   `yield_now`, `LocalSet`/`spawn_local`, `id`/`try_id`, `LocalKey`),
+//!   [`task_local!`], [`time`] (`sleep`, `timeout`, `interval`, `Instant`,
+//!   paused time: `pause`, `resume`, `advance`).
 //! - [`io`] and [`sync`]: tokio's runtime-agnostic I/O traits and
-//!   synchronisation primitives, re-exported (no tokio runtime is linked).
+//!   synchronisation primitives, re-exported (no tokio runtime is linked),
+//!   and the process's standard streams (`io::stdin`, `stdout`, `stderr`).
+//! - [`fs`] (on the blocking pool) and [`process`] (children reaped by the
+//!   runtime, through pidfds in the reactor).
 //! - [`select!`], [`join!`], [`try_join!`], [`pin!`]: tokio's macros,
 //!   re-exported; they run on any executor.
-//! - [`net`]: TCP (`TcpListener`, `TcpStream`, `TcpSocket`), UDP and Unix
-//!   sockets, and balanced serving; [`signal`]: `ctrl_c` and Unix signals.
+//! - [`net`]: TCP (`TcpListener`, `TcpStream` and its `tcp` halves,
+//!   `TcpSocket`), UDP and Unix sockets, `lookup_host`, and balanced
+//!   serving; [`signal`]: `ctrl_c` and Unix signals.
 //! - [`dlb`]: the load-balancing queue itself.
 //!
 //! - [`main`] and [`test`]: `#[fulcrum::main]` and `#[fulcrum::test]`, with
-//!   tokio's options as aliases (`flavor`, `worker_threads`) besides
-//!   `workers`, `scheduler = "dlb" | "stealing" | "current"` and
-//!   `dlb = "auto" | "soft" | "hw"`. `#[fulcrum::test]` defaults to the DLB
-//!   scheduler with 2 workers, so tests exercise the real handoff path.
+//!   tokio's options as aliases (`flavor`, `worker_threads`,
+//!   `start_paused`) besides `workers`, `scheduler = "dlb" | "stealing" |
+//!   "current"` and `dlb = "auto" | "soft" | "hw"`. `#[fulcrum::test]`
+//!   defaults to the DLB scheduler with 2 workers, so tests exercise the
+//!   real handoff path (`start_paused = true` selects the current-thread
+//!   runtime, as tokio's test default).
+//!
+//! # Porting a tokio application
+//! Renaming `tokio` to `fulcrum` in paths is enough for the APIs below
+//! (`tests/ported_from_tokio_apis.rs` holds programs ported that way):
+//!
+//! | tokio | Fulcrum |
+//! |---|---|
+//! | `#[tokio::main]`, `#[tokio::test]` (`flavor`, `worker_threads`, `start_paused`) | the same options; a test's default runtime is DLB with 2 workers |
+//! | `runtime::{Builder, Runtime, Handle}`, `Handle::block_on`, `enter`, `spawn_blocking`, `Builder::start_paused` | the same |
+//! | `RuntimeMetrics`: `num_workers`, `num_alive_tasks`, `global_queue_depth`, `worker_park_count`, `worker_park_unpark_count`, `worker_total_busy_duration`, and the unstable `worker_poll_count`, `worker_local_queue_depth`, `worker_steal_count`, `spawned_tasks_count` | the same names; the global queue is the DLB queue |
+//! | `spawn`, `task::{JoinHandle, JoinSet, AbortHandle, JoinError, Id, id, try_id, yield_now, spawn_blocking}` | the same |
+//! | `task::{LocalSet, spawn_local, LocalEnterGuard}`, `task_local!`, `task::LocalKey`, `task::futures::TaskLocalFuture` | the same |
+//! | `time::{sleep, sleep_until, timeout, timeout_at, interval, interval_at, Instant, Sleep, Interval, MissedTickBehavior, error::Elapsed, pause, resume, advance}` | the same; pausing needs the current-thread runtime, as in tokio |
+//! | `net::{TcpListener, TcpStream, TcpSocket, UdpSocket, UnixListener, UnixStream, UnixDatagram, lookup_host, ToSocketAddrs}`, `net::tcp::*` and `net::unix::*` halves | the same; host names resolve on the blocking pool |
+//! | `fs::*` (functions, `File`, `OpenOptions`, `DirBuilder`, `ReadDir`, `DirEntry`) | the same, on the blocking pool |
+//! | `process::{Command, Child, ChildStdin, ChildStdout, ChildStderr}` | the same |
+//! | `io::{stdin, stdout, stderr}`, the `io-util` traits and helpers, `sync::*`, `select!`, `join!`, `try_join!`, `pin!`, `signal::{ctrl_c, unix}` | the same |
+//!
+//! Not there, and why:
+//! - `task::block_in_place`: not yet available.
+//! - `io::unix::AsyncFd` and `io::Interest`/`Ready`: not yet (the
+//!   reactor's public registration API is being reworked); the crates'
+//!   sockets, pipes and pidfds use it internally.
+//! - Pausing the clock of a multi-thread runtime: refused, as by tokio (a
+//!   worker cannot tell that the whole runtime is idle).
+//! - tokio's own `net::unix::SocketAddr` type: Fulcrum returns std's
+//!   `std::os::unix::net::SocketAddr` (same `is_unnamed`/`as_pathname`).
+//! - `Handle::runtime_flavor`, `task::unconstrained`,
+//!   `task::consume_budget`, the unstable metrics beyond those above, and
+//!   the `*_timeout` methods of `sync` (they need tokio's timer): not
+//!   provided yet; use [`Handle::is_current_thread`](runtime::Handle::is_current_thread)
+//!   and [`time::timeout`].
+//! - Differences in behaviour: `fs` and `process` calls outside a runtime
+//!   return an error instead of panicking; `LocalKey::get` needs `Clone`,
+//!   not `Copy`; `Builder::start_paused(true)` on a multi-thread builder is
+//!   a build error instead of a panic; `RuntimeMetrics`'s public fields are
+//!   a snapshot (tokio's type has none), its methods read live counters.
 
 pub use fulcrum_dlb as dlb;
 pub use fulcrum_macros::{main, test};
-pub use fulcrum_net as net;
 /// Signals: `ctrl_c()` and `unix::signal(SignalKind)`, with tokio's paths.
 pub use fulcrum_net::signal;
-pub use fulcrum_runtime::{spawn, time};
+pub use fulcrum_runtime::{spawn, task_local, time};
+
+/// Sockets, tokio's `net` module (`fulcrum-net`): besides tokio's names
+/// (`TcpListener`, `TcpStream` and the [`net::tcp`] halves, `UdpSocket`,
+/// the [`net::unix`] sockets, `lookup_host`, `ToSocketAddrs`), Fulcrum's
+/// balanced serving (`Server`, `Balance`) and, with the `hyper` feature,
+/// `net::hyper`. Host names are resolved on the blocking pool.
+pub use fulcrum_net as net;
+
+/// Files and directories, tokio's `fs` module, on the blocking pool.
+pub mod fs {
+    pub use fulcrum_net::fs::*;
+}
+
+/// Child processes, tokio's `process` module, reaped by the runtime.
+pub mod process {
+    pub use fulcrum_net::process::*;
+}
 
 /// What `#[fulcrum::main]` and `#[fulcrum::test]` expand to. Not a public
 /// API: kept stable for the macros only.
@@ -100,14 +162,20 @@ pub mod runtime {
 
 /// Tasks: tokio's `task` module.
 pub mod task {
-    pub use fulcrum_runtime::task::{AbortHandle, Id, JoinError, JoinHandle, JoinSet};
+    pub use fulcrum_runtime::task::{
+        futures, id, spawn_local, try_id, AbortHandle, AccessError, Id, JoinError, JoinHandle,
+        JoinSet, LocalEnterGuard, LocalKey, LocalSet,
+    };
     pub use fulcrum_runtime::{spawn, spawn_blocking, yield_now};
 }
 
 /// tokio's runtime-agnostic I/O traits and helpers (`AsyncRead`,
 /// `AsyncWrite`, `AsyncReadExt`, `AsyncWriteExt`, `ReadBuf`, `copy`,
-/// `split`, ...), which Fulcrum's sockets implement.
+/// `split`, ...), which Fulcrum's sockets implement, and the process's
+/// standard streams ([`stdin`](io::stdin), [`stdout`](io::stdout),
+/// [`stderr`](io::stderr)) on the blocking pool.
 pub mod io {
+    pub use fulcrum_net::{stderr, stdin, stdout, Stderr, Stdin, Stdout};
     pub use tokio::io::*;
 }
 

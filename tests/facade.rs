@@ -193,7 +193,17 @@ fn assert_no_tokio_runtime(package: &str, features: &str) {
     );
     let tree = String::from_utf8_lossy(&out.stdout);
     assert!(tree.contains("tokio feature \"io-util\""), "{tree}");
-    for forbidden in ["\"rt\"", "\"rt-multi-thread\"", "\"time\"", "\"net\""] {
+    for forbidden in [
+        "\"rt\"",
+        "\"rt-multi-thread\"",
+        "\"time\"",
+        "\"net\"",
+        "\"fs\"",
+        "\"process\"",
+        "\"io-std\"",
+        "\"signal\"",
+        "\"test-util\"",
+    ] {
         assert!(
             !tree.contains(&format!("tokio feature {forbidden}")),
             "tokio {forbidden} is enabled for users of {package} [{features}]:\n{tree}"

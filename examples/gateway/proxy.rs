@@ -373,7 +373,7 @@ impl Gateway {
         mut req: Request<Full<Bytes>>,
     ) -> Result<Response<Body>, Failure> {
         let spec = &cluster.spec;
-        let deadline = Instant::now() + spec.request_timeout;
+        let deadline = fulcrum::time::Instant::now() + spec.request_timeout;
         let worker = self.worker();
         loop {
             let (mut sender, pooled) = match self.pool.take(worker, endpoint.addr) {

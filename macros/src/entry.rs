@@ -58,18 +58,21 @@ pub(crate) struct Config {
     pub(crate) dlb: Option<DlbBackend>,
     /// `None`: `::fulcrum`.
     pub(crate) crate_path: Option<syn::Path>,
+    /// `start_paused = true`: the runtime's clock starts paused.
+    pub(crate) start_paused: bool,
 }
 
 /// Worker count of `#[fulcrum::test]` when `workers` is not given.
 pub(crate) const TEST_DEFAULT_WORKERS: usize = 2;
 
 /// The option names, as listed in messages.
-const KNOWN: [&str; 6] = [
+const KNOWN: [&str; 7] = [
     "workers",
     "worker_threads",
     "scheduler",
     "flavor",
     "dlb",
+    "start_paused",
     "crate",
 ];
 
@@ -108,6 +111,7 @@ impl Parse for RawOption {
                 "scheduler" => "\"dlb\"",
                 "flavor" => "\"multi_thread\"",
                 "dlb" => "\"auto\"",
+                "start_paused" => "true",
                 _ => "\"path::to::fulcrum\"",
             };
             return Err(syn::Error::new(
@@ -176,6 +180,7 @@ struct Seen {
     scheduler: Option<(Ident, Sched, String, usize)>,
     flavor: Option<(Ident, Sched, String, usize)>,
     dlb: Option<(Ident, DlbBackend)>,
+    start_paused: Option<(Ident, bool)>,
     crate_path: Option<(Ident, syn::Path)>,
 }
 
@@ -288,6 +293,15 @@ pub(crate) fn parse_config(args: TokenStream, kind: Kind) -> syn::Result<Config>
                     Err(e) => errors.push(e),
                 }
             }
+            "start_paused" => match ungroup(&value) {
+                Expr::Lit(syn::ExprLit {
+                    lit: Lit::Bool(b), ..
+                }) => seen.start_paused = Some((name, b.value)),
+                other => errors.push(syn::Error::new_spanned(
+                    other,
+                    format!("`{name}` expects `true` or `false`"),
+                )),
+            },
             "crate" => {
                 let parsed = match ungroup(&value) {
                     Expr::Lit(syn::ExprLit {
@@ -336,8 +350,24 @@ pub(crate) fn parse_config(args: TokenStream, kind: Kind) -> syn::Result<Config>
             *sched
         }
         (Some((_, sched, ..)), None) | (None, Some((_, sched, ..))) => *sched,
+        // A paused clock needs the current-thread runtime; with no
+        // scheduler asked for, `start_paused = true` picks it (tokio's
+        // test default), so that tokio's `#[tokio::test(start_paused =
+        // true)]` ports by renaming.
+        (None, None) if matches!(seen.start_paused, Some((_, true))) => Sched::Current,
         (None, None) => Sched::Dlb,
     };
+
+    if let Some((name, true)) = &seen.start_paused {
+        if scheduler != Sched::Current {
+            errors.push(syn::Error::new(
+                name.span(),
+                "`start_paused = true` needs the current-thread scheduler \
+                 (`flavor = \"current_thread\"`, or no scheduler option): only its clock \
+                 can be paused",
+            ));
+        }
+    }
 
     if scheduler == Sched::Current {
         if let Some((name, _)) = &seen.workers {
@@ -371,6 +401,7 @@ pub(crate) fn parse_config(args: TokenStream, kind: Kind) -> syn::Result<Config>
         workers,
         dlb: seen.dlb.map(|(_, b)| b),
         crate_path: seen.crate_path.map(|(_, p)| p),
+        start_paused: matches!(seen.start_paused, Some((_, true))),
     })
 }
 
@@ -529,6 +560,9 @@ fn generate(item: ItemFn, kind: Kind, config: &Config) -> TokenStream {
             DlbBackend::Hw => quote!(#private::Backend::Hardware { device: 0 }),
         };
         builder = quote!(#builder.dlb_backend(#backend));
+    }
+    if config.start_paused {
+        builder = quote!(#builder.start_paused(true));
     }
     let builder = quote_spanned!(last_start=> #builder.enable_all());
 
@@ -704,7 +738,7 @@ mod tests {
     fn errors() {
         assert_eq!(
             err("x = 1"),
-            "unknown option `x`; expected one of: workers, worker_threads, scheduler, flavor, dlb, crate"
+            "unknown option `x`; expected one of: workers, worker_threads, scheduler, flavor, dlb, start_paused, crate"
         );
         assert_eq!(err("workers = 0"), "`workers` must be at least 1");
         assert_eq!(
@@ -752,6 +786,39 @@ mod tests {
     }
 
     #[test]
+    fn start_paused() {
+        let c = parse("start_paused = true", Kind::Test).unwrap();
+        assert_eq!(
+            c.scheduler,
+            Sched::Current,
+            "picks the current-thread runtime"
+        );
+        assert!(c.start_paused);
+        assert_eq!(c.workers, None);
+        let c = parse(
+            "flavor = \"current_thread\", start_paused = true",
+            Kind::Main,
+        )
+        .unwrap();
+        assert!(c.start_paused);
+        let c = parse("start_paused = false", Kind::Test).unwrap();
+        assert_eq!(c.scheduler, Sched::Dlb);
+        assert!(!c.start_paused);
+        assert!(err("flavor = \"multi_thread\", start_paused = true")
+            .starts_with("`start_paused = true` needs the current-thread scheduler"));
+        assert!(err("start_paused = true, workers = 2").starts_with("`workers` cannot be set"));
+        assert_eq!(
+            err("start_paused = 1"),
+            "`start_paused` expects `true` or `false`"
+        );
+        let out = expand_str("start_paused = true", "async fn t() {}", Kind::Test);
+        assert!(
+            out.contains("new_current_thread () . start_paused (true)"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn every_error_is_reported() {
         let e = parse("workers = 0, dlb = \"x\", y = 1, workers = 2", Kind::Main).unwrap_err();
         assert_eq!(e.into_iter().count(), 4);
@@ -759,7 +826,7 @@ mod tests {
         let e = parse("workers = 0, multi_thread", Kind::Main).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown option `multi_thread`; expected one of: workers, worker_threads, scheduler, flavor, dlb, crate"
+            "unknown option `multi_thread`; expected one of: workers, worker_threads, scheduler, flavor, dlb, start_paused, crate"
         );
     }
 

@@ -12,6 +12,7 @@
 //! | `scheduler = "..."` | `"dlb"`, `"stealing"`, `"current"` | `"dlb"` |
 //! | `flavor = "..."` (tokio's spelling) | `"multi_thread"` (the `scheduler`'s choice, DLB by default), `"current_thread"` (same as `scheduler = "current"`) | `"multi_thread"` |
 //! | `dlb = "..."` | `"auto"`, `"soft"` (the software queue), `"hw"` (DLB device 0) | `"auto"`, which `FULCRUM_DLB` overrides |
+//! | `start_paused = true` | the runtime's clock starts paused (tokio's `test-util`; see `fulcrum::time::pause`); needs the current-thread scheduler, which it picks when no scheduler is given | `false` |
 //! | `crate = "path"` | where the `fulcrum` crate is, for use through a re-export | `::fulcrum` |
 //!
 //! With tokio's spellings, `#[tokio::main(flavor = "multi_thread",
@@ -100,6 +101,10 @@ use proc_macro::TokenStream;
 /// - `dlb = "auto" | "soft" | "hw"`: the DLB backend: chosen automatically
 ///   (the default), the software queue, or DLB device 0. Not with the
 ///   current-thread scheduler.
+/// - `start_paused = true`: the runtime's clock starts paused, as tokio's
+///   option (time moves only with `fulcrum::time::advance` or when the
+///   runtime is idle). Needs the current-thread scheduler; with no
+///   `scheduler`/`flavor` option it selects it.
 /// - `crate = "path"`: where the `fulcrum` crate is, when it is used
 ///   through a re-export (default `::fulcrum`).
 ///
@@ -146,7 +151,20 @@ pub fn main(args: TokenStream, item: TokenStream) -> TokenStream {
 /// The same as [`macro@main`]'s: `workers = N` (alias `worker_threads`),
 /// `scheduler = "dlb" | "stealing" | "current"`, `flavor =
 /// "multi_thread" | "current_thread"`, `dlb = "auto" | "soft" | "hw"`,
-/// `crate = "path"`.
+/// `start_paused = true | false`, `crate = "path"`.
+///
+/// `#[fulcrum::test(start_paused = true)]` runs on a current-thread
+/// runtime whose clock starts paused, as tokio's
+/// `#[tokio::test(start_paused = true)]` does:
+///
+/// ```ignore
+/// #[fulcrum::test(start_paused = true)]
+/// async fn an_hour_passes_at_once() {
+///     let start = fulcrum::time::Instant::now();
+///     fulcrum::time::sleep(std::time::Duration::from_secs(3600)).await;
+///     assert_eq!(start.elapsed(), std::time::Duration::from_secs(3600));
+/// }
+/// ```
 #[proc_macro_attribute]
 pub fn test(args: TokenStream, item: TokenStream) -> TokenStream {
     entry::expand(args.into(), item.into(), entry::Kind::Test).into()

@@ -154,3 +154,15 @@ fn main_expansions() {
     assert_eq!(main_current(&counter), Ok(7));
     assert_eq!(counter.load(Ordering::Relaxed), 1);
 }
+
+/// tokio's `start_paused`: a current-thread runtime whose clock is frozen,
+/// so an hour-long sleep completes at once, in virtual time.
+#[fulcrum_macros::test(start_paused = true)]
+async fn start_paused_freezes_the_clock() {
+    assert!(Handle::current().is_current_thread());
+    let start = fulcrum_runtime::time::Instant::now();
+    let real = std::time::Instant::now();
+    fulcrum_runtime::time::sleep(std::time::Duration::from_secs(3600)).await;
+    assert_eq!(start.elapsed(), std::time::Duration::from_secs(3600));
+    assert!(real.elapsed() < std::time::Duration::from_secs(60));
+}

@@ -250,12 +250,17 @@ impl ::hyper::rt::Timer for FulcrumTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn ::hyper::rt::Sleep>> {
-        Box::pin(HyperSleep(time::sleep_until(deadline)))
+        Box::pin(HyperSleep(time::sleep_until(deadline.into())))
+    }
+
+    /// The runtime's clock (paused with it, in a paused test).
+    fn now(&self) -> Instant {
+        time::Instant::now().into_std()
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn ::hyper::rt::Sleep>>, new_deadline: Instant) {
         match sleep.as_mut().downcast_mut_pin::<HyperSleep>() {
-            Some(ours) => Pin::new(&mut ours.get_mut().0).reset(new_deadline),
+            Some(ours) => Pin::new(&mut ours.get_mut().0).reset(new_deadline.into()),
             None => *sleep = self.sleep_until(new_deadline),
         }
     }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd};
 use std::task::{Context, Poll};
 
@@ -89,6 +89,12 @@ impl<S: AsFd> Io<S> {
     ) -> io::Result<R> {
         self.fd.try_io(dir.interest(), |_| f())
     }
+
+    /// Deregisters the socket and gives it back (to hand the fd to
+    /// someone else: a child process's stdio, say).
+    pub(crate) fn into_inner(self) -> S {
+        self.fd.into_inner()
+    }
 }
 
 impl<S: AsFd> fmt::Debug for Io<S> {
@@ -104,18 +110,6 @@ impl<S: AsFd> fmt::Debug for Io<S> {
 /// already in use".
 pub(crate) fn with_addr(op: &str, addr: impl fmt::Display, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{op} {addr}: {e}"))
-}
-
-/// The addresses `addr` resolves to; an error if none.
-pub(crate) fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
-    let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
-    if addrs.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "could not resolve to any address",
-        ));
-    }
-    Ok(addrs)
 }
 
 /// A connected mio stream socket (TCP or Unix): what the shared
@@ -200,17 +194,18 @@ pub(crate) fn shutdown_write<S: StreamSocket>(io: &Io<S>) -> Poll<io::Result<()>
     }
 }
 
-/// `AsyncRead` for a type whose `io` field derefs to a stream's `Io`:
-/// tokio's, and `futures_io`'s with the `futures-io` feature.
+/// `AsyncRead` for a type whose stream `Io` is the expression `$io` of
+/// `&$this`: tokio's, and `futures_io`'s with the `futures-io` feature.
 macro_rules! impl_async_read {
-    ($name:ident $(<$lt:lifetime>)?) => {
+    ($name:ident $(<$lt:lifetime>)?, $this:ident => $io:expr) => {
         impl$(<$lt>)? ::tokio::io::AsyncRead for $name$(<$lt>)? {
             fn poll_read(
                 self: ::std::pin::Pin<&mut Self>,
                 cx: &mut ::std::task::Context<'_>,
                 buf: &mut ::tokio::io::ReadBuf<'_>,
             ) -> ::std::task::Poll<::std::io::Result<()>> {
-                $crate::io::poll_read(&self.io, cx, buf)
+                let $this = &*self;
+                $crate::io::poll_read($io, cx, buf)
             }
         }
 
@@ -223,24 +218,27 @@ macro_rules! impl_async_read {
                 cx: &mut ::std::task::Context<'_>,
                 buf: &mut [u8],
             ) -> ::std::task::Poll<::std::io::Result<usize>> {
-                $crate::io::poll_read_slice(&self.io, cx, buf)
+                let $this = &*self;
+                $crate::io::poll_read_slice($io, cx, buf)
             }
         }
     };
 }
 
-/// `AsyncWrite` for a type whose `io` field derefs to a stream's `Io`:
-/// tokio's, and `futures_io`'s with the `futures-io` feature. Shutting it
-/// down (`poll_shutdown`, `poll_close`) shuts down the stream's write side.
+/// `AsyncWrite` for a type whose stream `Io` is the expression `$io` of
+/// `&$this`: tokio's, and `futures_io`'s with the `futures-io` feature.
+/// Shutting it down (`poll_shutdown`, `poll_close`) shuts down the
+/// stream's write side.
 macro_rules! impl_async_write {
-    ($name:ident $(<$lt:lifetime>)?) => {
+    ($name:ident $(<$lt:lifetime>)?, $this:ident => $io:expr) => {
         impl$(<$lt>)? ::tokio::io::AsyncWrite for $name$(<$lt>)? {
             fn poll_write(
                 self: ::std::pin::Pin<&mut Self>,
                 cx: &mut ::std::task::Context<'_>,
                 buf: &[u8],
             ) -> ::std::task::Poll<::std::io::Result<usize>> {
-                $crate::io::poll_write(&self.io, cx, buf)
+                let $this = &*self;
+                $crate::io::poll_write($io, cx, buf)
             }
 
             fn poll_write_vectored(
@@ -248,7 +246,8 @@ macro_rules! impl_async_write {
                 cx: &mut ::std::task::Context<'_>,
                 bufs: &[::std::io::IoSlice<'_>],
             ) -> ::std::task::Poll<::std::io::Result<usize>> {
-                $crate::io::poll_write_vectored(&self.io, cx, bufs)
+                let $this = &*self;
+                $crate::io::poll_write_vectored($io, cx, bufs)
             }
 
             fn is_write_vectored(&self) -> bool {
@@ -266,7 +265,8 @@ macro_rules! impl_async_write {
                 self: ::std::pin::Pin<&mut Self>,
                 _cx: &mut ::std::task::Context<'_>,
             ) -> ::std::task::Poll<::std::io::Result<()>> {
-                $crate::io::shutdown_write(&self.io)
+                let $this = &*self;
+                $crate::io::shutdown_write($io)
             }
         }
 
@@ -280,7 +280,8 @@ macro_rules! impl_async_write {
                 cx: &mut ::std::task::Context<'_>,
                 buf: &[u8],
             ) -> ::std::task::Poll<::std::io::Result<usize>> {
-                $crate::io::poll_write(&self.io, cx, buf)
+                let $this = &*self;
+                $crate::io::poll_write($io, cx, buf)
             }
 
             fn poll_write_vectored(
@@ -288,7 +289,8 @@ macro_rules! impl_async_write {
                 cx: &mut ::std::task::Context<'_>,
                 bufs: &[::std::io::IoSlice<'_>],
             ) -> ::std::task::Poll<::std::io::Result<usize>> {
-                $crate::io::poll_write_vectored(&self.io, cx, bufs)
+                let $this = &*self;
+                $crate::io::poll_write_vectored($io, cx, bufs)
             }
 
             fn poll_flush(
@@ -302,7 +304,8 @@ macro_rules! impl_async_write {
                 self: ::std::pin::Pin<&mut Self>,
                 _cx: &mut ::std::task::Context<'_>,
             ) -> ::std::task::Poll<::std::io::Result<()>> {
-                $crate::io::shutdown_write(&self.io)
+                let $this = &*self;
+                $crate::io::shutdown_write($io)
             }
         }
     };

@@ -1,10 +1,13 @@
 //! Fulcrum's sockets.
 //!
-//! **Status: in progress.** Today: [`TcpListener`], [`TcpStream`] and
-//! [`TcpSocket`]; [`UdpSocket`]; Unix sockets ([`UnixListener`],
-//! [`UnixStream`], [`UnixDatagram`]); signals ([`signal::ctrl_c`],
-//! [`signal::unix::signal`]); and balanced serving ([`Server`]) with four
-//! modes ([`Balance`]). The streams implement tokio's
+//! **Status: in progress.** Today: [`TcpListener`], [`TcpStream`] (with
+//! tokio's [`tcp`] halves) and [`TcpSocket`]; [`UdpSocket`]; Unix sockets
+//! ([`UnixListener`], [`UnixStream`], [`UnixDatagram`]); host names
+//! ([`lookup_host`], [`ToSocketAddrs`]: resolved on the blocking pool);
+//! files ([`fs`]), child processes ([`process`]) and the standard streams
+//! ([`stdin`], [`stdout`], [`stderr`]), with tokio's APIs; signals
+//! ([`signal::ctrl_c`], [`signal::unix::signal`]); and balanced serving
+//! ([`Server`]) with four modes ([`Balance`]). The streams implement tokio's
 //! `AsyncRead`/`AsyncWrite` (so tokio-util codecs, `copy_bidirectional` and
 //! the other ecosystem helpers work on them); with the `futures-io` feature
 //! they also implement `futures_io::AsyncRead`/`AsyncWrite` (closing a
@@ -18,21 +21,28 @@
 //! task lands on: in the DLB scheduler the spawn goes through the DLB queue
 //! while another worker is idle, so the arbiter places the connection.
 
+mod buf;
+pub mod fs;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod io;
+pub mod process;
+mod resolve;
 mod serve;
 pub mod signal;
 mod socket;
+mod stdio;
 mod sys;
-mod tcp;
+pub mod tcp;
 mod udp;
 pub mod unix;
 
+#[cfg(feature = "resolver-hook")]
+pub use resolve::hook as resolver_hook;
+pub use resolve::{lookup_host, ToSocketAddrs};
 pub use serve::{Balance, Server, Serving};
 pub use socket::TcpSocket;
-pub use tcp::{
-    OwnedReadHalf, OwnedReadHalfRef, OwnedWriteHalf, OwnedWriteHalfRef, TcpListener, TcpStream,
-};
+pub use stdio::{stderr, stdin, stdout, Stderr, Stdin, Stdout};
+pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixDatagram, UnixListener, UnixStream};

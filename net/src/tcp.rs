@@ -1,8 +1,13 @@
-//! TCP: [`TcpListener`], [`TcpStream`] and its owned halves.
+//! TCP: [`TcpListener`], [`TcpStream`], and the stream's halves with
+//! tokio's names: borrowed ([`ReadHalf`], [`WriteHalf`], from
+//! [`TcpStream::split`]) and owned ([`OwnedReadHalf`], [`OwnedWriteHalf`],
+//! from [`TcpStream::into_split`], back together with
+//! [`OwnedReadHalf::reunite`]). tokio's `tokio::net::tcp` module.
 
+use std::error::Error;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,7 +16,8 @@ use fulcrum_runtime::io::Interest;
 
 use crate::io::Direction;
 
-use crate::io::{impl_async_read, impl_async_write, resolve, with_addr, Io};
+use crate::io::{impl_async_read, impl_async_write, with_addr, Io};
+use crate::resolve::{resolve, ToSocketAddrs};
 
 /// A TCP listening socket.
 pub struct TcpListener {
@@ -29,14 +35,15 @@ impl fmt::Debug for TcpListener {
 
 impl TcpListener {
     /// Binds to `addr` (the first address that works, of those it resolves
-    /// to) and listens, with `SO_REUSEADDR` and a backlog of
+    /// to: host names are resolved on the blocking pool, see
+    /// [`ToSocketAddrs`]) and listens, with `SO_REUSEADDR` and a backlog of
     /// [`DEFAULT_BACKLOG`](Self::DEFAULT_BACKLOG).
     ///
     /// # Errors
     /// The OS error, with the address: "bind 127.0.0.1:8080: Address in use".
     pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
         let mut last = None;
-        for a in resolve(addr)? {
+        for a in resolve(addr).await? {
             match Self::bind_now(a) {
                 Ok(l) => return Ok(l),
                 Err(e) => last = Some(e),
@@ -122,7 +129,7 @@ impl AsRawFd for TcpListener {
 
 /// A TCP connection. Implements tokio's `AsyncRead` and `AsyncWrite`.
 pub struct TcpStream {
-    io: Arc<Io<mio::net::TcpStream>>,
+    io: Io<mio::net::TcpStream>,
 }
 
 impl fmt::Debug for TcpStream {
@@ -138,17 +145,19 @@ impl fmt::Debug for TcpStream {
 impl TcpStream {
     pub(crate) fn from_mio(s: mio::net::TcpStream) -> Self {
         Self {
-            io: Arc::new(Io::new(s, Interest::READABLE | Interest::WRITABLE)),
+            io: Io::new(s, Interest::READABLE | Interest::WRITABLE),
         }
     }
 
-    /// Connects to `addr` (trying each address it resolves to in turn).
+    /// Connects to `addr`, trying each address it resolves to in turn (host
+    /// names are resolved on the blocking pool, see [`ToSocketAddrs`]).
     ///
     /// # Errors
-    /// The OS error of the last attempt, with its address.
+    /// The resolver's error, or the OS error of the last attempt, with its
+    /// address.
     pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
         let mut last = None;
-        for a in resolve(addr)? {
+        for a in resolve(addr).await? {
             match Self::connect_one(a).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(with_addr("connect", a, e)),
@@ -258,23 +267,39 @@ impl TcpStream {
             .try_io(Direction::Write, || self.io.sock().write(buf))
     }
 
-    /// Splits into owned read and write halves, which can move to different
-    /// tasks.
+    /// Reads what is ready without taking it off the socket (`MSG_PEEK`):
+    /// the next read sees the same bytes. Waits until something is ready.
+    ///
+    /// # Errors
+    /// The OS error of `recv`.
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            self.io
+                .poll_io(cx, Direction::Read, || self.io.sock().peek(buf))
+        })
+        .await
+    }
+
+    /// Splits into owned halves, which can move to different tasks;
+    /// [`OwnedReadHalf::reunite`] puts them back together. Dropping the
+    /// write half shuts down the write side (see [`OwnedWriteHalf`]).
     pub fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        let inner = Arc::new(self);
         (
             OwnedReadHalf {
-                io: self.io.clone(),
+                inner: inner.clone(),
             },
-            OwnedWriteHalf { io: self.io },
+            OwnedWriteHalf {
+                inner,
+                shutdown_on_drop: true,
+            },
         )
     }
 
-    /// Borrowed halves (for `copy_bidirectional`-style code in one task).
-    pub fn split(&mut self) -> (OwnedReadHalfRef<'_>, OwnedWriteHalfRef<'_>) {
-        (
-            OwnedReadHalfRef { io: &self.io },
-            OwnedWriteHalfRef { io: &self.io },
-        )
+    /// Borrowed halves, for reading and writing at once within one task
+    /// (`copy_bidirectional`-style code); no allocation.
+    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        (ReadHalf(self), WriteHalf(self))
     }
 }
 
@@ -284,54 +309,228 @@ impl AsRawFd for TcpStream {
     }
 }
 
-/// The read half of a [`TcpStream`], from [`TcpStream::into_split`].
+/// The borrowed read half of a [`TcpStream`], from [`TcpStream::split`].
+#[derive(Debug)]
+pub struct ReadHalf<'a>(&'a TcpStream);
+
+/// The borrowed write half of a [`TcpStream`], from [`TcpStream::split`].
+/// Shutting it down shuts down the stream's write side; dropping it does
+/// not.
+#[derive(Debug)]
+pub struct WriteHalf<'a>(&'a TcpStream);
+
+/// The owned read half of a [`TcpStream`], from [`TcpStream::into_split`].
 #[derive(Debug)]
 pub struct OwnedReadHalf {
-    io: Arc<Io<mio::net::TcpStream>>,
+    inner: Arc<TcpStream>,
 }
 
-/// The write half of a [`TcpStream`], from [`TcpStream::into_split`].
-/// Shutting it down shuts down the stream's write side.
+/// The owned write half of a [`TcpStream`], from
+/// [`TcpStream::into_split`].
+///
+/// As in tokio, dropping it shuts down the stream's write side (the peer
+/// reads end-of-file), unless it was [`forget`](Self::forget)-ed or put
+/// back together with its read half; shutting it down
+/// (`AsyncWriteExt::shutdown`) does so at once.
 #[derive(Debug)]
 pub struct OwnedWriteHalf {
-    io: Arc<Io<mio::net::TcpStream>>,
+    inner: Arc<TcpStream>,
+    shutdown_on_drop: bool,
 }
 
-/// A borrowed read half of a [`TcpStream`], from [`TcpStream::split`].
+/// Returned by [`OwnedReadHalf::reunite`] when the halves come from
+/// different streams; it gives both back.
 #[derive(Debug)]
-pub struct OwnedReadHalfRef<'a> {
-    io: &'a Io<mio::net::TcpStream>,
+pub struct ReuniteError(pub OwnedReadHalf, pub OwnedWriteHalf);
+
+impl fmt::Display for ReuniteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("tried to reunite halves that are not from the same socket")
+    }
 }
 
-/// A borrowed write half of a [`TcpStream`], from [`TcpStream::split`].
-#[derive(Debug)]
-pub struct OwnedWriteHalfRef<'a> {
-    io: &'a Io<mio::net::TcpStream>,
+impl Error for ReuniteError {}
+
+impl_async_read!(TcpStream, s => &s.io);
+impl_async_write!(TcpStream, s => &s.io);
+impl_async_read!(ReadHalf<'a>, s => &s.0.io);
+impl_async_write!(WriteHalf<'a>, s => &s.0.io);
+impl_async_read!(OwnedReadHalf, s => &s.inner.io);
+impl_async_write!(OwnedWriteHalf, s => &s.inner.io);
+
+/// The methods both read halves have, over `$stream` (a `&TcpStream`).
+macro_rules! read_half_methods {
+    ($this:ident => $stream:expr) => {
+        /// The peer's address.
+        ///
+        /// # Errors
+        /// The OS error of `getpeername`.
+        pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+            let $this = self;
+            $stream.peer_addr()
+        }
+
+        /// The local address.
+        ///
+        /// # Errors
+        /// The OS error of `getsockname`.
+        pub fn local_addr(&self) -> io::Result<SocketAddr> {
+            let $this = self;
+            $stream.local_addr()
+        }
+
+        /// Waits until the stream is readable.
+        ///
+        /// # Errors
+        /// If the stream cannot be registered with the reactor.
+        pub async fn readable(&self) -> io::Result<()> {
+            let $this = self;
+            $stream.readable().await
+        }
+
+        /// Reads without waiting: `WouldBlock` if nothing is ready.
+        ///
+        /// # Errors
+        /// The OS error of `read`, or `WouldBlock`.
+        pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+            let $this = self;
+            $stream.try_read(buf)
+        }
+
+        /// Reads what is ready without taking it off the socket; see
+        /// [`TcpStream::peek`].
+        ///
+        /// # Errors
+        /// The OS error of `recv`.
+        pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+            let $this = self;
+            $stream.peek(buf).await
+        }
+    };
 }
 
-impl_async_read!(TcpStream);
-impl_async_write!(TcpStream);
-impl_async_read!(OwnedReadHalf);
-impl_async_write!(OwnedWriteHalf);
-impl_async_read!(OwnedReadHalfRef<'a>);
-impl_async_write!(OwnedWriteHalfRef<'a>);
+/// The methods both write halves have, over `$stream` (a `&TcpStream`).
+macro_rules! write_half_methods {
+    ($this:ident => $stream:expr) => {
+        /// The peer's address.
+        ///
+        /// # Errors
+        /// The OS error of `getpeername`.
+        pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+            let $this = self;
+            $stream.peer_addr()
+        }
+
+        /// The local address.
+        ///
+        /// # Errors
+        /// The OS error of `getsockname`.
+        pub fn local_addr(&self) -> io::Result<SocketAddr> {
+            let $this = self;
+            $stream.local_addr()
+        }
+
+        /// Waits until the stream is writable.
+        ///
+        /// # Errors
+        /// If the stream cannot be registered with the reactor.
+        pub async fn writable(&self) -> io::Result<()> {
+            let $this = self;
+            $stream.writable().await
+        }
+
+        /// Writes without waiting: `WouldBlock` if the socket is full.
+        ///
+        /// # Errors
+        /// The OS error of `write`, or `WouldBlock`.
+        pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+            let $this = self;
+            $stream.try_write(buf)
+        }
+    };
+}
+
+impl ReadHalf<'_> {
+    read_half_methods!(h => h.0);
+}
+
+impl WriteHalf<'_> {
+    write_half_methods!(h => h.0);
+}
 
 impl OwnedReadHalf {
-    /// The peer's address.
+    read_half_methods!(h => h.inner);
+
+    /// Puts the stream back together from its two halves.
     ///
     /// # Errors
-    /// The OS error of `getpeername`.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock().peer_addr()
+    /// [`ReuniteError`], with both halves, if they come from different
+    /// streams.
+    pub fn reunite(self, other: OwnedWriteHalf) -> Result<TcpStream, ReuniteError> {
+        reunite(self, other)
     }
 }
 
 impl OwnedWriteHalf {
-    /// The peer's address.
+    write_half_methods!(h => h.inner);
+
+    /// Puts the stream back together; see [`OwnedReadHalf::reunite`].
     ///
     /// # Errors
-    /// The OS error of `getpeername`.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.sock().peer_addr()
+    /// [`ReuniteError`] if the halves come from different streams.
+    pub fn reunite(self, other: OwnedReadHalf) -> Result<TcpStream, ReuniteError> {
+        reunite(other, self)
+    }
+
+    /// Drops the half without shutting down the write side.
+    pub fn forget(mut self) {
+        self.shutdown_on_drop = false;
+    }
+}
+
+fn reunite(read: OwnedReadHalf, mut write: OwnedWriteHalf) -> Result<TcpStream, ReuniteError> {
+    if !Arc::ptr_eq(&read.inner, &write.inner) {
+        return Err(ReuniteError(read, write));
+    }
+    write.shutdown_on_drop = false;
+    drop(write);
+    match Arc::try_unwrap(read.inner) {
+        Ok(stream) => Ok(stream),
+        // The two halves held the only references, and one is gone.
+        Err(_) => unreachable!("reunite: a third reference to a split TcpStream"),
+    }
+}
+
+impl Drop for OwnedWriteHalf {
+    fn drop(&mut self) {
+        if self.shutdown_on_drop {
+            // As tokio: the peer reads end-of-file. A socket already shut
+            // down or reset has nothing left to shut.
+            let _ = self.inner.io.sock().shutdown(Shutdown::Write);
+        }
+    }
+}
+
+impl AsRef<TcpStream> for ReadHalf<'_> {
+    fn as_ref(&self) -> &TcpStream {
+        self.0
+    }
+}
+
+impl AsRef<TcpStream> for WriteHalf<'_> {
+    fn as_ref(&self) -> &TcpStream {
+        self.0
+    }
+}
+
+impl AsRef<TcpStream> for OwnedReadHalf {
+    fn as_ref(&self) -> &TcpStream {
+        &self.inner
+    }
+}
+
+impl AsRef<TcpStream> for OwnedWriteHalf {
+    fn as_ref(&self) -> &TcpStream {
+        &self.inner
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::task::{Context, Poll};
 
@@ -11,7 +11,8 @@ use fulcrum_runtime::io::Interest;
 use crate::io::Direction;
 use tokio::io::ReadBuf;
 
-use crate::io::{resolve, with_addr, Io};
+use crate::io::{with_addr, Io};
+use crate::resolve::{resolve, ToSocketAddrs};
 
 /// A UDP socket. tokio's `UdpSocket`: every operation takes `&self`, so
 /// the socket can be shared (in an `Arc`) by a sending and a receiving task.
@@ -52,13 +53,14 @@ impl UdpSocket {
     }
 
     /// Binds to `addr` (the first address that works, of those it resolves
-    /// to).
+    /// to; host names are resolved on the blocking pool, see
+    /// [`ToSocketAddrs`](crate::ToSocketAddrs)).
     ///
     /// # Errors
     /// The OS error, with the address: "bind 127.0.0.1:5353: Address in use".
     pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
         let mut last = None;
-        for a in resolve(addr)? {
+        for a in resolve(addr).await? {
             match mio::net::UdpSocket::bind(a) {
                 Ok(s) => return Ok(Self::from_mio(s)),
                 Err(e) => last = Some(with_addr("bind", a, e)),
@@ -84,7 +86,7 @@ impl UdpSocket {
     /// The OS error, with the address.
     pub async fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<()> {
         let mut last = None;
-        for a in resolve(addr)? {
+        for a in resolve(addr).await? {
             match self.io.sock().connect(a) {
                 Ok(()) => return Ok(()),
                 Err(e) => last = Some(with_addr("connect", a, e)),
@@ -150,12 +152,13 @@ impl UdpSocket {
         Poll::Ready(Ok(()))
     }
 
-    /// Sends a datagram to `target` (its first address).
+    /// Sends a datagram to `target` (its first address; a host name is
+    /// resolved on the blocking pool).
     ///
     /// # Errors
     /// The OS error of `sendto`, or a resolution error.
     pub async fn send_to(&self, buf: &[u8], target: impl ToSocketAddrs) -> io::Result<usize> {
-        let target = resolve(target)?[0];
+        let target = resolve(target).await?[0];
         std::future::poll_fn(|cx| self.poll_send_to(cx, buf, target)).await
     }
 

@@ -1,8 +1,13 @@
-//! Unix domain sockets: [`UnixListener`], [`UnixStream`] and its halves,
-//! [`UnixDatagram`]. Their addresses are std's [`SocketAddr`].
+//! Unix domain sockets: [`UnixListener`], [`UnixStream`] and its halves
+//! with tokio's names ([`ReadHalf`], [`WriteHalf`], [`OwnedReadHalf`],
+//! [`OwnedWriteHalf`], [`ReuniteError`]), [`UnixDatagram`]. Their
+//! addresses are std's [`SocketAddr`] (tokio wraps it in a type of its own
+//! with the same `is_unnamed` and `as_pathname`).
 
+use std::error::Error;
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::SocketAddr;
 use std::path::Path;
@@ -99,7 +104,7 @@ impl AsFd for UnixListener {
 /// A Unix stream connection. Implements tokio's `AsyncRead` and
 /// `AsyncWrite`.
 pub struct UnixStream {
-    io: Arc<Io<mio::net::UnixStream>>,
+    io: Io<mio::net::UnixStream>,
 }
 
 impl fmt::Debug for UnixStream {
@@ -115,7 +120,7 @@ impl fmt::Debug for UnixStream {
 impl UnixStream {
     fn from_mio(s: mio::net::UnixStream) -> Self {
         Self {
-            io: Arc::new(Io::new(s, Interest::READABLE | Interest::WRITABLE)),
+            io: Io::new(s, Interest::READABLE | Interest::WRITABLE),
         }
     }
 
@@ -216,23 +221,26 @@ impl UnixStream {
             .try_io(Direction::Write, || self.io.sock().write(buf))
     }
 
-    /// Splits into owned read and write halves, which can move to different
-    /// tasks.
+    /// Splits into owned halves, which can move to different tasks;
+    /// [`OwnedReadHalf::reunite`] puts them back together. Dropping the
+    /// write half shuts down the write side (see [`OwnedWriteHalf`]).
     pub fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        let inner = Arc::new(self);
         (
             OwnedReadHalf {
-                io: self.io.clone(),
+                inner: inner.clone(),
             },
-            OwnedWriteHalf { io: self.io },
+            OwnedWriteHalf {
+                inner,
+                shutdown_on_drop: true,
+            },
         )
     }
 
-    /// Borrowed halves (for `copy_bidirectional`-style code in one task).
-    pub fn split(&mut self) -> (OwnedReadHalfRef<'_>, OwnedWriteHalfRef<'_>) {
-        (
-            OwnedReadHalfRef { io: &self.io },
-            OwnedWriteHalfRef { io: &self.io },
-        )
+    /// Borrowed halves, for reading and writing at once within one task
+    /// (`copy_bidirectional`-style code); no allocation.
+    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        (ReadHalf(self), WriteHalf(self))
     }
 }
 
@@ -248,37 +256,211 @@ impl AsFd for UnixStream {
     }
 }
 
-/// The read half of a [`UnixStream`], from [`UnixStream::into_split`].
+/// The borrowed read half of a [`UnixStream`], from [`UnixStream::split`].
+#[derive(Debug)]
+pub struct ReadHalf<'a>(&'a UnixStream);
+
+/// The borrowed write half of a [`UnixStream`], from
+/// [`UnixStream::split`]. Shutting it down shuts down the stream's write
+/// side; dropping it does not.
+#[derive(Debug)]
+pub struct WriteHalf<'a>(&'a UnixStream);
+
+/// The owned read half of a [`UnixStream`], from
+/// [`UnixStream::into_split`].
 #[derive(Debug)]
 pub struct OwnedReadHalf {
-    io: Arc<Io<mio::net::UnixStream>>,
+    inner: Arc<UnixStream>,
 }
 
-/// The write half of a [`UnixStream`], from [`UnixStream::into_split`].
-/// Shutting it down shuts down the stream's write side.
+/// The owned write half of a [`UnixStream`], from
+/// [`UnixStream::into_split`].
+///
+/// As in tokio, dropping it shuts down the stream's write side (the peer
+/// reads end-of-file), unless it was [`forget`](Self::forget)-ed or put
+/// back together with its read half.
 #[derive(Debug)]
 pub struct OwnedWriteHalf {
-    io: Arc<Io<mio::net::UnixStream>>,
+    inner: Arc<UnixStream>,
+    shutdown_on_drop: bool,
 }
 
-/// A borrowed read half of a [`UnixStream`], from [`UnixStream::split`].
+/// Returned by [`OwnedReadHalf::reunite`] when the halves come from
+/// different streams; it gives both back.
 #[derive(Debug)]
-pub struct OwnedReadHalfRef<'a> {
-    io: &'a Io<mio::net::UnixStream>,
+pub struct ReuniteError(pub OwnedReadHalf, pub OwnedWriteHalf);
+
+impl fmt::Display for ReuniteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("tried to reunite halves that are not from the same socket")
+    }
 }
 
-/// A borrowed write half of a [`UnixStream`], from [`UnixStream::split`].
-#[derive(Debug)]
-pub struct OwnedWriteHalfRef<'a> {
-    io: &'a Io<mio::net::UnixStream>,
+impl Error for ReuniteError {}
+
+impl_async_read!(UnixStream, s => &s.io);
+impl_async_write!(UnixStream, s => &s.io);
+impl_async_read!(ReadHalf<'a>, s => &s.0.io);
+impl_async_write!(WriteHalf<'a>, s => &s.0.io);
+impl_async_read!(OwnedReadHalf, s => &s.inner.io);
+impl_async_write!(OwnedWriteHalf, s => &s.inner.io);
+
+/// The address methods every half has, over `$stream` (a `&UnixStream`).
+macro_rules! half_addrs {
+    ($this:ident => $stream:expr) => {
+        /// The peer's address.
+        ///
+        /// # Errors
+        /// The OS error of `getpeername`.
+        pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+            let $this = self;
+            $stream.peer_addr()
+        }
+
+        /// The local address.
+        ///
+        /// # Errors
+        /// The OS error of `getsockname`.
+        pub fn local_addr(&self) -> io::Result<SocketAddr> {
+            let $this = self;
+            $stream.local_addr()
+        }
+    };
 }
 
-impl_async_read!(UnixStream);
-impl_async_write!(UnixStream);
-impl_async_read!(OwnedReadHalf);
-impl_async_write!(OwnedWriteHalf);
-impl_async_read!(OwnedReadHalfRef<'a>);
-impl_async_write!(OwnedWriteHalfRef<'a>);
+/// The readiness methods of the read halves.
+macro_rules! read_half_methods {
+    ($this:ident => $stream:expr) => {
+        half_addrs!($this => $stream);
+
+        /// Waits until the stream is readable.
+        ///
+        /// # Errors
+        /// If the stream cannot be registered with the reactor.
+        pub async fn readable(&self) -> io::Result<()> {
+            let $this = self;
+            $stream.readable().await
+        }
+
+        /// Reads without waiting: `WouldBlock` if nothing is ready.
+        ///
+        /// # Errors
+        /// The OS error of `read`, or `WouldBlock`.
+        pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+            let $this = self;
+            $stream.try_read(buf)
+        }
+    };
+}
+
+/// The readiness methods of the write halves.
+macro_rules! write_half_methods {
+    ($this:ident => $stream:expr) => {
+        half_addrs!($this => $stream);
+
+        /// Waits until the stream is writable.
+        ///
+        /// # Errors
+        /// If the stream cannot be registered with the reactor.
+        pub async fn writable(&self) -> io::Result<()> {
+            let $this = self;
+            $stream.writable().await
+        }
+
+        /// Writes without waiting: `WouldBlock` if the socket is full.
+        ///
+        /// # Errors
+        /// The OS error of `write`, or `WouldBlock`.
+        pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+            let $this = self;
+            $stream.try_write(buf)
+        }
+    };
+}
+
+impl ReadHalf<'_> {
+    read_half_methods!(h => h.0);
+}
+
+impl WriteHalf<'_> {
+    write_half_methods!(h => h.0);
+}
+
+impl OwnedReadHalf {
+    read_half_methods!(h => h.inner);
+
+    /// Puts the stream back together from its two halves.
+    ///
+    /// # Errors
+    /// [`ReuniteError`], with both halves, if they come from different
+    /// streams.
+    pub fn reunite(self, other: OwnedWriteHalf) -> Result<UnixStream, ReuniteError> {
+        reunite(self, other)
+    }
+}
+
+impl OwnedWriteHalf {
+    write_half_methods!(h => h.inner);
+
+    /// Puts the stream back together; see [`OwnedReadHalf::reunite`].
+    ///
+    /// # Errors
+    /// [`ReuniteError`] if the halves come from different streams.
+    pub fn reunite(self, other: OwnedReadHalf) -> Result<UnixStream, ReuniteError> {
+        reunite(other, self)
+    }
+
+    /// Drops the half without shutting down the write side.
+    pub fn forget(mut self) {
+        self.shutdown_on_drop = false;
+    }
+}
+
+fn reunite(read: OwnedReadHalf, mut write: OwnedWriteHalf) -> Result<UnixStream, ReuniteError> {
+    if !Arc::ptr_eq(&read.inner, &write.inner) {
+        return Err(ReuniteError(read, write));
+    }
+    write.shutdown_on_drop = false;
+    drop(write);
+    match Arc::try_unwrap(read.inner) {
+        Ok(stream) => Ok(stream),
+        // The two halves held the only references, and one is gone.
+        Err(_) => unreachable!("reunite: a third reference to a split UnixStream"),
+    }
+}
+
+impl Drop for OwnedWriteHalf {
+    fn drop(&mut self) {
+        if self.shutdown_on_drop {
+            // As tokio: the peer reads end-of-file.
+            let _ = self.inner.io.sock().shutdown(Shutdown::Write);
+        }
+    }
+}
+
+impl AsRef<UnixStream> for ReadHalf<'_> {
+    fn as_ref(&self) -> &UnixStream {
+        self.0
+    }
+}
+
+impl AsRef<UnixStream> for WriteHalf<'_> {
+    fn as_ref(&self) -> &UnixStream {
+        self.0
+    }
+}
+
+impl AsRef<UnixStream> for OwnedReadHalf {
+    fn as_ref(&self) -> &UnixStream {
+        &self.inner
+    }
+}
+
+impl AsRef<UnixStream> for OwnedWriteHalf {
+    fn as_ref(&self) -> &UnixStream {
+        &self.inner
+    }
+}
 
 /// A Unix datagram socket, bound to a path, unbound, or one of a pair.
 ///

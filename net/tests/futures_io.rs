@@ -33,16 +33,16 @@ fn every_stream_type_has_both_traits() {
     fn both_w<T: futures_io::AsyncWrite + tokio::io::AsyncWrite>() {}
     both::<TcpStream>();
     both_w::<TcpStream>();
-    both::<fulcrum_net::OwnedReadHalf>();
-    both_w::<fulcrum_net::OwnedWriteHalf>();
-    both::<fulcrum_net::OwnedReadHalfRef<'static>>();
-    both_w::<fulcrum_net::OwnedWriteHalfRef<'static>>();
+    both::<fulcrum_net::tcp::OwnedReadHalf>();
+    both_w::<fulcrum_net::tcp::OwnedWriteHalf>();
+    both::<fulcrum_net::tcp::ReadHalf<'static>>();
+    both_w::<fulcrum_net::tcp::WriteHalf<'static>>();
     both::<UnixStream>();
     both_w::<UnixStream>();
     both::<fulcrum_net::unix::OwnedReadHalf>();
     both_w::<fulcrum_net::unix::OwnedWriteHalf>();
-    both::<fulcrum_net::unix::OwnedReadHalfRef<'static>>();
-    both_w::<fulcrum_net::unix::OwnedWriteHalfRef<'static>>();
+    both::<fulcrum_net::unix::ReadHalf<'static>>();
+    both_w::<fulcrum_net::unix::WriteHalf<'static>>();
 }
 
 #[test]

@@ -18,6 +18,26 @@ pub(crate) fn current() -> Option<Handle> {
     CURRENT.with(|c| c.borrow().clone())
 }
 
+/// Runs `f` with the handle of the runtime this thread is in, borrowed
+/// (no clone); `None` outside a runtime, or while the thread's locals are
+/// torn down.
+pub(crate) fn with_current<R>(f: impl FnOnce(Option<&Handle>) -> R) -> R {
+    let mut f = Some(f);
+    let mut out = None;
+    let _ = CURRENT.try_with(|c| {
+        if let Ok(handle) = c.try_borrow() {
+            if let Some(f) = f.take() {
+                out = Some(f(handle.as_ref()));
+            }
+        }
+    });
+    match (out, f) {
+        (Some(r), _) => r,
+        (None, Some(f)) => f(None),
+        (None, None) => unreachable!("with_current: `f` is taken only to produce `out`"),
+    }
+}
+
 /// Restores the previous context when dropped.
 pub(crate) struct EnterGuard {
     previous: Option<Handle>,

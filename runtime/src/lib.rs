@@ -7,7 +7,11 @@
 //! current-thread runtime), [`spawn`], [`JoinHandle`] (await, abort,
 //! `is_finished`), [`JoinError`], [`JoinSet`], [`spawn_blocking`] (the
 //! blocking pool), [`yield_now`], [`time`] (`sleep`, `timeout`,
-//! `interval`), [`Handle::metrics`], per-worker reactors and the interface
+//! `interval`, the runtime's clock: [`time::Instant`], [`time::pause`],
+//! [`time::advance`], auto-advance, [`Builder::start_paused`]),
+//! [`task_local!`], [`task::LocalSet`] and [`task::spawn_local`],
+//! [`task::id`], [`Handle::block_on`], [`Handle::metrics`] (tokio's
+//! `RuntimeMetrics` methods), per-worker reactors and the interface
 //! `fulcrum-net` builds on ([`io::Registration`]), the rescue of a busy
 //! worker's ready I/O by idle workers ([`Builder::rescue_interval`]), and
 //! shutdown that cancels every live task. A cooperative budget (128
@@ -79,7 +83,9 @@ use std::task::{Context, Poll};
 #[cfg(not(loom))]
 pub use blocking::spawn_blocking;
 #[cfg(not(loom))]
-pub use metrics::{RuntimeMetrics, WorkerMetrics};
+pub use metrics::live::RuntimeMetrics;
+#[cfg(not(loom))]
+pub use metrics::WorkerMetrics;
 #[cfg(not(loom))]
 pub use runtime::{
     Builder, ConnectionGuard, EnterGuard, Handle, Runtime, Scheduler, TryCurrentError,

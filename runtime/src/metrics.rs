@@ -1,6 +1,16 @@
 //! Per-worker counters, exposed by [`Handle::metrics`](crate::Handle::metrics).
+//!
+//! Two types: the schedulers build a [`SchedulerReport`] (under the name
+//! `RuntimeMetrics` inside the crate), and [`Handle::metrics`] wraps it in
+//! the public [`live::RuntimeMetrics`], which adds tokio's methods over the
+//! live counters.
+//!
+//! [`Handle::metrics`]: crate::Handle::metrics
+
+pub(crate) mod live;
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use crate::loom::AtomicU64;
 
@@ -34,9 +44,6 @@ pub struct WorkerMetrics {
     /// another runtime thread's, because the task using them now runs here
     /// (see [`io`](crate::io)).
     pub io_moved_in: u64,
-    /// Nanoseconds this worker spent polling tasks (from the start of each
-    /// poll to its return), since it started.
-    pub busy_ns: u64,
     /// Events scheduled to this worker's DLB port and not yet released (in
     /// its CQ, or received and not yet run), as the port last published.
     pub dlb_in_flight: u64,
@@ -44,33 +51,25 @@ pub struct WorkerMetrics {
     /// them through [`Handle::track_connection`](crate::Handle::track_connection)
     /// (`fulcrum-net`'s `Server` does).
     pub open_connections: u64,
+    /// Time this worker spent polling tasks (from the start of each poll
+    /// to its return), since it started.
+    pub busy_duration: Duration,
 }
 
-/// Counters of a whole runtime.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RuntimeMetrics {
+/// What a scheduler reports to [`Handle::metrics`](crate::Handle::metrics);
+/// the schedulers build it as `RuntimeMetrics`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SchedulerReport {
     /// One entry per worker thread (one for the current-thread scheduler).
-    pub workers: Vec<WorkerMetrics>,
-    /// Remote spawns and wakes (from threads that are not workers) that
-    /// fell back to the shared overflow queue because a DLB send came up
-    /// short.
-    pub remote_fallbacks: u64,
+    pub(crate) workers: Vec<WorkerMetrics>,
+    /// See [`live::RuntimeMetrics::remote_fallbacks`].
+    pub(crate) remote_fallbacks: u64,
     /// Tasks alive (spawned and not yet completed).
-    pub alive_tasks: u64,
+    pub(crate) alive_tasks: u64,
 }
 
-impl RuntimeMetrics {
-    /// Number of worker threads.
-    pub fn num_workers(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// Task polls summed over the workers.
-    pub fn total_tasks_polled(&self) -> u64 {
-        self.workers.iter().map(|w| w.tasks_polled).sum()
-    }
-}
+/// The name the schedulers build their report under.
+pub(crate) type RuntimeMetrics = SchedulerReport;
 
 /// The live counters of one worker. Written by that worker only (plain
 /// load + store), read by anyone. Aligned to its own cache lines (128
@@ -90,6 +89,7 @@ pub(crate) struct WorkerCounters {
     pub(crate) steals: AtomicU64,
     pub(crate) io_resources: AtomicU64,
     pub(crate) io_rescued: AtomicU64,
+    /// Nanoseconds this worker spent polling tasks.
     pub(crate) busy_ns: AtomicU64,
 }
 
@@ -97,6 +97,14 @@ impl WorkerCounters {
     /// Adds `n`; only the owning worker calls this.
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Adds `busy` to the busy time; only the owning worker calls this.
+    pub(crate) fn add_busy(&self, busy: Duration) {
+        Self::add(
+            &self.busy_ns,
+            u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX),
+        );
     }
 
     pub(crate) fn snapshot(&self) -> WorkerMetrics {
@@ -111,9 +119,9 @@ impl WorkerCounters {
             io_resources: self.io_resources.load(Relaxed),
             io_rescued: self.io_rescued.load(Relaxed),
             io_moved_in: 0,
-            busy_ns: self.busy_ns.load(Relaxed),
             dlb_in_flight: 0,
             open_connections: 0,
+            busy_duration: Duration::from_nanos(self.busy_ns.load(Relaxed)),
         }
     }
 }

@@ -3,6 +3,12 @@
 //! mio `Waker`. If the poller cannot be created (for example when the
 //! process is out of file descriptors), it falls back to parking the thread:
 //! timers and tasks still work, I/O registered on that thread does not.
+//!
+//! The timers of a `block_on` thread run on its runtime's clock. The thread
+//! that drives a current-thread runtime also *auto-advances* a paused clock
+//! (see [`crate::time`]): when it would sleep, it first dispatches the I/O
+//! that is ready, and if there was none, moves the clock to the next
+//! timer's deadline and fires it instead of sleeping.
 
 use std::io;
 use std::sync::Arc;
@@ -14,6 +20,7 @@ use mio::{Events, Poll, Token};
 
 use crate::io::reactor::{self, Reactor, ReactorGuard};
 use crate::time::driver::{self, DriverGuard};
+use crate::time::Clock;
 
 const WAKER_TOKEN: Token = Token(1);
 
@@ -54,27 +61,33 @@ struct MioParker {
 pub(crate) struct Parker {
     mio: Option<MioParker>,
     unparker: Unparker,
+    /// The runtime's clock, which this thread's timers run on.
+    clock: Arc<Clock>,
+    /// Whether this thread drives its runtime (a current-thread runtime's
+    /// `block_on`): only then does it auto-advance a paused clock.
+    auto_advance: bool,
     _timers: DriverGuard,
 }
 
 impl Parker {
-    /// A parker for the current thread; installs its reactor and timers.
-    pub(crate) fn new() -> Self {
-        let timers = driver::install();
-        match Self::mio() {
-            Ok((mio, waker)) => Parker {
-                mio: Some(mio),
-                unparker: Unparker::Mio(waker),
-                _timers: timers,
-            },
+    /// A parker for the current thread; installs its reactor and its
+    /// timers on `clock`. `auto_advance`: this thread drives a
+    /// current-thread runtime, and auto-advances its clock when paused.
+    pub(crate) fn new(clock: Arc<Clock>, auto_advance: bool) -> Self {
+        let timers = driver::install_with_clock(clock.clone());
+        let (mio, unparker) = match Self::mio() {
+            Ok((mio, waker)) => (Some(mio), Unparker::Mio(waker)),
             Err(e) => {
                 tracing::warn!("block_on: no poller ({e}); I/O on this thread is unavailable");
-                Parker {
-                    mio: None,
-                    unparker: Unparker::Thread(thread::current()),
-                    _timers: timers,
-                }
+                (None, Unparker::Thread(thread::current()))
             }
+        };
+        Parker {
+            mio,
+            unparker,
+            clock,
+            auto_advance,
+            _timers: timers,
         }
     }
 
@@ -105,9 +118,13 @@ impl Parker {
 
     /// Dispatches the I/O events that are ready now, without sleeping (the
     /// current-thread scheduler's maintenance between batches of tasks).
-    pub(crate) fn poll_now(&mut self) {
-        if let Some(m) = &mut self.mio {
-            poll_and_dispatch(&mut m.poll, &mut m.events, &m.reactor, Some(Duration::ZERO));
+    /// Returns how many events it dispatched.
+    pub(crate) fn poll_now(&mut self) -> usize {
+        match &mut self.mio {
+            Some(m) => {
+                poll_dispatch_count(&mut m.poll, &mut m.events, &m.reactor, Some(Duration::ZERO))
+            }
+            None => 0,
         }
     }
 
@@ -115,6 +132,19 @@ impl Parker {
     pub(crate) fn park(&mut self) {
         if self.fire_timers() {
             return;
+        }
+        if self.auto_advance && self.clock.can_auto_advance() {
+            // Idle on a paused clock: ready I/O first, then time jumps to
+            // the next timer rather than waiting for it.
+            if self.poll_now() > 0 {
+                return;
+            }
+            if let Some(next) = driver::next_deadline() {
+                self.clock.advance_to(next);
+                self.fire_timers();
+                return;
+            }
+            // No timer to jump to: wait for a wake-up or I/O.
         }
         let timeout = driver::next_timeout();
         match &mut self.mio {
@@ -135,14 +165,24 @@ pub(crate) fn poll_and_dispatch(
     reactor: &Reactor,
     timeout: Option<Duration>,
 ) {
+    poll_dispatch_count(poll, events, reactor, timeout);
+}
+
+/// [`poll_and_dispatch`], returning how many I/O events it dispatched.
+fn poll_dispatch_count(
+    poll: &mut Poll,
+    events: &mut Events,
+    reactor: &Reactor,
+    timeout: Option<Duration>,
+) -> usize {
     reactor.release_pending();
     if let Err(e) = poll.poll(events, timeout) {
         if e.kind() != io::ErrorKind::Interrupted {
             tracing::warn!("poll: {e}");
         }
-        return;
+        return 0;
     }
-    reactor.dispatch(events);
+    reactor.dispatch(events)
 }
 
 /// A `timerfd` registered in a worker's `Poll`, for sleeps shorter than a

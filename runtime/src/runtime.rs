@@ -13,9 +13,10 @@ use fulcrum_dlb::{Backend, Domain};
 
 use crate::blocking::{self, BlockingPool};
 use crate::loom::Arc;
-use crate::metrics::RuntimeMetrics;
+use crate::metrics::WorkerCounters;
 use crate::scheduler::{current, multi};
 use crate::task::JoinHandle;
+use crate::time::Clock;
 
 /// How a multi-thread runtime moves work between its workers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,6 +70,7 @@ pub struct Builder {
     lifo_slot: bool,
     dlb_credits: Option<u32>,
     dlb_cq_depth: Option<u32>,
+    start_paused: bool,
 }
 
 impl fmt::Debug for Builder {
@@ -83,6 +85,7 @@ impl fmt::Debug for Builder {
             .field("dlb_credits", &self.dlb_credits)
             .field("dlb_cq_depth", &self.dlb_cq_depth)
             .field("tuning", &self.tuning)
+            .field("start_paused", &self.start_paused)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +110,7 @@ impl Builder {
             lifo_slot: true,
             dlb_credits: None,
             dlb_cq_depth: None,
+            start_paused: false,
         }
     }
 
@@ -183,6 +187,20 @@ impl Builder {
 
     /// Accepted for tokio compatibility; timers are always enabled.
     pub fn enable_time(&mut self) -> &mut Self {
+        self
+    }
+
+    /// Whether the runtime's clock starts paused (default `false`), as
+    /// tokio's `test-util` option: [`Instant::now`](crate::time::Instant::now)
+    /// stands still, moves with [`time::advance`](crate::time::advance),
+    /// and jumps to the next timer whenever the runtime is idle (see
+    /// [`crate::time`]).
+    ///
+    /// Only the current-thread runtime's clock can be paused, as in tokio:
+    /// [`build`](Self::build) refuses `start_paused(true)` on a
+    /// multi-thread builder (an `InvalidInput` error where tokio panics).
+    pub fn start_paused(&mut self, start_paused: bool) -> &mut Self {
+        self.start_paused = start_paused;
         self
     }
 
@@ -327,9 +345,10 @@ impl Builder {
     /// A worker count of 0 or above 63, `max_blocking_threads(0)`, a
     /// [`dlb_credits`](Self::dlb_credits) or
     /// [`dlb_cq_depth`](Self::dlb_cq_depth) out of range (`InvalidInput`,
-    /// naming the setting), a DLB domain that cannot be built (for example `FULCRUM_DLB=hw` on a
-    /// machine without a device), or an OS error creating threads, pollers
-    /// or eventfds.
+    /// naming the setting), [`start_paused(true)`](Self::start_paused) on a
+    /// multi-thread builder (`InvalidInput`), a DLB domain that cannot be
+    /// built (for example `FULCRUM_DLB=hw` on a machine without a device),
+    /// or an OS error creating threads, pollers or eventfds.
     pub fn build(&mut self) -> io::Result<Runtime> {
         if self.max_blocking_threads == 0 {
             return Err(io::Error::new(
@@ -343,15 +362,28 @@ impl Builder {
                 "event_interval(0): a worker needs at least 1 tick between maintenance steps",
             ));
         }
+        if self.start_paused && self.flavor == Flavor::MultiThread {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "start_paused(true) needs the current-thread runtime \
+                 (`Builder::new_current_thread()`): only its clock can be paused",
+            ));
+        }
         let blocking = BlockingPool::new(self.max_blocking_threads, self.keep_alive);
         match self.flavor {
             Flavor::CurrentThread => {
                 let shared = current::Shared::new();
+                let clock = std::sync::Arc::new(Clock::new(true));
+                if self.start_paused {
+                    clock.pause().map_err(io::Error::other)?;
+                }
                 Ok(Runtime {
                     handle: Handle {
                         inner: Inner::Current(shared),
                         blocking,
                         connections: ConnectionCounts::new(1),
+                        clock,
+                        domain: None,
                     },
                     workers: Vec::new(),
                 })
@@ -421,6 +453,7 @@ impl Builder {
         }
         let domain = builder.build()?;
         let backend = domain.backend();
+        let metrics_domain = domain.clone();
         let threads = multi::ThreadConfig {
             stealing: self.scheduler == Scheduler::WorkStealing,
             rescue_interval: self.rescue_interval,
@@ -435,6 +468,8 @@ impl Builder {
             inner: Inner::Multi(shared.clone()),
             blocking,
             connections: ConnectionCounts::new(workers),
+            clock: std::sync::Arc::new(Clock::new(false)),
+            domain: Some(metrics_domain),
         };
         let workers = match multi::start(&shared, &handle, parts) {
             Ok(w) => w,
@@ -465,6 +500,10 @@ pub struct Handle {
     blocking: Arc<BlockingPool>,
     /// Open connections per worker (see [`Handle::track_connection`]).
     connections: std::sync::Arc<ConnectionCounts>,
+    /// The runtime's clock (pausable on the current-thread runtime).
+    clock: std::sync::Arc<Clock>,
+    /// The multi-thread runtime's DLB domain, read by the metrics.
+    domain: Option<fulcrum_dlb::Domain>,
 }
 
 /// Open connections per worker, kept by whoever serves connections.
@@ -627,11 +666,25 @@ impl Handle {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.blocking.spawn(self, f)
+        if !self.clock.is_pausable() {
+            return self.blocking.spawn(self, f);
+        }
+        // A paused clock does not auto-advance while the call is in
+        // flight (it may be the I/O the runtime is waiting for); the guard
+        // goes with the closure, so it is released when the closure has run
+        // or is dropped unrun.
+        let guard = self.clock.inhibit_auto_advance();
+        self.blocking.spawn(self, move || {
+            let _guard = guard;
+            f()
+        })
     }
 
-    /// Per-worker counters.
-    pub fn metrics(&self) -> RuntimeMetrics {
+    /// The runtime's metrics: a snapshot of every worker's counters in the
+    /// public fields, and tokio's methods (`num_workers`,
+    /// `num_alive_tasks`, `worker_poll_count`, ...), which read the live
+    /// counters.
+    pub fn metrics(&self) -> crate::RuntimeMetrics {
         let mut m = match &self.inner {
             Inner::Multi(s) => s.metrics(),
             Inner::Current(s) => s.metrics(),
@@ -639,7 +692,84 @@ impl Handle {
         for (w, c) in m.workers.iter_mut().zip(self.connections.0.iter()) {
             w.open_connections = c.load(Relaxed);
         }
-        m
+        crate::RuntimeMetrics::new(m, self.clone())
+    }
+
+    /// Worker `worker`'s live counters, if there is such a worker.
+    pub(crate) fn worker_counters(&self, worker: usize) -> Option<&WorkerCounters> {
+        match &self.inner {
+            Inner::Multi(s) => s.counters.get(worker),
+            Inner::Current(s) => (worker == 0).then_some(&s.counters),
+        }
+    }
+
+    /// Tasks spawned and not completed, now.
+    pub(crate) fn alive_tasks(&self) -> u64 {
+        match &self.inner {
+            Inner::Multi(s) => s.owned.alive(),
+            Inner::Current(s) => s.owned.alive(),
+        }
+    }
+
+    /// Tasks spawned so far.
+    pub(crate) fn spawned_tasks(&self) -> u64 {
+        match &self.inner {
+            Inner::Multi(s) => s.owned.spawned(),
+            Inner::Current(s) => s.owned.spawned(),
+        }
+    }
+
+    /// Tasks waiting in the DLB queue for a worker: sent and not yet
+    /// scheduled to any worker's CQ (each holds one credit of the pool).
+    /// The software backend reports it; the hardware one cannot, and the
+    /// current-thread runtime has no DLB queue: 0 there.
+    pub(crate) fn dlb_queue_depth(&self) -> u64 {
+        self.domain
+            .as_ref()
+            .and_then(|d| Some(d.credits().saturating_sub(d.credits_available()?)))
+            .map_or(0, u64::from)
+    }
+
+    /// Worker `worker`'s local queue, now (the current-thread runtime's
+    /// one queue for worker 0).
+    pub(crate) fn local_queue_depth(&self, worker: usize) -> Option<u64> {
+        match &self.inner {
+            Inner::Multi(s) => s
+                .counters
+                .get(worker)
+                .map(|c| c.local_queue_depth.load(Relaxed)),
+            Inner::Current(s) => (worker == 0).then(|| s.queue_len() as u64),
+        }
+    }
+
+    /// The runtime's clock.
+    pub(crate) fn clock(&self) -> &std::sync::Arc<Clock> {
+        &self.clock
+    }
+
+    /// Runs `future` to completion on the calling thread, which must not be
+    /// a runtime thread, and returns its output; tokio's
+    /// `Handle::block_on`. The future need not be `Send`.
+    ///
+    /// The future is polled on this thread, inside this runtime's context
+    /// (so [`spawn`](crate::spawn), timers and sockets work in it: the
+    /// thread gets a reactor and timers of its own while it waits, as in
+    /// [`Runtime::block_on`] on a multi-thread runtime). The tasks it
+    /// spawns run on the runtime's workers. On a current-thread runtime
+    /// they run only while some thread is inside [`Runtime::block_on`], as
+    /// in tokio; and a paused clock is auto-advanced only by that thread.
+    ///
+    /// A common use: a [`spawn_blocking`](crate::spawn_blocking) closure
+    /// that needs to wait for async code.
+    ///
+    /// # Panics
+    /// On a thread that already runs a runtime (a worker, or inside
+    /// `block_on`), as tokio: blocking it would stall every task queued on
+    /// it.
+    #[track_caller]
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let _context = crate::context::enter_running(self.clone());
+        block_on_here(self.clock.clone(), future)
     }
 
     /// Counts a connection as open on the calling worker (worker 0 off the
@@ -667,6 +797,22 @@ impl Handle {
         EnterGuard {
             _guard: crate::context::enter(self.clone()),
         }
+    }
+}
+
+/// Polls `future` on this thread until it completes, sleeping in a parker
+/// of this thread's own between polls: timers and sockets polled by the
+/// future live on this thread, served while it waits.
+fn block_on_here<F: Future>(clock: std::sync::Arc<Clock>, future: F) -> F::Output {
+    let mut parker = crate::park::Parker::new(clock, false);
+    let waker = futures_task::waker(std::sync::Arc::new(parker.unparker()));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        parker.park();
     }
 }
 
@@ -745,21 +891,8 @@ impl Runtime {
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         let _context = crate::context::enter_running(self.handle.clone());
         match &self.handle.inner {
-            Inner::Current(shared) => shared.block_on(future),
-            Inner::Multi(_) => {
-                // Timers and sockets polled by this future live on this
-                // thread, served while it waits.
-                let mut parker = crate::park::Parker::new();
-                let waker = futures_task::waker(std::sync::Arc::new(parker.unparker()));
-                let mut cx = Context::from_waker(&waker);
-                let mut future = pin!(future);
-                loop {
-                    if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-                        return out;
-                    }
-                    parker.park();
-                }
-            }
+            Inner::Current(shared) => shared.block_on(self.handle.clock.clone(), future),
+            Inner::Multi(_) => block_on_here(self.handle.clock.clone(), future),
         }
     }
 

@@ -574,7 +574,7 @@ mod time {
                 let mut iv = interval(Duration::from_millis(10));
                 let mut ticks = Vec::new();
                 for _ in 0..4 {
-                    ticks.push(iv.tick().await.duration_since(start));
+                    ticks.push(iv.tick().await.into_std().duration_since(start));
                 }
                 let real = start.elapsed();
                 (ticks, real)
@@ -646,7 +646,9 @@ mod time {
     #[test]
     fn sleep_until_in_the_past_is_ready() {
         for (_, rt) in runtimes() {
-            rt.block_on(sleep_until(Instant::now() - Duration::from_millis(5)));
+            rt.block_on(sleep_until(
+                fulcrum_runtime::time::Instant::now() - Duration::from_millis(5),
+            ));
         }
     }
 

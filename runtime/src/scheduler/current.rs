@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use futures_task::ArcWake;
 
 use crate::park::{Parker, Unparker};
+use crate::time::Clock;
 
 use super::owned::OwnedTasks;
 use crate::loom::{lock, Arc, AtomicBool, Mutex};
@@ -83,9 +84,14 @@ impl Shared {
     }
 
     /// Runs `future` to completion on this thread, running spawned tasks
-    /// while it waits.
-    pub(crate) fn block_on<F: Future>(self: &Arc<Self>, future: F) -> F::Output {
-        let mut parker = Parker::new();
+    /// while it waits; this thread's timers run on `clock`, which it
+    /// auto-advances when paused.
+    pub(crate) fn block_on<F: Future>(
+        self: &Arc<Self>,
+        clock: std::sync::Arc<Clock>,
+        future: F,
+    ) -> F::Output {
+        let mut parker = Parker::new(clock, true);
         let waker = std::sync::Arc::new(MainWaker {
             woken: StdAtomicBool::new(true),
             unparker: parker.unparker(),
@@ -95,6 +101,7 @@ impl Shared {
         let mut future = pin!(future);
         *lock(&self.driver) = Some(parker.unparker());
         let _clear = ClearDriver(self);
+        let mut busy = BusyTime::new(&self.counters);
         loop {
             parker.fire_timers();
             if waker.woken.swap(false, AcqRel) {
@@ -117,10 +124,17 @@ impl Shared {
                 // for I/O.
                 parker.poll_now();
             } else if ran == 0 && !waker.woken.load(Acquire) && lock(&self.queue).is_empty() {
-                WorkerCounters::add(&self.counters.parks, 1);
+                busy.stop();
                 parker.park();
+                WorkerCounters::add(&self.counters.parks, 1);
+                busy.start();
             }
         }
+    }
+
+    /// Tasks waiting in the queue.
+    pub(crate) fn queue_len(&self) -> usize {
+        lock(&self.queue).len()
     }
 
     pub(crate) fn metrics(&self) -> RuntimeMetrics {
@@ -139,6 +153,37 @@ impl Shared {
         self.owned.close_and_shutdown();
         let queued: Vec<_> = lock(&self.queue).drain(..).collect();
         drop(queued);
+    }
+}
+
+/// Adds the time the driver thread spends out of `park` to its busy time.
+struct BusyTime<'a> {
+    counters: &'a WorkerCounters,
+    since: Option<std::time::Instant>,
+}
+
+impl<'a> BusyTime<'a> {
+    fn new(counters: &'a WorkerCounters) -> Self {
+        Self {
+            counters,
+            since: Some(std::time::Instant::now()),
+        }
+    }
+
+    fn start(&mut self) {
+        self.since = Some(std::time::Instant::now());
+    }
+
+    fn stop(&mut self) {
+        if let Some(since) = self.since.take() {
+            self.counters.add_busy(since.elapsed());
+        }
+    }
+}
+
+impl Drop for BusyTime<'_> {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -3,7 +3,7 @@
 
 pub(crate) mod current;
 pub(crate) mod multi;
-mod owned;
+pub(crate) mod owned;
 
 use std::future::Future;
 

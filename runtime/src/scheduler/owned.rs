@@ -22,6 +22,9 @@ const SHUTDOWN_BATCH: usize = 64;
 struct Slab<S: 'static> {
     slots: Vec<Option<Task<S>>>,
     free: Vec<usize>,
+    /// Tasks ever inserted in this shard (under its lock, so no atomic on
+    /// the spawn path; summed by [`OwnedTasks::spawned`]).
+    inserted: u64,
 }
 
 impl<S: 'static> Slab<S> {
@@ -29,6 +32,7 @@ impl<S: 'static> Slab<S> {
         Self {
             slots: Vec::new(),
             free: Vec::new(),
+            inserted: 0,
         }
     }
 
@@ -42,6 +46,7 @@ impl<S: 'static> Slab<S> {
         };
         task.set_owned_slot(slot);
         self.slots[slot] = Some(task);
+        self.inserted += 1;
     }
 
     /// Takes `task`'s entry out, if this shard holds it (a task removed
@@ -119,6 +124,11 @@ impl<S: Schedule> OwnedTasks<S> {
             self.alive.fetch_sub(1, AcqRel);
         }
         removed
+    }
+
+    /// Tasks ever added (takes every shard's lock in turn: for metrics).
+    pub(crate) fn spawned(&self) -> u64 {
+        self.shards.iter().map(|s| lock(s).inserted).sum()
     }
 
     /// Tasks spawned and not completed.

@@ -22,8 +22,12 @@
 mod error;
 #[cfg(not(loom))]
 mod join_set;
+#[cfg(not(loom))]
+mod local;
 mod raw;
 mod state;
+#[cfg(not(loom))]
+mod task_local;
 
 use std::fmt;
 use std::future::Future;
@@ -36,6 +40,16 @@ use std::task::{Context, Poll};
 pub use self::error::JoinError;
 #[cfg(not(loom))]
 pub use self::join_set::JoinSet;
+#[cfg(not(loom))]
+pub use self::local::{spawn_local, LocalEnterGuard, LocalSet};
+#[cfg(not(loom))]
+pub use self::task_local::{AccessError, LocalKey, TaskLocalFuture};
+
+/// The futures of this module, at tokio's path.
+#[cfg(not(loom))]
+pub mod futures {
+    pub use super::task_local::TaskLocalFuture;
+}
 use self::raw::Header;
 use self::state::COMPLETE;
 #[cfg(not(loom))]
@@ -73,6 +87,57 @@ impl Id {
     }
 }
 
+#[cfg(not(loom))]
+std::thread_local! {
+    /// The id of the task being polled (or dropped) on this thread.
+    static CURRENT_ID: std::cell::Cell<Option<Id>> = const { std::cell::Cell::new(None) };
+}
+
+/// Restores the previous current task id when dropped.
+pub(crate) struct IdGuard {
+    #[cfg(not(loom))]
+    previous: Option<Id>,
+}
+
+/// Makes `id` the current task's id until the guard drops (a poll, or the
+/// drop of a task's future).
+#[cfg_attr(loom, allow(unused_variables))]
+pub(crate) fn enter_id(id: Id) -> IdGuard {
+    IdGuard {
+        #[cfg(not(loom))]
+        previous: CURRENT_ID.try_with(|c| c.replace(Some(id))).ok().flatten(),
+    }
+}
+
+impl Drop for IdGuard {
+    fn drop(&mut self) {
+        #[cfg(not(loom))]
+        let _ = CURRENT_ID.try_with(|c| c.set(self.previous));
+    }
+}
+
+/// The id of the task being run, tokio's `task::id`: available in the
+/// task's future while it is polled, and in its destructor.
+///
+/// # Panics
+/// Outside a task (for example in the future given to `block_on`, or in a
+/// [`spawn_blocking`] closure), as tokio's. See [`try_id`].
+#[cfg(not(loom))]
+#[track_caller]
+pub fn id() -> Id {
+    match try_id() {
+        Some(id) => id,
+        None => panic!("can't get a task id when not inside a task"),
+    }
+}
+
+/// The id of the task being run, or `None` outside a task; tokio's
+/// `task::try_id`.
+#[cfg(not(loom))]
+pub fn try_id() -> Option<Id> {
+    CURRENT_ID.try_with(std::cell::Cell::get).ok().flatten()
+}
+
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -85,9 +150,11 @@ pub(crate) struct Task<S: 'static> {
     _scheduler: PhantomData<S>,
 }
 
-// SAFETY: a task may be run, woken and dropped from any thread: its future
-// and output are `Send` (required by `new_task`), and all shared state is
-// atomic or guarded by the state machine.
+// SAFETY: a task may be woken and its references dropped from any thread:
+// that touches only the atomic state and the `Send + Sync` scheduler. It is
+// run and shut down from any thread only if its future and output are
+// `Send` (required by `new_task`); a `new_local_task` caller keeps those on
+// one thread (see there).
 unsafe impl<S> Send for Task<S> {}
 // SAFETY: as above; `&Task` only exposes the id and atomic state.
 unsafe impl<S> Sync for Task<S> {}
@@ -225,6 +292,37 @@ impl<S: 'static> Notified<S> {
 impl<S: 'static> fmt::Debug for Notified<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Notified").field(&self.0).finish()
+    }
+}
+
+/// Allocates a task for a `!Send` future (a `LocalSet`'s), as
+/// [`new_task`].
+///
+/// # Safety
+/// The caller ensures that the task is run (`Notified::run`), and shut
+/// down (`Task::shutdown`), only on the thread that called this, and that
+/// every task still alive is shut down on that thread before the thread's
+/// scheduler goes away: then its future, and the output if `F::Output` is
+/// not `Send`, are only ever touched and dropped there. Wakes, aborts and
+/// the join handle may come from any thread: they touch only the state
+/// word and the scheduler (which is `Send + Sync`).
+pub(crate) unsafe fn new_local_task<F, S>(
+    future: F,
+    scheduler: S,
+) -> (Task<S>, Notified<S>, JoinHandle<F::Output>)
+where
+    F: Future + 'static,
+    F::Output: 'static,
+    S: Schedule,
+{
+    let ptr = raw::allocate(future, scheduler, Id::next(), 1);
+    // SAFETY: `allocate` created three references: list, `Notified`, handle.
+    unsafe {
+        (
+            Task::from_header(ptr),
+            Notified::from_header(ptr),
+            JoinHandle::from_header(ptr),
+        )
     }
 }
 

@@ -17,6 +17,12 @@
 //! - The allocation lives while the reference count is non-zero; every
 //!   handle (`Task`, `Notified`, `JoinHandle`, `AbortHandle`, `Waker`) holds
 //!   one reference.
+//! - The future need not be `Send` here: `new_task` requires it (any
+//!   thread may then run or cancel the task), and `new_local_task` makes
+//!   its caller promise that every run, cancellation and shutdown of the
+//!   task happens on one thread (a `LocalSet`'s). Wakers, the `JoinHandle`
+//!   and the state word never touch the future, so they may be used from
+//!   any thread either way.
 
 use std::future::Future;
 use std::mem::ManuallyDrop;
@@ -111,8 +117,8 @@ struct Cell<F: Future, S> {
 /// the first `Notified`, one for the `JoinHandle` and `extra` more.
 pub(super) fn allocate<F, S>(future: F, scheduler: S, id: Id, extra: usize) -> NonNull<Header>
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     let cell = Box::new(Cell {
@@ -134,8 +140,8 @@ where
 
 fn vtable<F, S>() -> &'static Vtable
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     &Vtable {
@@ -177,8 +183,8 @@ unsafe fn dealloc<F: Future, S>(ptr: NonNull<Header>) {
 
 unsafe fn schedule<F, S>(ptr: NonNull<Header>)
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     // SAFETY: the caller hands over a `Notified` reference to a live task.
@@ -190,8 +196,8 @@ where
 
 unsafe fn run<F, S>(ptr: NonNull<Header>, start: u64) -> Ran
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     // SAFETY: the caller owns a `Notified` reference to a live `Cell<F, S>`.
@@ -222,6 +228,7 @@ where
             // SAFETY: the raw waker points at a live task, with our vtable.
             let waker = ManuallyDrop::new(unsafe { Waker::from_raw(raw_waker::<F, S>(ptr)) });
             let mut cx = Context::from_waker(&waker);
+            let _id = super::enter_id(cell.header.id);
             let polled = catch_unwind(AssertUnwindSafe(|| {
                 cell.stage.with_mut(|stage| {
                     // SAFETY: we hold RUNNING, so the stage is ours; the
@@ -300,6 +307,8 @@ fn store<F: Future, S>(cell: &Cell<F, S>, stage: Stage<F>) {
 /// dropping it) as the output.
 fn cancel<F: Future, S>(cell: &Cell<F, S>) {
     let id = cell.header.id;
+    // The future's destructor sees its task's id, as in tokio.
+    let _id = super::enter_id(id);
     let output = match catch_unwind(AssertUnwindSafe(|| store(cell, Stage::Consumed))) {
         Ok(()) => JoinError::cancelled(id),
         Err(payload) => JoinError::panic(id, payload),
@@ -314,8 +323,8 @@ fn cancel<F: Future, S>(cell: &Cell<F, S>) {
 /// The caller holds `RUNNING` and one reference, which this consumes.
 unsafe fn complete<F, S>(ptr: NonNull<Header>, cell: &Cell<F, S>)
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     let prev = cell.header.state.transition_to_complete();
@@ -355,8 +364,8 @@ where
 
 unsafe fn shutdown<F, S>(ptr: NonNull<Header>)
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     // SAFETY: the caller owns a reference to a live `Cell<F, S>`.
@@ -373,8 +382,8 @@ where
 
 unsafe fn try_read_output<F, S>(ptr: NonNull<Header>, dst: *mut (), waker: &Waker)
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     // SAFETY: the `JoinHandle` holds a reference to a live `Cell<F, S>`.
@@ -426,8 +435,8 @@ fn can_read_output(header: &Header, slot: &UnsafeCell<Option<Waker>>, waker: &Wa
 
 unsafe fn drop_join_handle<F, S>(ptr: NonNull<Header>)
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     // SAFETY: the `JoinHandle` owns a reference to a live `Cell<F, S>`.
@@ -448,8 +457,8 @@ where
 
 fn raw_waker<F, S>(ptr: NonNull<Header>) -> RawWaker
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     RawWaker::new(ptr.as_ptr() as *const (), waker_vtable::<F, S>())
@@ -457,8 +466,8 @@ where
 
 fn waker_vtable<F, S>() -> &'static RawWakerVTable
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     &RawWakerVTable::new(
@@ -476,8 +485,8 @@ fn header_of(data: *const ()) -> NonNull<Header> {
 
 unsafe fn clone_waker<F, S>(data: *const ()) -> RawWaker
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     let ptr = header_of(data);
@@ -488,8 +497,8 @@ where
 
 unsafe fn wake_by_val<F, S>(data: *const ())
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     let ptr = header_of(data);
@@ -507,8 +516,8 @@ where
 
 unsafe fn wake_by_ref<F, S>(data: *const ())
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future + 'static,
+    F::Output: 'static,
     S: Schedule,
 {
     let ptr = header_of(data);

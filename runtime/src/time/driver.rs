@@ -7,6 +7,12 @@
 //! task wherever it is. Dropping a sleep on its owning thread removes it from
 //! the wheel; dropped elsewhere, it is marked cancelled and its entry leaves
 //! the wheel when its deadline comes.
+//!
+//! # Clock
+//! A driver reads the time from its runtime's [`Clock`] when it has one
+//! (the `block_on` threads), so that a paused clock (current-thread
+//! runtime, `time::pause`) drives its timers; a worker's driver reads the
+//! system clock (a multi-thread runtime's clock cannot be paused).
 
 use std::cell::RefCell;
 use std::sync::atomic::AtomicBool;
@@ -15,6 +21,7 @@ use std::task::Waker;
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
+use super::clock::Clock;
 use super::wheel::{TimerKey, Wheel};
 
 /// What a sleep and the wheel share.
@@ -47,6 +54,17 @@ impl Entry {
 struct Driver {
     wheel: Wheel<Arc<Entry>>,
     start: Instant,
+    /// `None`: the system clock.
+    clock: Option<Arc<Clock>>,
+}
+
+impl Driver {
+    fn now(&self) -> Instant {
+        match &self.clock {
+            Some(c) => c.now(),
+            None => Instant::now(),
+        }
+    }
 }
 
 thread_local! {
@@ -58,16 +76,29 @@ pub(crate) struct DriverGuard {
     installed: bool,
 }
 
-/// Gives this thread a timer driver, unless it has one.
+/// Gives this thread a timer driver on the system clock, unless it has
+/// one (a worker's).
 pub(crate) fn install() -> DriverGuard {
+    install_with(None)
+}
+
+/// Gives this thread a timer driver on `clock`, unless it has one (a
+/// `block_on` thread's).
+pub(crate) fn install_with_clock(clock: Arc<Clock>) -> DriverGuard {
+    install_with(Some(clock))
+}
+
+fn install_with(clock: Option<Arc<Clock>>) -> DriverGuard {
     DRIVER.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_some() {
             return DriverGuard { installed: false };
         }
+        let start = clock.as_ref().map_or_else(Instant::now, |c| c.now());
         *d = Some(Driver {
             wheel: Wheel::new(),
-            start: Instant::now(),
+            start,
+            clock,
         });
         DriverGuard { installed: true }
     })
@@ -143,7 +174,17 @@ pub(crate) fn next_timeout() -> Option<Duration> {
         let driver = d.as_ref()?;
         let next = driver.wheel.next_deadline()?;
         let at = driver.start + Duration::from_millis(next);
-        Some(at.saturating_duration_since(Instant::now()))
+        Some(at.saturating_duration_since(driver.now()))
+    })
+}
+
+/// When this thread's next timer is due, on its clock (for auto-advance).
+pub(crate) fn next_deadline() -> Option<Instant> {
+    DRIVER.with(|d| {
+        let d = d.borrow();
+        let driver = d.as_ref()?;
+        let next = driver.wheel.next_deadline()?;
+        driver.start.checked_add(Duration::from_millis(next))
     })
 }
 
@@ -154,11 +195,11 @@ pub(crate) fn fire_due() -> usize {
         let Some(driver) = d.as_mut() else {
             return Vec::new();
         };
+        let now = ms_floor(driver.start, driver.now());
         match driver.wheel.next_deadline() {
-            Some(next) if next <= ms_floor(driver.start, Instant::now()) => {}
+            Some(next) if next <= now => {}
             _ => return Vec::new(),
         }
-        let now = ms_floor(driver.start, Instant::now());
         let mut fired = Vec::new();
         driver.wheel.advance(now, |_, entry| fired.push(entry));
         fired

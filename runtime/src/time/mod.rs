@@ -1,5 +1,6 @@
-//! Time: [`sleep`], [`sleep_until`], [`timeout`] and [`interval`], with
-//! tokio's names and behaviour.
+//! Time: [`sleep`], [`sleep_until`], [`timeout`], [`timeout_at`],
+//! [`interval`], [`interval_at`] and the runtime's clock ([`Instant`],
+//! [`pause`], [`resume`], [`advance`]), with tokio's names and behaviour.
 //!
 //! Each runtime thread (every worker, and a thread inside `block_on`) owns
 //! a hierarchical timing wheel with 1 ms resolution. A timer lives on the
@@ -9,8 +10,28 @@
 //! completes only once [`Instant::now`] has reached its deadline.
 //!
 //! Polling a timer on a thread that does not run a Fulcrum runtime panics.
+//!
+//! # Paused time
+//! As tokio's `test-util` clock, on the current-thread runtime: after
+//! [`pause`] (or with `Builder::start_paused(true)`, or
+//! `#[fulcrum::test(start_paused = true)]`), [`Instant::now`] stands still
+//! and moves only by [`advance`] or by *auto-advance*: when the runtime has
+//! nothing to run (no task is ready and no I/O event is pending), its
+//! clock jumps to the next timer's deadline and fires it, so
+//! `sleep(Duration::from_secs(3600))` completes at once and timeouts fire
+//! in virtual time. Auto-advance waits while a blocking-pool call of the
+//! runtime is in flight ([`spawn_blocking`](crate::spawn_blocking), and so
+//! `fs`, host-name resolution, stdio), as tokio's does.
+//!
+//! Pausing a multi-thread runtime's clock panics, as in tokio (its timers
+//! live on each worker; none can tell that the whole runtime is idle). A
+//! thread inside `Handle::block_on` of a paused current-thread runtime sees
+//! the paused clock, but only the thread inside `Runtime::block_on`
+//! auto-advances it.
 
+mod clock;
 pub(crate) mod driver;
+mod instant;
 pub(crate) mod wheel;
 
 use std::fmt;
@@ -21,9 +42,76 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-pub use std::time::Instant;
-
+pub(crate) use self::clock::Clock;
 use self::driver::{Entry, Registration};
+pub use self::instant::Instant;
+
+/// Errors of this module's futures, at tokio's path.
+pub mod error {
+    pub use super::Elapsed;
+}
+
+/// The current runtime's clock reading, as a std instant (see
+/// [`Instant::now`]).
+pub(crate) fn now_std() -> std::time::Instant {
+    if !clock::did_pause() {
+        return std::time::Instant::now();
+    }
+    crate::context::with_current(|handle| match handle {
+        Some(h) => h.clock().now(),
+        None => std::time::Instant::now(),
+    })
+}
+
+/// Runs `f` on the current runtime's clock; panics with its error, or
+/// outside a runtime.
+#[track_caller]
+fn on_clock(f: impl FnOnce(&Clock) -> Result<(), &'static str>) {
+    let result = crate::context::with_current(|handle| match handle {
+        Some(h) => f(h.clock()),
+        None => Err("time cannot be frozen from outside the Fulcrum runtime"),
+    });
+    if let Err(msg) = result {
+        panic!("{msg}");
+    }
+}
+
+/// Pauses the current runtime's clock: from now on [`Instant::now`] stands
+/// still, and moves only with [`advance`] or, when the runtime has nothing
+/// else to do, by jumping to the next timer (auto-advance; see the [module
+/// docs](self#paused-time)).
+///
+/// # Panics
+/// Outside a runtime, on a multi-thread runtime (as tokio: pausing needs
+/// the current-thread runtime), or if time is already paused.
+#[track_caller]
+pub fn pause() {
+    on_clock(Clock::pause);
+}
+
+/// Lets the paused clock run again, from the time it shows.
+///
+/// # Panics
+/// Outside a runtime, or if time is not paused.
+#[track_caller]
+pub fn resume() {
+    on_clock(Clock::resume);
+}
+
+/// Moves the paused clock forward by `duration` in one jump, fires the
+/// timers that are due by then (their tasks run in any order), and yields
+/// once so that they can run.
+///
+/// # Panics
+/// Outside a runtime, if time is not paused, or if `duration` overflows the
+/// clock.
+pub async fn advance(duration: Duration) {
+    on_clock(|clock| clock.advance(duration));
+    // Timers registered on this thread fire now; the tasks they wake are
+    // queued behind this one.
+    driver::fire_due();
+    crate::yield_now().await;
+}
 
 /// Waits until `duration` has elapsed.
 pub fn sleep(duration: Duration) -> Sleep {
@@ -117,7 +205,7 @@ impl Future for Sleep {
         }
         let entry = Arc::new(Entry::default());
         entry.set_waker(cx.waker());
-        let Some(reg) = driver::register(this.deadline, &entry) else {
+        let Some(reg) = driver::register(this.deadline.into_std(), &entry) else {
             panic!(
                 "a Fulcrum timer was polled outside a Fulcrum runtime: poll it from a task, or \
                  inside `Runtime::block_on`"
@@ -288,6 +376,21 @@ impl Interval {
     /// Restarts the schedule: the next tick is one period from now.
     pub fn reset(&mut self) {
         Pin::new(&mut self.sleep).reset(Instant::now() + self.period);
+    }
+
+    /// Restarts the schedule: the next tick is now.
+    pub fn reset_immediately(&mut self) {
+        Pin::new(&mut self.sleep).reset(Instant::now());
+    }
+
+    /// Restarts the schedule: the next tick is `after` from now.
+    pub fn reset_after(&mut self, after: Duration) {
+        Pin::new(&mut self.sleep).reset(Instant::now() + after);
+    }
+
+    /// Restarts the schedule: the next tick is at `deadline`.
+    pub fn reset_at(&mut self, deadline: Instant) {
+        Pin::new(&mut self.sleep).reset(deadline);
     }
 
     /// The period.
