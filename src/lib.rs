@@ -94,6 +94,8 @@
 //! | `runtime::{Builder, Runtime, Handle}`, `Handle::block_on`, `enter`, `spawn_blocking`, `Builder::start_paused` | the same |
 //! | `RuntimeMetrics`: `num_workers`, `num_alive_tasks`, `global_queue_depth`, `worker_park_count`, `worker_park_unpark_count`, `worker_total_busy_duration`, and the unstable `worker_poll_count`, `worker_local_queue_depth`, `worker_steal_count`, `spawned_tasks_count` | the same names; the global queue is the DLB queue |
 //! | `spawn`, `task::{JoinHandle, JoinSet, AbortHandle, JoinError, Id, id, try_id, yield_now, spawn_blocking}` | the same |
+//! | `task::block_in_place` | the same; the blocked worker's queued tasks and ready I/O go to other workers through the DLB queue; panics on the current-thread runtime, as tokio's |
+//! | `io::unix::{AsyncFd, AsyncFdReadyGuard, AsyncFdReadyMutGuard, TryIoError}`, `io::{Interest, Ready}` | the same (`T: AsFd`, which std's and mio's types implement); the fd follows its task between workers |
 //! | `task::{LocalSet, spawn_local, LocalEnterGuard}`, `task_local!`, `task::LocalKey`, `task::futures::TaskLocalFuture` | the same |
 //! | `time::{sleep, sleep_until, timeout, timeout_at, interval, interval_at, Instant, Sleep, Interval, MissedTickBehavior, error::Elapsed, pause, resume, advance}` | the same; pausing needs the current-thread runtime, as in tokio |
 //! | `net::{TcpListener, TcpStream, TcpSocket, UdpSocket, UnixListener, UnixStream, UnixDatagram, lookup_host, ToSocketAddrs}`, `net::tcp::*` and `net::unix::*` halves | the same; host names resolve on the blocking pool |
@@ -102,10 +104,6 @@
 //! | `io::{stdin, stdout, stderr}`, the `io-util` traits and helpers, `sync::*`, `select!`, `join!`, `try_join!`, `pin!`, `signal::{ctrl_c, unix}` | the same |
 //!
 //! Not there, and why:
-//! - `task::block_in_place`: not yet available.
-//! - `io::unix::AsyncFd` and `io::Interest`/`Ready`: not yet (the
-//!   reactor's public registration API is being reworked); the crates'
-//!   sockets, pipes and pidfds use it internally.
 //! - Pausing the clock of a multi-thread runtime: refused, as by tokio (a
 //!   worker cannot tell that the whole runtime is idle).
 //! - tokio's own `net::unix::SocketAddr` type: Fulcrum returns std's
@@ -163,8 +161,8 @@ pub mod runtime {
 /// Tasks: tokio's `task` module.
 pub mod task {
     pub use fulcrum_runtime::task::{
-        futures, id, spawn_local, try_id, AbortHandle, AccessError, Id, JoinError, JoinHandle,
-        JoinSet, LocalEnterGuard, LocalKey, LocalSet,
+        block_in_place, futures, id, spawn_local, try_id, AbortHandle, AccessError, Id, JoinError,
+        JoinHandle, JoinSet, LocalEnterGuard, LocalKey, LocalSet,
     };
     pub use fulcrum_runtime::{spawn, spawn_blocking, yield_now};
 }
@@ -176,7 +174,14 @@ pub mod task {
 /// [`stderr`](io::stderr)) on the blocking pool.
 pub mod io {
     pub use fulcrum_net::{stderr, stdin, stdout, Stderr, Stdin, Stdout};
+    pub use fulcrum_runtime::io::{Interest, Ready};
     pub use tokio::io::*;
+
+    /// Unix-specific I/O, with tokio's paths: [`AsyncFd`](unix::AsyncFd)
+    /// waits for any fd-backed object on the runtime's reactors.
+    pub mod unix {
+        pub use fulcrum_runtime::io::unix::*;
+    }
 }
 
 /// tokio's runtime-agnostic synchronisation primitives (`mpsc`, `oneshot`,

@@ -1,6 +1,7 @@
 //! Small tokio programs that use the APIs applications use every day
 //! (`fs`, `process`, stdio, host names, the TCP halves, `task_local!`,
-//! paused time, `LocalSet`, `Handle::block_on`, task ids, metrics), ported
+//! paused time, `LocalSet`, `Handle::block_on`, task ids, metrics,
+//! `block_in_place`, `AsyncFd`), ported
 //! to Fulcrum by renaming paths only.
 //!
 //! Each program below is the tokio original with `tokio` renamed to
@@ -26,6 +27,12 @@
 //! +use fulcrum::task::{self, LocalSet};
 //! -use tokio::time::{self, error::Elapsed, Instant, MissedTickBehavior};
 //! +use fulcrum::time::{self, error::Elapsed, Instant, MissedTickBehavior};
+//! -    use tokio::io::unix::AsyncFd;
+//! +    use fulcrum::io::unix::AsyncFd;
+//! -    use tokio::io::Interest;
+//! +    use fulcrum::io::Interest;
+//! -    tokio::task::block_in_place(...)
+//! +    fulcrum::task::block_in_place(...)
 //! -tokio::task_local! {
 //! +fulcrum::task_local! {
 //! -#[tokio::test]
@@ -360,5 +367,35 @@ async fn stdout_and_stderr() -> std::io::Result<()> {
     let mut err = fulcrum::io::stderr();
     err.write_all(b"ported: stderr works\n").await?;
     err.flush().await?;
+    Ok(())
+}
+
+/// A synchronous hash over a file inside `block_in_place`, while another
+/// task keeps answering over a Unix socket pair through `AsyncFd`.
+#[fulcrum::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_in_place_beside_async_fd() -> std::io::Result<()> {
+    use fulcrum::io::unix::AsyncFd;
+    use fulcrum::io::Interest;
+    use std::io::{Read, Write};
+
+    let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
+    a.set_nonblocking(true)?;
+    let echo = fulcrum::spawn(async move {
+        let fd = AsyncFd::with_interest(a, Interest::READABLE)?;
+        let mut buf = [0u8; 16];
+        let n = fd
+            .async_io(Interest::READABLE, |mut s| s.read(&mut buf))
+            .await?;
+        std::io::Result::Ok(buf[..n].to_vec())
+    });
+    let sum = fulcrum::task::block_in_place(|| {
+        (0..1_000_000u64).fold(0u64, |s, i| s.wrapping_add(i * i))
+    });
+    assert_eq!(
+        sum,
+        (0..1_000_000u64).map(|i| i * i).fold(0, u64::wrapping_add)
+    );
+    b.write_all(b"ping")?;
+    assert_eq!(echo.await.expect("echo task")?, b"ping");
     Ok(())
 }

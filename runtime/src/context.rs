@@ -13,6 +13,11 @@ thread_local! {
     static RUNNING: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether this thread runs a runtime (a worker, or inside `block_on`).
+pub(crate) fn is_running() -> bool {
+    RUNNING.with(Cell::get)
+}
+
 /// The handle of the runtime this thread is in, if any.
 pub(crate) fn current() -> Option<Handle> {
     CURRENT.with(|c| c.borrow().clone())

@@ -8,7 +8,7 @@ pub(crate) mod owned;
 use std::future::Future;
 
 use crate::task::{self, JoinHandle, Schedule};
-pub(crate) use multi::defer;
+pub(crate) use multi::{block_in_place, defer};
 use owned::OwnedTasks;
 
 /// Spawns `future` as a task of `scheduler`: binds it to the owned-task

@@ -54,6 +54,42 @@ use self::raw::Header;
 use self::state::COMPLETE;
 #[cfg(not(loom))]
 pub use crate::blocking::spawn_blocking;
+
+/// Runs `f`, which may block, on the current thread, as tokio's
+/// `block_in_place`.
+///
+/// On a worker of a multi-thread runtime (DLB or work stealing), the
+/// worker first hands the tasks queued on it to the other workers (through
+/// the DLB queue; in work-stealing mode they are left to be stolen), tells
+/// the DLB arbiter it is stuck so that new work goes elsewhere, and makes
+/// sure an idle worker watches its sockets: their ready I/O is rescued,
+/// and the tasks it wakes move away with their sockets and timers. Tasks
+/// scheduled on the worker while `f` runs are handed off as well. The
+/// calling task then continues on this worker when `f` returns. Tasks that
+/// stay asleep on a timer of this worker's wheel fire when `f` returns.
+///
+/// Anywhere else (a `block_on` thread of a multi-thread runtime, the
+/// blocking pool, a thread outside any runtime) `f` just runs.
+///
+/// # Panics
+/// On a current-thread runtime (its only thread would block), with
+/// tokio's message.
+#[cfg(not(loom))]
+#[track_caller]
+pub fn block_in_place<F, R>(f: F) -> R
+where
+    F: FnOnce() -> R,
+{
+    if let Ok(h) = crate::Handle::try_current() {
+        if h.is_current_thread() && crate::context::is_running() {
+            panic!("can call blocking only when running on the multi-threaded runtime");
+        }
+    }
+    match crate::scheduler::block_in_place(f) {
+        Ok(r) => r,
+        Err(f) => f(),
+    }
+}
 use crate::loom::AtomicU64;
 
 /// Where tasks go when they are woken.

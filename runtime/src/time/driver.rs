@@ -149,6 +149,18 @@ pub(crate) fn register(deadline: Instant, entry: &Arc<Entry>) -> Option<Registra
     })
 }
 
+impl Registration {
+    /// Whether it is in the calling thread's wheel.
+    pub(crate) fn is_here(&self) -> bool {
+        self.thread == thread::current().id()
+    }
+}
+
+/// Whether this thread has a timer driver (it is a runtime thread).
+pub(crate) fn installed() -> bool {
+    DRIVER.try_with(|d| d.borrow().is_some()).unwrap_or(false)
+}
+
 /// Removes a registration, if it belongs to this thread's wheel (otherwise
 /// the entry stays until its deadline and fires into nothing).
 pub(crate) fn deregister(reg: Registration) {

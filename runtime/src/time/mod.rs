@@ -193,6 +193,17 @@ impl Future for Sleep {
             crate::coop::consume();
             return Poll::Ready(());
         }
+        if let (Some(entry), Some(reg)) = (&this.entry, &this.registration) {
+            if !reg.is_here() && driver::installed() {
+                // The task now runs on another runtime thread (it was
+                // handed off): its timer moves along, so that a thread busy
+                // in a long poll does not hold it back. The old wheel's
+                // entry is disarmed and leaves at its deadline.
+                entry.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+                this.entry = None;
+                this.registration = None;
+            }
+        }
         if let Some(entry) = &this.entry {
             if !driver::has_fired(entry) {
                 entry.set_waker(cx.waker());

@@ -24,6 +24,10 @@ impl Worker {
         }
         let any_idle = shared.sleepers.any_idle();
         match (self.phase.get(), intent) {
+            // This worker is blocked (`block_in_place`): everything goes to
+            // a peer, directed (unordered, a full set of peer CQs would
+            // leave this worker the only eligible port).
+            (Phase::Blocking(_), _) => self.hand_off_or_queue(task, self.next_peer()),
             // The rescue: a light task comes here, directed (the module docs
             // of `multi` say why not unordered). A heavy one comes here only
             // if this worker is calm and serves no connections, else it
@@ -125,6 +129,50 @@ impl Worker {
         tracing::debug!(worker = self.index, task = %id, "dlb send short; task kept");
         // SAFETY: not sent: the payload is still ours.
         Err(unsafe { Notified::from_raw(event.udata) })
+    }
+
+    /// The next peer of this worker, round robin (`None` if it has none).
+    pub(super) fn next_peer(&self) -> Option<usize> {
+        let n = self.shared.num_workers();
+        if n < 2 {
+            return None;
+        }
+        let k = self.peer_cursor.get() % (n - 1) + 1;
+        self.peer_cursor.set(k);
+        Some((self.index + k) % n)
+    }
+
+    /// Hands every task queued here to the peers, directed, round robin
+    /// (`block_in_place`): the
+    /// spawns of the current poll, the local queue, and what was received
+    /// from the DLB queue and not run yet (released here, since it will
+    /// not run here). Directed, because unordered events could come back:
+    /// when every peer's CQ is full, this worker is the only eligible port.
+    /// A send that comes up short keeps its task queued here: it runs when
+    /// this worker is back.
+    pub(super) fn hand_off_queued(&self) {
+        if let (Some(deque), Some(st)) = (&self.deque, &self.shared.stealing) {
+            // Stealing mode: the deque is stealable already; the LIFO slot
+            // is not.
+            if let Some(t) = self.lifo.borrow_mut().take() {
+                deque.push(t);
+            }
+            let _ = st;
+            self.shared.notify_parked();
+            return;
+        }
+        let mut tasks: Vec<TaskRef> = std::mem::take(&mut *self.pending.borrow_mut());
+        tasks.extend(self.queue.borrow_mut().drain(..));
+        let received: Vec<TaskRef> = self.received.borrow_mut().drain(..).collect();
+        if !received.is_empty() {
+            let _ = self.port.borrow_mut().release(received.len());
+        }
+        tasks.extend(received);
+        for t in tasks {
+            if let Err(t) = self.hand_off(t, self.next_peer()) {
+                self.queue.borrow_mut().push_back(t);
+            }
+        }
     }
 
     /// After a task poll: hands off the tasks it spawned (while another

@@ -94,8 +94,8 @@ use mio::{Interest, Poll, Token};
 
 use self::overflow::Overflow;
 use self::stealing::Stealing;
-pub(crate) use self::worker::defer;
 use self::worker::Worker;
+pub(crate) use self::worker::{block_in_place, defer};
 use super::owned::OwnedTasks;
 use crate::io::reactor::Reactor;
 use crate::loom::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, Mutex};

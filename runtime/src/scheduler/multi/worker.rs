@@ -38,6 +38,9 @@ pub(super) enum Phase {
     /// Dispatching the ready I/O of busy peer `from`: the light tasks it
     /// wakes come to this worker (the rescue).
     Rescuing { from: usize },
+    /// Inside `task::block_in_place` in the poll of task `.0`: everything
+    /// scheduled here is handed off.
+    Blocking(Id),
 }
 
 /// Why a task is scheduled.
@@ -91,6 +94,8 @@ pub(super) struct Worker {
     pub(super) heavy_queued: Cell<bool>,
     /// The load hint last published (see [`publish_load`](Self::publish_load)).
     hint: Cell<u32>,
+    /// Round-robin cursor over the peers (`Worker::next_peer`).
+    pub(super) peer_cursor: Cell<usize>,
     /// The mean poll time of the last maintenance window with polls, ns.
     last_mean: Cell<u64>,
     /// `io_poll_interval` and the poll time slice, in clock nanoseconds.
@@ -405,6 +410,40 @@ pub(crate) fn defer(waker: &Waker) -> bool {
     true
 }
 
+/// `task::block_in_place` on a worker of a multi-thread runtime, inside a
+/// task poll: hands this worker's queued tasks to the other workers, tells
+/// the arbiter it is stuck, makes sure an idle peer watches its I/O (the
+/// rescue moves its sockets' tasks away, and they take their sockets and
+/// timers along), then runs `f`. Anything scheduled here meanwhile is
+/// handed off too. Gives `f` back on any other thread.
+pub(crate) fn block_in_place<F: FnOnce() -> R, R>(f: F) -> Result<R, F> {
+    let ptr = CURRENT.with(Cell::get);
+    // SAFETY: as in `Worker::with_current`: non-null only while the worker
+    // it points to runs its loop on this thread; not kept past this call.
+    let Some(worker) = (unsafe { ptr.as_ref() }) else {
+        return Err(f);
+    };
+    let Some(task) = worker.running() else {
+        return Err(f);
+    };
+    struct Restore<'a>(&'a Worker, Id);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            self.0.phase.set(Phase::Polling(self.1));
+            self.0.port.borrow().set_load_hint(self.0.hint.get());
+        }
+    }
+    worker.phase.set(Phase::Blocking(task));
+    let _restore = Restore(worker, task);
+    worker
+        .port
+        .borrow()
+        .set_load_hint(worker.hint.get().saturating_add(super::STUCK_HINT));
+    worker.hand_off_queued();
+    worker.shared.nudge_watcher(worker.index);
+    Ok(f())
+}
+
 /// Runs worker `index` until shutdown.
 pub(super) fn run(
     shared: Arc<Shared>,
@@ -446,6 +485,7 @@ pub(super) fn run(
         last_publish: Cell::new(now_ns()),
         heavy_queued: Cell::new(false),
         hint: Cell::new(0),
+        peer_cursor: Cell::new(0),
         last_mean: Cell::new(0),
         io_interval_ns: ns(shared.threads.tuning.io_poll_interval),
         slice_ns: shared.threads.tuning.poll_time_slice.map(ns),
