@@ -1,5 +1,5 @@
 //! A deterministic discrete-event simulation of connection and request
-//! balancing policies (issue 7 §4; DESIGN.md "Two levels of balancing").
+//! balancing policies (docs/DESIGN.md, "Two levels of balancing").
 //!
 //! ```text
 //! cargo run --release --example simulate -- [--load 0.7] [--seed N] [--requests N]

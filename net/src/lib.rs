@@ -1,6 +1,6 @@
 //! Fulcrum's sockets.
 //!
-//! **Status: in progress.** Today: [`TcpListener`], [`TcpStream`] (with
+//! What is here: [`TcpListener`], [`TcpStream`] (with
 //! tokio's [`tcp`] halves) and [`TcpSocket`]; [`UdpSocket`]; Unix sockets
 //! ([`UnixListener`], [`UnixStream`], [`UnixDatagram`]); host names
 //! ([`lookup_host`], [`ToSocketAddrs`]: resolved on the blocking pool);
@@ -16,10 +16,13 @@
 //!
 //! # Where a socket lives
 //! A socket registers with the reactor of the worker that first polls it,
-//! not the one that created it. An accepted stream handed to
+//! not the one that created it, and moves to the reactor of any other
+//! worker that polls it later (at most once a millisecond): its readiness
+//! is dispatched where its task runs. An accepted stream handed to
 //! [`spawn`](fulcrum_runtime::spawn) therefore belongs to the worker the
-//! task lands on: in the DLB scheduler the spawn goes through the DLB queue
-//! while another worker is idle, so the arbiter places the connection.
+//! task lands on (in the DLB scheduler the spawn goes through the DLB
+//! queue while another worker is idle, so the arbiter places the
+//! connection), and follows the task if it is later handed to another.
 
 mod buf;
 pub mod fs;

@@ -1,31 +1,31 @@
 //! Fulcrum's runtime: worker threads that hand tasks to each other only
 //! through a DLB load-balancing queue, never by stealing.
 //!
-//! **Status: in progress.** What works today: [`Builder`] and [`Runtime`]
-//! with three schedulers ([`Scheduler::Dlb`], the default;
-//! [`Scheduler::WorkStealing`], the comparison baseline; and the
-//! current-thread runtime), [`spawn`], [`JoinHandle`] (await, abort,
-//! `is_finished`), [`JoinError`], [`JoinSet`], [`spawn_blocking`] (the
-//! blocking pool), [`yield_now`], [`time`] (`sleep`, `timeout`,
-//! `interval`, the runtime's clock: [`time::Instant`], [`time::pause`],
-//! [`time::advance`], auto-advance, [`Builder::start_paused`]),
-//! [`task_local!`], [`task::LocalSet`] and [`task::spawn_local`],
-//! [`task::id`], [`Handle::block_on`], [`Handle::metrics`] (tokio's
-//! `RuntimeMetrics` methods), per-worker reactors and the interface
-//! `fulcrum-net` builds on ([`io::Registration`]), the rescue of a busy
-//! worker's ready I/O by idle workers ([`Builder::rescue_interval`]), and
-//! shutdown that cancels every live task. A cooperative budget (128
-//! resource operations per task poll) keeps a task whose sockets or timers
-//! are always ready from starving its worker.
+//! What is here: [`Builder`] and [`Runtime`] with three schedulers
+//! ([`Scheduler::Dlb`], the default; [`Scheduler::WorkStealing`], the
+//! comparison baseline; and the current-thread runtime), [`spawn`],
+//! [`JoinHandle`] (await, abort, `is_finished`), [`JoinError`], [`JoinSet`],
+//! [`spawn_blocking`] (the blocking pool), [`task::block_in_place`],
+//! [`yield_now`], [`time`] (`sleep`, `timeout`, `interval`, the runtime's
+//! clock: [`time::Instant`], [`time::pause`], [`time::advance`],
+//! auto-advance, [`Builder::start_paused`]), [`task_local!`],
+//! [`task::LocalSet`] and [`task::spawn_local`], [`task::id`],
+//! [`Handle::block_on`], [`Handle::metrics`] (tokio's `RuntimeMetrics`
+//! methods), per-worker reactors and [`io::unix::AsyncFd`], and shutdown
+//! that cancels every live task.
 //!
-//! # Level 2: a busy worker does not hold its sockets hostage
-//! Sockets belong to the worker that registered them. When that worker is
-//! stuck in one long task poll, an idle worker notices (each worker
-//! publishes a poll counter), waits on the stuck worker's epoll fd itself
-//! every rescue interval (default 100 µs), and dispatches the ready I/O it
-//! finds; the tasks it wakes go through the DLB queue, so the arbiter
-//! places them. Cost: while a peer that owns sockets is awake, idle
-//! workers wake once per interval to check on it.
+//! # Level 2: work that waits moves
+//! (The whole design is in the repository's `docs/DESIGN.md`.) A busy
+//! worker polls its own I/O at least every [`Builder::io_poll_interval`];
+//! the light tasks it wakes behind heavy work go to a calm sleeping peer,
+//! directed. An idle worker that finds a peer stuck inside one task poll
+//! for a [`Builder::rescue_interval`] dispatches the peer's ready I/O and
+//! runs the light tasks it wakes. A task that runs on another worker takes
+//! its sockets and timers along, so it stays moved. Heavy tasks (whose
+//! polls take at least the I/O poll interval) stay put. A task poll that
+//! has run [`Builder::poll_time_slice`] gets `Pending` from its next
+//! resource operation; 128 operations per poll is the other half of the
+//! cooperative budget.
 //!
 //! ```
 //! let rt = fulcrum_runtime::Runtime::new()?;
