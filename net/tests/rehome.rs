@@ -126,6 +126,9 @@ fn light_leaves_a_blocked_worker(style: Style) {
     assert!(w < 4, "{style:?}: served on worker {w}");
     let stop = Arc::new(AtomicBool::new(false));
     block_worker(&rt, w, Duration::from_millis(20), stop.clone());
+    // A few of its polls, so that the worker is known to run heavy work
+    // (its busy fraction is a running mean), then the light requests.
+    std::thread::sleep(Duration::from_millis(100));
     let served: Vec<usize> = (0..50).map(|_| ask(&mut c, b'L')).collect();
     stop.store(true, SeqCst);
     assert!(
@@ -156,11 +159,11 @@ fn a_light_connection_leaves_a_blocked_worker_server() {
 /// Worker 0 serves light connections; worker 1 serves a heavy one (3 ms
 /// per request) and then also a task that blocks it in 5 ms polls, so that
 /// worker 0 rescues worker 1's ready I/O, the heavy connection's included.
-/// The heavy connection stays on worker 1 (it is sent back), and the light
-/// ones stay on worker 0.
-#[test]
-fn a_heavy_connection_is_not_moved_onto_a_worker_serving_light_ones() {
-    let _serial = serial();
+/// The heavy connection stays on worker 1 (it is sent back). Returns where
+/// each heavy request was served, or `None` if the light connections did
+/// not stay on worker 0 throughout (the OS descheduled worker 0 mid-poll
+/// and worker 1 rescued them: right, but not this test's scene).
+fn heavy_beside_light() -> Option<Vec<usize>> {
     let rt = runtime(2);
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = std_listener.local_addr().expect("addr");
@@ -178,14 +181,13 @@ fn a_heavy_connection_is_not_moved_onto_a_worker_serving_light_ones() {
             c
         })
         .collect();
-    for c in &mut lights {
-        assert_eq!(ask(c, b'L'), 0);
-    }
+    let mut first: Vec<usize> = lights.iter_mut().map(|c| ask(c, b'L')).collect();
     let mut heavy = client(addr);
     accept_on(1);
     // Heavy requests alone first: the task's poll cost marks it heavy.
-    for _ in 0..20 {
-        assert_eq!(ask(&mut heavy, b'H'), 1);
+    let warm: Vec<usize> = (0..20).map(|_| ask(&mut heavy, b'H')).collect();
+    if warm.iter().any(|&w| w != 1) {
+        return None;
     }
     let stop = Arc::new(AtomicBool::new(false));
     block_worker(&rt, 1, Duration::from_millis(5), stop.clone());
@@ -206,7 +208,6 @@ fn a_heavy_connection_is_not_moved_onto_a_worker_serving_light_ones() {
     let heavy_served: Vec<usize> = (0..60).map(|_| ask(&mut heavy, b'H')).collect();
     heavy_done.store(true, SeqCst);
     let light_served = lights_thread.join().expect("light clients");
-
     stop.store(true, SeqCst);
     let rescued: u64 = rt
         .handle()
@@ -216,14 +217,23 @@ fn a_heavy_connection_is_not_moved_onto_a_worker_serving_light_ones() {
         .map(|w| w.io_rescued)
         .sum();
     assert!(rescued > 0, "worker 1 was never rescued: nothing tested");
-    assert!(
-        heavy_served.iter().all(|&w| w == 1),
-        "the heavy connection moved: {heavy_served:?}"
-    );
-    assert!(
-        light_served.iter().all(|&w| w == 0),
-        "a light connection moved: {light_served:?}"
-    );
+    first.extend(light_served);
+    first.iter().all(|&w| w == 0).then_some(heavy_served)
+}
+
+#[test]
+fn a_heavy_connection_is_not_moved_onto_a_worker_serving_light_ones() {
+    let _serial = serial();
+    for _ in 0..5 {
+        if let Some(heavy_served) = heavy_beside_light() {
+            assert!(
+                heavy_served.iter().all(|&w| w == 1),
+                "the heavy connection moved: {heavy_served:?}"
+            );
+            return;
+        }
+    }
+    panic!("in 5 tries the light connections never stayed on worker 0: nothing tested");
 }
 
 /// Each chunk of a stream is read by a new task on the next worker, so the

@@ -345,8 +345,13 @@ impl Worker {
                 .take(16)
                 .any(|t| self.is_heavy(t)),
         );
+        // Moving a woken task (a DLB hop, and its socket with it) pays only
+        // if it would wait here longer than a maintenance interval.
+        let wait = mean.saturating_mul(u32::try_from(ahead).unwrap_or(u32::MAX));
         self.phase.set(Phase::Dispatching {
-            backlogged: ahead > 0 && self.waits_long(ahead, mean),
+            backlogged: ahead > 0
+                && self.waits_long(ahead, mean)
+                && wait >= self.shared.threads.tuning.io_poll_interval,
         });
         self.poll_io_now(poll, events, reactor, now);
         self.phase.set(Phase::Between);
