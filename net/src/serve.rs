@@ -77,6 +77,8 @@ struct Counts {
     open: Box<[AtomicU64]>,
     /// Envoy's exact balancer: open counts under one lock.
     exact: Mutex<Vec<u64>>,
+    /// Times an accept loop backed off for lack of descriptors or memory.
+    backoffs: AtomicU64,
 }
 
 impl Counts {
@@ -85,6 +87,7 @@ impl Counts {
             handled: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             open: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             exact: Mutex::new(vec![0; workers]),
+            backoffs: AtomicU64::new(0),
         }
     }
 }
@@ -119,6 +122,14 @@ impl Serving {
             .iter()
             .map(|c| c.load(Relaxed))
             .collect()
+    }
+
+    /// How many times an accept loop backed off because the process was
+    /// out of file descriptors or memory (`EMFILE`, `ENFILE`, `ENOBUFS`,
+    /// `ENOMEM`): it sleeps 10 ms, doubling up to 100 ms, while the
+    /// connections already open keep being served.
+    pub fn accept_backoffs(&self) -> u64 {
+        self.counts.backoffs.load(Relaxed)
     }
 
     /// Connections open now, per worker.
@@ -263,6 +274,7 @@ where
                     // Out of descriptors: keep serving what is open, retry
                     // later instead of spinning on the full accept queue.
                     tracing::warn!("accept: {e}; backing off {backoff:?}");
+                    ctx.counts.backoffs.fetch_add(1, Relaxed);
                     fulcrum_runtime::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(100));
                     continue;

@@ -47,8 +47,8 @@ fn set_soft_limit(n: u64) {
 }
 
 /// The server, in the child: prints `addr <address>`, then answers `cpu`
-/// on stdin with `cpu <microseconds of its own CPU time>`, until stdin
-/// closes.
+/// on stdin with `cpu <microseconds of its own CPU time>` and `backoffs`
+/// with `backoffs <times its accept loop backed off>`, until stdin closes.
 #[test]
 #[ignore = "run by emfile_backs_off_keeps_serving_and_recovers in a child process"]
 fn emfile_server_process() {
@@ -78,6 +78,8 @@ fn emfile_server_process() {
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         if line == "cpu" {
             println!("cpu {}", cpu_time().as_micros());
+        } else if line == "backoffs" {
+            println!("backoffs {}", serving.accept_backoffs());
         }
     }
     drop(serving);
@@ -132,6 +134,13 @@ impl ServerChild {
         }
     }
 
+    fn backoffs(&mut self) -> u64 {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "backoffs").unwrap();
+        stdin.flush().unwrap();
+        self.expect("backoffs ").parse().unwrap()
+    }
+
     fn cpu(&mut self) -> Duration {
         let stdin = self.child.stdin.as_mut().unwrap();
         writeln!(stdin, "cpu").unwrap();
@@ -179,7 +188,16 @@ fn emfile_backs_off_keeps_serving_and_recovers() {
     let cpu0 = server.cpu();
     std::thread::sleep(Duration::from_secs(1));
     let cpu = server.cpu() - cpu0;
-    eprintln!("server stalled at its fd limit: {cpu:?} CPU over 1 s");
+    let backoffs = server.backoffs();
+    eprintln!("server stalled at its fd limit: {cpu:?} CPU over 1 s, {backoffs} back-offs");
+    // It did reach EMFILE (else nothing here is tested), and backed off
+    // rather than retrying at once: over 1 s at 10-100 ms a time, at most
+    // a few dozen back-offs.
+    assert!(backoffs > 0, "the server never hit its fd limit");
+    assert!(
+        backoffs < 200,
+        "{backoffs} back-offs in about 1.2 s: not backing off"
+    );
     assert!(
         cpu < Duration::from_millis(250),
         "busy loop at EMFILE: {cpu:?} of CPU over 1 s"

@@ -2,6 +2,7 @@
 //! `Exact` spread 400 long-lived connections over 4 workers within ±25% of
 //! the mean (`Reuseport` and `AcceptRace` are reported, not asserted).
 
+use std::future::Future;
 use std::time::Duration;
 
 use fulcrum_dlb::Backend;
@@ -119,8 +120,21 @@ fn balance_modes_parse() {
 
 #[test]
 fn serve_outside_a_runtime_is_an_error() {
-    let rt = Builder::new_current_thread().build().unwrap();
+    // Polled on a thread with no runtime: `serve` fails at once, saying so.
+    let fut = Server::bind("127.0.0.1:0".parse().unwrap()).serve(|_s, _p| async {});
+    let mut fut = std::pin::pin!(fut);
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Err(e)) => assert!(
+            e.to_string().contains("runtime"),
+            "the error should say there is no runtime: {e}"
+        ),
+        std::task::Poll::Ready(Ok(_)) => panic!("serve succeeded outside a runtime"),
+        std::task::Poll::Pending => panic!("serve waited outside a runtime instead of failing"),
+    }
     // Inside a runtime it works even on the current-thread scheduler.
+    let rt = Builder::new_current_thread().build().unwrap();
     rt.block_on(async {
         let s = Server::bind("127.0.0.1:0".parse().unwrap())
             .serve(|_s, _p| async {})
