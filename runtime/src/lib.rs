@@ -57,9 +57,11 @@ mod context;
 mod coop;
 #[cfg(not(loom))]
 pub mod io;
-/// Under loom, only the readiness state machine of the reactor (its models).
+/// Under loom, only the reactor's readiness state and its release list
+/// (their models).
 #[cfg(loom)]
 mod io {
+    pub(crate) mod release;
     pub(crate) mod scheduled;
 }
 mod loom;
@@ -71,6 +73,11 @@ mod park;
 mod runtime;
 #[cfg(not(loom))]
 mod scheduler;
+/// Under loom, only the owned-task list of the schedulers (its model).
+#[cfg(loom)]
+mod scheduler {
+    pub(crate) mod owned;
+}
 mod sleepers;
 pub mod task;
 #[cfg(not(loom))]

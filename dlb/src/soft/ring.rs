@@ -150,3 +150,56 @@ impl Ring {
         }
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! A producer and two dispatchers (consumers) on one ring, with a
+    //! wrap-around: every event is popped exactly once, none is lost.
+
+    use ::loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use ::loom::sync::Arc;
+    use ::loom::thread;
+
+    use super::Ring;
+    use crate::event::Event;
+
+    #[test]
+    fn two_dispatchers_pop_each_event_once() {
+        ::loom::model(|| {
+            let ring = Arc::new(Ring::new(2));
+            // One lap done before the race, so positions wrap.
+            ring.push_wait(Event::unordered(0, 1 << 8));
+            assert!(ring.pop().is_some());
+            let seen = Arc::new(AtomicUsize::new(0));
+            let producer = {
+                let ring = ring.clone();
+                thread::spawn(move || {
+                    ring.push_wait(Event::unordered(0, 1));
+                    ring.push_wait(Event::unordered(0, 2));
+                })
+            };
+            let dispatcher = {
+                let (ring, seen) = (ring.clone(), seen.clone());
+                thread::spawn(move || {
+                    if let Some(e) = ring.pop() {
+                        let prev = seen.fetch_or(e.udata as usize, SeqCst);
+                        assert_eq!(prev & e.udata as usize, 0, "popped twice");
+                    }
+                })
+            };
+            // The second dispatcher, here: one pop racing the others, then
+            // what is left once they are done.
+            if let Some(e) = ring.pop() {
+                let prev = seen.fetch_or(e.udata as usize, SeqCst);
+                assert_eq!(prev & e.udata as usize, 0, "popped twice");
+            }
+            producer.join().unwrap();
+            dispatcher.join().unwrap();
+            while let Some(e) = ring.pop() {
+                let prev = seen.fetch_or(e.udata as usize, SeqCst);
+                assert_eq!(prev & e.udata as usize, 0, "popped twice");
+            }
+            assert_eq!(seen.load(SeqCst), 0b11, "an event was lost");
+        });
+    }
+}

@@ -22,6 +22,7 @@ mod async_fd;
 mod interest;
 pub(crate) mod reactor;
 mod registration;
+pub(crate) mod release;
 mod scheduled;
 
 pub use self::interest::Interest;

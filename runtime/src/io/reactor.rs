@@ -28,13 +28,14 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
-use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::sync::Arc;
 
 use mio::unix::SourceFd;
 use mio::{Events, Registry, Token};
 
+use super::release::ReleaseList;
 use super::{Interest, Ready, ScheduledIo};
 
 /// Tokens below this are the runtime's own (DLB readiness fd, waker).
@@ -42,8 +43,9 @@ pub(crate) const FIRST_IO_TOKEN: usize = 16;
 
 pub(crate) struct Reactor {
     registry: Registry,
-    /// Registrations released since the owner last entered `epoll_wait`.
-    pending_release: Mutex<Vec<Arc<ScheduledIo>>>,
+    /// Registrations removed since the owner last entered `epoll_wait`,
+    /// and the helpers inside its epoll set (`release.rs`).
+    released: ReleaseList<Arc<ScheduledIo>>,
     /// Live registrations (for metrics).
     resources: AtomicU64,
     /// The worker index, or `None` for a `block_on` thread.
@@ -51,8 +53,6 @@ pub(crate) struct Reactor {
     /// The epoll fd of the owner's `Poll` (for assists), if it may be
     /// assisted.
     epoll_fd: Option<RawFd>,
-    /// Helpers currently waiting on or dispatching from this epoll fd.
-    assisting: AtomicUsize,
     /// Registrations that moved in from another reactor (for metrics).
     moved_in: AtomicU64,
 }
@@ -95,11 +95,10 @@ impl Reactor {
     pub(crate) fn new(registry: Registry, worker: Option<usize>, epoll_fd: Option<RawFd>) -> Self {
         Self {
             registry,
-            pending_release: Mutex::new(Vec::new()),
+            released: ReleaseList::new(),
             resources: AtomicU64::new(0),
             worker,
             epoll_fd,
-            assisting: AtomicUsize::new(0),
             moved_in: AtomicU64::new(0),
         }
     }
@@ -180,25 +179,12 @@ impl Reactor {
     /// docs).
     fn forget(&self, io: &Arc<ScheduledIo>) {
         self.resources.fetch_sub(1, AcqRel);
-        self.pending_release
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(io.clone());
+        self.released.defer(io.clone());
     }
 
     /// Called by the owning thread right before `epoll_wait`.
     pub(crate) fn release_pending(&self) {
-        let mut pending = self
-            .pending_release
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if pending.is_empty() || self.assisting.load(SeqCst) > 0 {
-            // A helper may hold events naming these; keep them for now.
-            return;
-        }
-        let released = std::mem::take(&mut *pending);
-        drop(pending);
-        drop(released);
+        self.released.release();
     }
 
     /// Waits (without blocking) on the owner's epoll fd from another thread
@@ -216,30 +202,30 @@ impl Reactor {
         let Some(fd) = self.epoll_fd else {
             return (0, false);
         };
-        self.assisting.fetch_add(1, SeqCst);
-        // SAFETY: `epoll_event` is plain data; zeroed is a valid value.
-        let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
-        // SAFETY: `fd` is a live epoll fd (see above) and `events` is a
-        // writable array of 64 entries.
-        let n = unsafe { libc::epoll_wait(fd, events.as_mut_ptr(), 64, 0) };
-        let mut dispatched = 0;
-        let mut took_owner_event = false;
-        for ev in events.iter().take(usize::try_from(n).unwrap_or(0)) {
-            let token = ev.u64 as usize;
-            if token < FIRST_IO_TOKEN {
-                // The owner's DLB fd or waker: its edge is consumed now, so
-                // the caller re-signals the owner.
-                took_owner_event = true;
-                continue;
+        self.released.assist(|| {
+            // SAFETY: `epoll_event` is plain data; zeroed is a valid value.
+            let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
+            // SAFETY: `fd` is a live epoll fd (see above) and `events` is a
+            // writable array of 64 entries.
+            let n = unsafe { libc::epoll_wait(fd, events.as_mut_ptr(), 64, 0) };
+            let mut dispatched = 0;
+            let mut took_owner_event = false;
+            for ev in events.iter().take(usize::try_from(n).unwrap_or(0)) {
+                let token = ev.u64 as usize;
+                if token < FIRST_IO_TOKEN {
+                    // The owner's DLB fd or waker: its edge is consumed now,
+                    // so the caller re-signals the owner.
+                    took_owner_event = true;
+                    continue;
+                }
+                // SAFETY: as in `dispatch`; inside `assist`, the owner does
+                // not drop deferred registrations until we are done.
+                let io = unsafe { &*(token as *const ScheduledIo) };
+                io.dispatch(Ready::from_epoll(ev.events));
+                dispatched += 1;
             }
-            // SAFETY: as in `dispatch`; `assisting > 0` keeps the owner from
-            // releasing registrations until we are done.
-            let io = unsafe { &*(token as *const ScheduledIo) };
-            io.dispatch(Ready::from_epoll(ev.events));
-            dispatched += 1;
-        }
-        self.assisting.fetch_sub(1, SeqCst);
-        (dispatched, took_owner_event)
+            (dispatched, took_owner_event)
+        })
     }
 
     /// Dispatches the I/O events of one `epoll_wait`; returns how many.

@@ -156,3 +156,76 @@ impl<S: Schedule> OwnedTasks<S> {
         }
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! A spawn binding its task racing shutdown closing the list: the task
+    //! is cancelled exactly once either way (by `bind`, which finds the list
+    //! closed, or by `close_and_shutdown`), and nothing stays alive.
+
+    use std::sync::atomic::Ordering::SeqCst;
+
+    use ::loom::sync::atomic::AtomicUsize;
+    use ::loom::sync::Arc;
+    use ::loom::thread;
+
+    use super::OwnedTasks;
+    use crate::task::{new_task, Notified, Schedule, Task};
+
+    #[derive(Clone)]
+    struct ListSched(Arc<OwnedTasks<ListSched>>);
+
+    impl Schedule for ListSched {
+        fn schedule(&self, task: Notified<Self>) {
+            // A wake-up after shutdown: the list cancels the task.
+            drop(task);
+        }
+
+        fn release(&self, task: &Task<Self>) -> Option<Task<Self>> {
+            self.0.remove(task)
+        }
+    }
+
+    /// Counts drops of the future it is part of.
+    struct Dropped(Arc<AtomicUsize>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    #[test]
+    fn bind_racing_close_cancels_the_task_once() {
+        ::loom::model(|| {
+            let owned = Arc::new(OwnedTasks::new());
+            let drops = Arc::new(AtomicUsize::new(0));
+            let guard = Dropped(drops.clone());
+            let spawner = {
+                let owned = owned.clone();
+                thread::spawn(move || {
+                    let fut = async move {
+                        let _guard = guard;
+                        std::future::pending::<()>().await;
+                    };
+                    let (task, notified, join) = new_task(fut, ListSched(owned.clone()));
+                    // A spawn: bind, then (if bound) the first permission
+                    // would be queued; here it is dropped, as if the task
+                    // waited for a wake-up that never comes.
+                    owned.bind(task);
+                    drop(notified);
+                    drop(join);
+                })
+            };
+            owned.close_and_shutdown();
+            spawner.join().unwrap();
+            assert_eq!(
+                drops.load(SeqCst),
+                1,
+                "the future was dropped {} times",
+                drops.load(SeqCst)
+            );
+            assert_eq!(owned.alive(), 0);
+        });
+    }
+}
