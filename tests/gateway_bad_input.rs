@@ -1195,6 +1195,7 @@ const KEYS: &[&str] = &[
     "connect_timeout_ms",
     "request_timeout_ms",
     "max_idle_per_endpoint",
+    "max_response_head_bytes",
     "path",
     "interval_ms",
     "timeout_ms",

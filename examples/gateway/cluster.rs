@@ -234,6 +234,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
             max_idle: 4,
+            max_response_head: 60 * 1024,
             health: Some(HealthSpec {
                 path: "/".into(),
                 interval: Duration::from_secs(1),

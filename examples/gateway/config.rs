@@ -148,6 +148,10 @@ pub struct Cluster {
     /// Idle keep-alive connections kept per endpoint and worker.
     #[serde(default = "default_idle")]
     pub max_idle_per_endpoint: usize,
+    /// The largest response head an endpoint may send (Envoy's default,
+    /// 60 KiB); a larger one is a 502 and its connection is closed.
+    #[serde(default = "default_response_head")]
+    pub max_response_head_bytes: usize,
     /// The active health check (none: every endpoint is always healthy).
     pub health_check: Option<HealthCheck>,
 }
@@ -214,6 +218,10 @@ fn default_table() -> usize {
 fn default_connect_timeout() -> u64 {
     1_000
 }
+fn default_response_head() -> usize {
+    60 * 1024
+}
+
 fn default_request_timeout() -> u64 {
     15_000
 }
@@ -263,6 +271,7 @@ pub struct ClusterSpec {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_idle: usize,
+    pub max_response_head: usize,
     pub health: Option<HealthSpec>,
 }
 
@@ -493,6 +502,15 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
                 return Err(err(at(f), "must be above 0".into()));
             }
         }
+        if c.max_response_head_bytes < MIN_HEADER_BYTES {
+            return Err(err(
+                at("max_response_head_bytes"),
+                format!(
+                    "{} is below the minimum of {MIN_HEADER_BYTES}",
+                    c.max_response_head_bytes
+                ),
+            ));
+        }
         let health = match &c.health_check {
             None => None,
             Some(h) => {
@@ -530,6 +548,7 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             request_timeout: Duration::from_millis(c.request_timeout_ms),
             max_idle: c.max_idle_per_endpoint,
+            max_response_head: c.max_response_head_bytes,
             health,
         });
     }

@@ -131,6 +131,54 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The requests the gateway answers itself, before routing, with the
+/// connection closed afterwards (so that nothing pipelined behind them is
+/// read): RFC 9112 section 3.2 asks for 400 when an HTTP/1.1 request has no
+/// `Host` or several, or a `Host` that is not one valid value. `CONNECT`
+/// (a tunnel) and protocol upgrades other than `h2c` (which a server may
+/// ignore) are not supported: 501. An `Upgrade: h2c` offer is dropped with
+/// the other hop-by-hop headers, and the request is served over HTTP/1.1.
+fn refuse_head(parts: &hyper::http::request::Parts) -> Option<Response<Body>> {
+    let hosts = parts.headers.get_all(header::HOST).iter().count();
+    let refusal = if hosts > 1 {
+        Some((StatusCode::BAD_REQUEST, "several Host headers"))
+    } else if hosts == 0
+        && parts.version == hyper::Version::HTTP_11
+        && parts.uri.authority().is_none()
+    {
+        Some((StatusCode::BAD_REQUEST, "no Host header"))
+    } else if parts.headers.get(header::HOST).is_some_and(|h| {
+        h.to_str().map_or(true, |h| {
+            h.is_empty() || h.parse::<hyper::http::uri::Authority>().is_err()
+        })
+    }) {
+        Some((StatusCode::BAD_REQUEST, "bad Host header"))
+    } else if parts.method == hyper::Method::CONNECT {
+        Some((StatusCode::NOT_IMPLEMENTED, "CONNECT is not supported"))
+    } else if parts.headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',').any(|p| !p.trim().eq_ignore_ascii_case("h2c"))
+        })
+    }) {
+        Some((
+            StatusCode::NOT_IMPLEMENTED,
+            "protocol upgrades are not supported",
+        ))
+    } else {
+        None
+    };
+    refusal.map(|(status, text)| {
+        let mut resp = reply(status, text);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    })
+}
+
+/// How long a response waits for the first bytes of its body before its
+/// head goes to the client (see `Gateway::send`).
+const FIRST_FRAME_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Why forwarding failed.
 enum Failure {
     Refused(io::Error),
@@ -217,6 +265,10 @@ impl Gateway {
         peer: SocketAddr,
     ) -> (Response<Body>, Option<Arc<Endpoint>>) {
         let (mut parts, body) = req.into_parts();
+        if let Some(refusal) = refuse_head(&parts) {
+            return (refusal, None);
+        }
+        let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
         let host = parts
             .uri
             .host()
@@ -319,9 +371,15 @@ impl Gateway {
             Err(_) => return (reply(StatusCode::BAD_REQUEST, "bad path"), None),
         };
         parts.version = hyper::Version::HTTP_11;
+        // RFC 9112 section 3.2.2: an absolute-form target's authority
+        // replaces `Host`, so that the upstream sees the host the request
+        // was routed by. `parts.uri` is origin-form from here on.
         strip_hop_by_hop(&mut parts.headers);
-        if !parts.headers.contains_key(header::HOST) && !host.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&host) {
+        let forwarded_host = authority.or_else(|| {
+            (!parts.headers.contains_key(header::HOST) && !host.is_empty()).then(|| host.clone())
+        });
+        if let Some(h) = forwarded_host {
+            if let Ok(v) = HeaderValue::from_str(&h) {
                 parts.headers.insert(header::HOST, v);
             }
         }
@@ -390,9 +448,25 @@ impl Gateway {
             };
             match result {
                 Ok(resp) => {
-                    let (mut parts, body) = resp.into_parts();
+                    let (mut parts, mut body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    // The first bytes of the body usually come with the
+                    // head: waiting a moment for them turns an invalid first
+                    // chunk into a 502 instead of a response cut short. A
+                    // body that starts later streams, and an error in it
+                    // then closes the client's connection.
+                    let first = if body.is_end_stream() {
+                        None
+                    } else {
+                        let wait = fulcrum::time::Instant::now() + FIRST_FRAME_WAIT;
+                        match fulcrum::time::timeout_at(wait.min(deadline), body.frame()).await {
+                            Ok(Some(Ok(frame))) => Some(frame),
+                            Ok(Some(Err(e))) => return Err(Failure::Upstream(e)),
+                            Ok(None) | Err(_) => None,
+                        }
+                    };
                     let body = PooledBody::new(
+                        first,
                         body,
                         GiveBack {
                             pool: self.pool.clone(),
@@ -429,6 +503,7 @@ async fn connect(
     };
     let _ = stream.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_header_size(spec.max_response_head)
         .handshake(HyperIo::new(stream))
         .await
         .map_err(Failure::Upstream)?;
@@ -449,6 +524,8 @@ async fn connect(
 /// An upstream response body that puts its connection back in the pool
 /// once it has been read to the end (dropped early, the connection closes).
 struct PooledBody {
+    /// A frame read ahead (see `Gateway::send`), served first.
+    first: Option<Frame<Bytes>>,
     inner: Incoming,
     back: Option<GiveBack>,
 }
@@ -463,8 +540,9 @@ struct GiveBack {
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, back: GiveBack) -> Self {
+    fn new(first: Option<Frame<Bytes>>, inner: Incoming, back: GiveBack) -> Self {
         let mut body = Self {
+            first,
             inner,
             back: Some(back),
         };
@@ -489,6 +567,9 @@ impl hyper::body::Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(frame) = self.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.give_back(),
@@ -500,10 +581,21 @@ impl hyper::body::Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let ahead = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + ahead);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + ahead);
+        }
+        hint
     }
 }
