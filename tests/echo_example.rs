@@ -3,73 +3,12 @@
 //! it, and its last line gives the per-worker connection counts.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::net::{Shutdown, TcpStream};
+use std::process::Command;
+use std::time::Duration;
 
 mod common;
-
-/// A running echo server; killed when dropped.
-struct Echo {
-    child: Child,
-    addr: SocketAddr,
-    /// Lines it prints after the listening line.
-    stdout: mpsc::Receiver<String>,
-}
-
-impl Echo {
-    fn start(args: &[&str]) -> Echo {
-        let mut child = Command::new(common::example_binary("echo"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the echo example");
-        let rx = common::lines_of(&mut child);
-        let marker = "echo: listening on ";
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the echo example did not start");
-        let rest = line
-            .strip_prefix(marker)
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        let addr = rest
-            .split(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Echo {
-            child,
-            addr,
-            stdout: rx,
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        common::signal(&self.child, sig);
-    }
-
-    /// Waits for the process to exit (at most `limit`).
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the child") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the echo example did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Echo;
 
 /// The numbers in the `[a, b, ...]` of "connections per worker [...]".
 fn per_worker(line: &str) -> Vec<u64> {

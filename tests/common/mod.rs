@@ -1,12 +1,13 @@
 //! What the end-to-end tests of the examples share: building an example
-//! and finding its binary, temporary config files, and a running gateway.
+//! and finding its binary, temporary config files, a running gateway and a
+//! running echo server.
 
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
@@ -216,4 +217,67 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_owned());
     (status, body)
+}
+
+/// A running echo server; killed when dropped.
+pub struct Echo {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Lines it prints after the listening line.
+    pub stdout: mpsc::Receiver<String>,
+}
+
+impl Echo {
+    /// Starts the echo example with `args` and waits for its address.
+    pub fn start(args: &[&str]) -> Echo {
+        let mut child = Command::new(example_binary("echo"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the echo example");
+        let rx = lines_of(&mut child);
+        let marker = "echo: listening on ";
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the echo example did not start");
+        let rest = line
+            .strip_prefix(marker)
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let addr = rest
+            .split(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Echo {
+            child,
+            addr,
+            stdout: rx,
+        }
+    }
+
+    /// Sends `sig` to it.
+    pub fn signal(&self, sig: i32) {
+        signal(&self.child, sig);
+    }
+
+    /// Waits for the process to exit (at most `limit`).
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the child") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the echo example did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -156,8 +156,11 @@ pub(crate) const BUSY_PERMILLE: u32 = 500;
 
 /// The load hint of a worker inside a long task poll: as if it had this many
 /// events waiting, so that the arbiter passes it over while any other port
-/// is eligible (it stays eligible, so nothing is stranded).
-pub(crate) const STUCK_HINT: u32 = 1024;
+/// is eligible (it stays eligible, so nothing is stranded). It must
+/// outweigh any other worker's hint, which counts its registrations: with
+/// 1,024, a worker stuck with 4,000 connections still ranked before an idle
+/// one with 6,000, and a task spawned then waited behind the stuck poll.
+pub(crate) const STUCK_HINT: u32 = 1 << 24;
 
 /// The tokens of a worker's own sources in its `Poll`.
 const DLB_TOKEN: Token = Token(0);
