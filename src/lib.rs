@@ -132,6 +132,19 @@ pub use fulcrum_runtime::{spawn, task_local, time};
 /// `net::hyper`. Host names are resolved on the blocking pool.
 pub use fulcrum_net as net;
 
+/// The web stack on Fulcrum (feature `http`): [`serve`](http::serve), with
+/// the shape of `axum::serve` (feature `axum` for axum's `Router` and
+/// `ConnectInfo`), HTTP/1.1 and HTTP/2 on one port with every connection
+/// placed by the DLB queue; [`serve_balanced`](http::serve_balanced) on a
+/// [`Server`](net::Server) with a [`Balance`](net::Balance) mode; and
+/// [`Connector`](http::Connector) with [`FulcrumExecutor`](http::FulcrumExecutor)
+/// and [`FulcrumTimer`](http::FulcrumTimer) for hyper-util's `Client`
+/// (hyper-rustls, tonic clients). See `docs/porting.md`.
+#[cfg(feature = "http")]
+pub mod http {
+    pub use fulcrum_net::http::*;
+}
+
 /// Files and directories, tokio's `fs` module, on the blocking pool.
 pub mod fs {
     pub use fulcrum_net::fs::*;
