@@ -145,6 +145,16 @@ pub mod http {
     pub use fulcrum_net::http::*;
 }
 
+/// Feature `tokio-compat` (off by default): every Fulcrum thread has
+/// entered the handle of a small tokio runtime, so that libraries calling
+/// tokio's runtime themselves (reqwest, sqlx's `runtime-tokio`) work in
+/// Fulcrum tasks; their I/O and timers run on tokio's driver thread, off
+/// the DLB workers. [`handle`](tokio_compat::handle) spawns on it.
+#[cfg(feature = "tokio-compat")]
+pub mod tokio_compat {
+    pub use fulcrum_runtime::tokio_compat::*;
+}
+
 /// Files and directories, tokio's `fs` module, on the blocking pool.
 pub mod fs {
     pub use fulcrum_net::fs::*;

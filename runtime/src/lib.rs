@@ -72,6 +72,16 @@ mod runtime;
 #[cfg(not(loom))]
 mod scheduler;
 mod sleepers;
+#[cfg(feature = "tokio-compat")]
+pub mod tokio_compat;
+#[cfg(not(feature = "tokio-compat"))]
+mod tokio_compat {
+    //! Without the feature: nothing to enter.
+    pub(crate) struct ThreadGuard;
+    pub(crate) fn enter() -> ThreadGuard {
+        ThreadGuard
+    }
+}
 pub mod task;
 #[cfg(not(loom))]
 pub mod time;
