@@ -24,7 +24,8 @@ cat > "$tmp/src/main.rs" <<'RS'
 fn main() {
     let mut args = std::env::args().skip(1);
     let (proto, out) = (args.next().unwrap(), args.next().unwrap());
-    let dir = std::path::Path::new(&proto).parent().unwrap().to_path_buf();
+    let proto = std::path::PathBuf::from(proto);
+    let dir = proto.parent().unwrap().to_path_buf();
     tonic_prost_build::configure()
         .build_transport(false)
         .out_dir(&out)
