@@ -52,14 +52,20 @@ struct NewItem {
     name: String,
 }
 
-async fn create(State(state): State<Arc<AppState>>, Json(new): Json<NewItem>) -> (StatusCode, Json<Item>) {
+async fn create(
+    State(state): State<Arc<AppState>>,
+    Json(new): Json<NewItem>,
+) -> (StatusCode, Json<Item>) {
     let id = state.next_id.fetch_add(1, SeqCst) as u64 + 1;
     let item = Item { id, name: new.name };
     state.items.lock().unwrap().insert(id, item.clone());
     (StatusCode::CREATED, Json(item))
 }
 
-async fn read(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> Result<Json<Item>, StatusCode> {
+async fn read(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<u64>,
+) -> Result<Json<Item>, StatusCode> {
     let item = state.items.lock().unwrap().get(&id).cloned();
     item.map(Json).ok_or(StatusCode::NOT_FOUND)
 }
@@ -88,13 +94,11 @@ fn app(state: Arc<AppState>) -> Router {
         .route("/slow/{ms}", get(slow))
         .route("/peer", get(peer))
         .route("/big", get(|| async { big_text() }))
-        .layer(
-            TraceLayer::new_for_http().on_response(
-                move |_res: &axum::http::Response<_>, _latency: Duration, _span: &tracing::Span| {
-                    traced.traced.fetch_add(1, SeqCst);
-                },
-            ),
-        )
+        .layer(TraceLayer::new_for_http().on_response(
+            move |_res: &axum::http::Response<_>, _latency: Duration, _span: &tracing::Span| {
+                traced.traced.fetch_add(1, SeqCst);
+            },
+        ))
         .layer(CompressionLayer::new())
         .layer(CorsLayer::permissive())
         .with_state(state)
@@ -135,18 +139,32 @@ fn json_post(uri: String, body: &'static str) -> Request<Full<Bytes>> {
 async fn routes_and_extractors(h2: bool) {
     let (base, state, stop, server) = start().await;
     let client = client(h2);
-    let version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    let version = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
 
     let got = fetch(&client, &format!("{base}/")).await;
-    assert_eq!((got.status.as_u16(), got.text(), got.version), (200, "hello", version));
+    assert_eq!(
+        (got.status.as_u16(), got.text(), got.version),
+        (200, "hello", version)
+    );
 
     // State + Json: create, then read back through Path.
-    let got = send(&client, json_post(format!("{base}/items"), r#"{"name":"widget"}"#)).await;
+    let got = send(
+        &client,
+        json_post(format!("{base}/items"), r#"{"name":"widget"}"#),
+    )
+    .await;
     assert_eq!(got.status.as_u16(), 201);
     assert_eq!(got.text(), r#"{"id":1,"name":"widget"}"#);
     assert_eq!(got.headers["content-type"], "application/json");
     let got = fetch(&client, &format!("{base}/items/1")).await;
-    assert_eq!((got.status.as_u16(), got.text()), (200, r#"{"id":1,"name":"widget"}"#));
+    assert_eq!(
+        (got.status.as_u16(), got.text()),
+        (200, r#"{"id":1,"name":"widget"}"#)
+    );
     let got = fetch(&client, &format!("{base}/items/99")).await;
     assert_eq!((got.status.as_u16(), got.text()), (404, ""));
 
@@ -158,7 +176,8 @@ async fn routes_and_extractors(h2: bool) {
     let got = send(&client, json_post(format!("{base}/items"), r#"{"name": "#)).await;
     assert_eq!(got.status.as_u16(), 400);
     assert!(
-        got.text().starts_with("Failed to parse the request body as JSON"),
+        got.text()
+            .starts_with("Failed to parse the request body as JSON"),
         "{:?}",
         got.text()
     );
@@ -177,7 +196,11 @@ async fn routes_and_extractors(h2: bool) {
     let got = send(&client, req).await;
     assert_eq!(got.status.as_u16(), 200);
     assert_eq!(got.headers["content-encoding"], "gzip");
-    assert!(got.body.len() < big_text().len() / 10, "{} bytes", got.body.len());
+    assert!(
+        got.body.len() < big_text().len() / 10,
+        "{} bytes",
+        got.body.len()
+    );
     let mut text = String::new();
     flate2::read::GzDecoder::new(&got.body[..])
         .read_to_string(&mut text)
@@ -208,7 +231,10 @@ async fn routes_and_extractors(h2: bool) {
         .body(Full::default())
         .unwrap();
     let got = send(&client, req).await;
-    assert_eq!((got.text(), &got.headers["access-control-allow-origin"]), ("hello", &"*".parse().unwrap()));
+    assert_eq!(
+        (got.text(), &got.headers["access-control-allow-origin"]),
+        ("hello", &"*".parse().unwrap())
+    );
 
     // The trace layer saw every response above (the preflight is answered
     // by the CORS layer, outside it).
@@ -249,7 +275,10 @@ async fn twenty_slow_requests(h2: bool) {
     }
     let took = t.elapsed();
     assert_eq!((n, state.slow_started.load(SeqCst)), (20, 20));
-    assert!(took < Duration::from_millis(2500), "20 slow requests took {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "20 slow requests took {took:?}"
+    );
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
     assert_no_tokio_runtime();
@@ -285,7 +314,10 @@ async fn graceful_shutdown(h2: bool) {
     let mut done = Vec::new();
     while let Some(r) = set.join_next().await {
         let (ms, got) = r.unwrap();
-        assert_eq!((got.status.as_u16(), got.text()), (200, format!("slept {ms}").as_str()));
+        assert_eq!(
+            (got.status.as_u16(), got.text()),
+            (200, format!("slept {ms}").as_str())
+        );
         done.push(ms);
     }
     done.sort_unstable();
@@ -344,7 +376,10 @@ async fn serve_balanced_exact_with_connect_info() {
     assert!(peers.iter().all(|p| p.ip().to_string() == "127.0.0.1"));
     let handled = running.serving().handled_per_worker();
     assert_eq!(handled.iter().sum::<u64>(), 6, "{handled:?}");
-    assert!(handled.iter().all(|&n| n == 2), "exact balance: {handled:?}");
+    assert!(
+        handled.iter().all(|&n| n == 2),
+        "exact balance: {handled:?}"
+    );
     let task = fulcrum::spawn(running.into_future());
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
@@ -369,7 +404,10 @@ async fn unix_listener_and_plain_router() {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
-    assert!(response.ends_with("\r\n\r\nover a unix socket"), "{response}");
+    assert!(
+        response.ends_with("\r\n\r\nover a unix socket"),
+        "{response}"
+    );
     server.abort();
     let _ = std::fs::remove_dir_all(&dir);
     assert_no_tokio_runtime();
@@ -398,7 +436,9 @@ async fn hand_written_service() {
 /// Outside a runtime, serving is an error, not a panic.
 #[test]
 fn serve_outside_a_runtime_is_an_error() {
-    let rt = fulcrum::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = fulcrum::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let router = Router::new().route("/", get(|| async { "x" }));
     let fut = fulcrum::http::serve(listener, router).into_future();

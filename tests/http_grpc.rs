@@ -106,7 +106,10 @@ async fn grpc_unary_and_server_streaming_over_h2c() {
         })
         .await
         .unwrap_err();
-    assert_eq!((status.code(), status.message()), (Code::InvalidArgument, "asked to fail"));
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::InvalidArgument, "asked to fail")
+    );
 
     let mut stream = client
         .stream(EchoRequest {

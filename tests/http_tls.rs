@@ -114,7 +114,10 @@ async fn fetch_https(cert: &CertificateDer<'static>, port: u16, h2: bool) -> (Ve
         .with_tls_config(tls)
         .https_only();
     let https = if h2 {
-        builder.enable_http1().enable_http2().wrap_connector(Connector::new())
+        builder
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(Connector::new())
     } else {
         builder.enable_http1().wrap_connector(Connector::new())
     };

@@ -12,10 +12,17 @@ use fulcrum::net::TcpListener;
 async fn start() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = Router::new().route("/hello/{name}", get(|axum::extract::Path(name): axum::extract::Path<String>| async move {
-        format!("hello {name}")
+    let app = Router::new().route(
+        "/hello/{name}",
+        get(
+            |axum::extract::Path(name): axum::extract::Path<String>| async move {
+                format!("hello {name}")
+            },
+        ),
+    );
+    drop(fulcrum::spawn(async move {
+        fulcrum::http::serve(listener, app).await
     }));
-    drop(fulcrum::spawn(async move { fulcrum::http::serve(listener, app).await }));
     addr
 }
 
@@ -45,7 +52,10 @@ async fn reqwest_fetches_inside_a_fulcrum_task() {
 
 #[fulcrum::test]
 async fn tokio_context_on_every_fulcrum_thread() {
-    assert!(tokio::runtime::Handle::try_current().is_ok(), "block_on thread");
+    assert!(
+        tokio::runtime::Handle::try_current().is_ok(),
+        "block_on thread"
+    );
     let on_worker = fulcrum::spawn(async { tokio::runtime::Handle::try_current().is_ok() });
     assert!(on_worker.await.unwrap(), "worker thread");
     let on_blocking =
@@ -62,5 +72,8 @@ async fn tokio_context_on_every_fulcrum_thread() {
         .map(|s| s.trim().to_string())
         .collect();
     assert!(names.iter().any(|n| n == "tokio-compat"), "{names:?}");
-    assert!(!names.iter().any(|n| n.starts_with("tokio-runtime")), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("tokio-runtime")),
+        "{names:?}"
+    );
 }

@@ -7,9 +7,9 @@ mod web;
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use fulcrum::http::{HyperIo, Shared};
 use fulcrum::net::{TcpListener, TcpStream};
+use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{header, Request, Response, StatusCode};
@@ -39,7 +39,8 @@ async fn upgrade(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, In
             Ok(u) => u,
             Err(e) => panic!("upgrade: {e}"),
         };
-        let mut ws = WebSocketStream::from_raw_socket(HyperIo::new(upgraded), Role::Server, None).await;
+        let mut ws =
+            WebSocketStream::from_raw_socket(HyperIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
             match msg {
                 Message::Text(_) | Message::Binary(_) => {
@@ -69,9 +70,8 @@ async fn websocket_echo() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = tower::service_fn(upgrade);
-    let server = fulcrum::spawn(async move {
-        fulcrum::http::serve(listener, Shared::new(service)).await
-    });
+    let server =
+        fulcrum::spawn(async move { fulcrum::http::serve(listener, Shared::new(service)).await });
 
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
@@ -83,7 +83,9 @@ async fn websocket_echo() {
         let echo = ws.next().await.unwrap().unwrap();
         assert_eq!(echo, Message::text(format!("hello {i}")));
     }
-    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
         Message::binary(vec![0u8, 1, 2, 255])

@@ -81,7 +81,11 @@ async fn read(
     Path(id): Path<u64>,
 ) -> Result<Json<Item>, StatusCode> {
     let items = state.items.read().unwrap_or_else(|e| e.into_inner());
-    items.get(&id).cloned().map(Json).ok_or(StatusCode::NOT_FOUND)
+    items
+        .get(&id)
+        .cloned()
+        .map(Json)
+        .ok_or(StatusCode::NOT_FOUND)
 }
 
 async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> StatusCode {

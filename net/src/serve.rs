@@ -272,7 +272,11 @@ impl AcceptBackoff {
 
     /// Classifies `e`, sleeping first when it is a lack of resources
     /// (counted in `backoffs`).
-    pub(crate) async fn on_error(&mut self, e: &io::Error, backoffs: Option<&AtomicU64>) -> AcceptError {
+    pub(crate) async fn on_error(
+        &mut self,
+        e: &io::Error,
+        backoffs: Option<&AtomicU64>,
+    ) -> AcceptError {
         match e.raw_os_error() {
             Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
                 tracing::warn!("accept: {e}; backing off {:?}", self.delay);
@@ -285,7 +289,9 @@ impl AcceptBackoff {
             }
             // The peer gave up before we accepted, or a signal: nothing
             // wrong with the listener.
-            Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO)
+            Some(libc::ECONNABORTED)
+            | Some(libc::EINTR)
+            | Some(libc::EPROTO)
             | Some(libc::ECONNRESET) => AcceptError::Retry,
             _ => AcceptError::Fatal,
         }

@@ -485,8 +485,9 @@ where
         mut shutdown,
         alive,
     } = shared;
-    let mut conn = pin!(builder
-        .serve_connection_with_upgrades(HyperIo::new(io), TowerToHyperService::new(service)));
+    let mut conn =
+        pin!(builder
+            .serve_connection_with_upgrades(HyperIo::new(io), TowerToHyperService::new(service)));
     let mut signal = pin!(async move {
         // The server gone without a signal (its future dropped): the
         // connection goes on, as with axum.
