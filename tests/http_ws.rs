@@ -42,14 +42,9 @@ async fn upgrade(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, In
         let mut ws =
             WebSocketStream::from_raw_socket(HyperIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
-            match msg {
-                Message::Text(_) | Message::Binary(_) => {
-                    if ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-                Message::Close(_) => break,
-                _ => {}
+            let echo = msg.is_text() || msg.is_binary();
+            if msg.is_close() || (echo && ws.send(msg).await.is_err()) {
+                break;
             }
         }
     }));
