@@ -180,12 +180,17 @@ impl<S: Clone, T> Service<T> for Shared<S> {
 /// use fulcrum_net::http::{serve, Shared};
 /// use fulcrum_net::TcpListener;
 ///
-/// # async fn run() -> std::io::Result<()> {
-/// let service = hyper::service::service_fn(|_req| async {
-///     Ok::<_, std::convert::Infallible>(hyper::Response::new(String::from("hello")))
-/// });
+/// # async fn run<S>(service: S) -> std::io::Result<()>
+/// # where S: tower_service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<String>, Error = std::convert::Infallible> + Clone + Send + 'static, S::Future: Send + 'static {
+/// // `service`: any tower `Service<Request<Incoming>>`, e.g. a tonic server.
 /// let listener = TcpListener::bind("127.0.0.1:3000").await?;
-/// serve(listener, Shared::new(hyper_util::service::HyperToTowerService::new(service))).await
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// # drop(stop);
+/// serve(listener, Shared::new(service))
+///     .with_graceful_shutdown(async move {
+///         let _ = stopped.await;
+///     })
+///     .await
 /// # }
 /// ```
 pub fn serve<L, M, S>(listener: L, make_service: M) -> Serve<L, M, S>
