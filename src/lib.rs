@@ -75,6 +75,11 @@
 //!   `TcpSocket`), UDP and Unix sockets, `lookup_host`, and balanced
 //!   serving; [`signal`]: `ctrl_c` and Unix signals.
 //! - [`dlb`]: the load-balancing queue itself.
+//! - `http` (feature `http`; `axum` for axum's `Router` and `ConnectInfo`):
+//!   `serve` with the shape of `axum::serve`, `serve_balanced`, and a
+//!   `Connector` for hyper-util's client; `tokio_compat` (feature
+//!   `tokio-compat`, off by default) for libraries that call tokio's
+//!   runtime themselves. See `docs/porting.md`.
 //!
 //! - [`main`] and [`test`]: `#[fulcrum::main]` and `#[fulcrum::test]`, with
 //!   tokio's options as aliases (`flavor`, `worker_threads`,

@@ -156,7 +156,10 @@ fn http_serve_backs_off_at_emfile_and_recovers() {
         .unwrap()
         .count();
     eprintln!("http server stalled at its fd limit ({fds} fds): {cpu:?} CPU over 1 s");
-    assert!(fds >= 62, "the server never reached its fd limit: {fds} fds");
+    assert!(
+        fds >= 62,
+        "the server never reached its fd limit: {fds} fds"
+    );
     assert!(
         cpu < Duration::from_millis(250),
         "{cpu:?} of CPU in 1 s at the fd limit: the accept loop spins"

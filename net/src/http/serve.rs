@@ -441,8 +441,11 @@ where
         let span = tracing::debug_span!("connection", peer = ?remote_addr);
         let (service, io) = make(&mut make_service, io, remote_addr).await;
         let shared = shared.clone();
+        let runtime = handle.clone();
         let conn = async move {
-            let _tracked = Handle::try_current().ok().map(|h| h.track_connection());
+            // Counted in `WorkerMetrics::open_connections` of the worker it
+            // starts on.
+            let _tracked = runtime.track_connection();
             serve_connection(shared, io, service).await;
         };
         drop(handle.spawn_balanced(conn.instrument(span)));
