@@ -50,17 +50,45 @@ fn main() {
 }
 
 fn serve_fulcrum(workers: usize) {
-    let rt = fulcrum::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .build()
-        .expect("fulcrum runtime");
+    let mut builder = fulcrum::runtime::Builder::new_multi_thread();
+    builder.worker_threads(workers);
+    // Tuning knobs for exploring (the runtime's defaults without them).
+    let env_us = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_micros)
+    };
+    if let Some(wait) = env_us("FULCRUM_BENCH_HANDOFF_WAIT_US") {
+        builder.handoff_wait(wait);
+    }
+    if let Some(spin) = env_us("FULCRUM_BENCH_SPIN_US") {
+        builder.spin_before_park(spin);
+    }
+    if std::env::var("FULCRUM_BENCH_STEALING").is_ok() {
+        builder.scheduler(fulcrum::runtime::Scheduler::WorkStealing);
+    }
+    let rt = builder.build().expect("fulcrum runtime");
+    let balance = std::env::var("FULCRUM_BENCH_BALANCE").ok();
     rt.block_on(async {
-        let listener = fulcrum::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        announce(listener.local_addr().expect("addr"));
         let app = app::router(app::AppState::with_items(10));
-        fulcrum::http::serve(listener, app).await.expect("serve");
+        if let Some(mode) = balance {
+            // `serve_balanced` with a `Balance` mode (dlb, exact, reuseport, race).
+            let server = fulcrum::net::Server::bind("127.0.0.1:0".parse().expect("addr"))
+                .balance(mode.parse().expect("FULCRUM_BENCH_BALANCE"));
+            let running = fulcrum::http::serve_balanced(server, app)
+                .bind()
+                .await
+                .expect("bind");
+            announce(running.local_addr());
+            running.await.expect("serve");
+        } else {
+            let listener = fulcrum::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            announce(listener.local_addr().expect("addr"));
+            fulcrum::http::serve(listener, app).await.expect("serve");
+        }
     });
 }
 
