@@ -46,7 +46,17 @@ fn main() {
     let connections: usize = opt("--connections", "64").parse().expect("--connections");
     let rate: u64 = opt("--rate", "4000").parse().expect("--rate");
     let out = opt("--out", "target/bench/axum.json");
-    run(workers, duration, rounds, connections, rate, &out);
+    // Which runtime goes first in round 0 (then they alternate).
+    let first_offset = usize::from(opt("--first", "fulcrum") == "tokio");
+    run(
+        workers,
+        duration,
+        rounds,
+        connections,
+        rate,
+        &out,
+        first_offset,
+    );
 }
 
 fn serve_fulcrum(workers: usize) {
@@ -289,10 +299,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn run(workers: usize, duration: u64, rounds: usize, connections: usize, rate: u64, out: &str) {
+fn run(
+    workers: usize,
+    duration: u64,
+    rounds: usize,
+    connections: usize,
+    rate: u64,
+    out: &str,
+    first_offset: usize,
+) {
     let mut samples: Vec<(String, usize, Sample)> = Vec::new();
     for round in 0..rounds {
-        let order = if round % 2 == 0 {
+        let order = if (round + first_offset) % 2 == 0 {
             ["fulcrum", "tokio"]
         } else {
             ["tokio", "fulcrum"]
