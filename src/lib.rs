@@ -75,6 +75,11 @@
 //!   `TcpSocket`), UDP and Unix sockets, `lookup_host`, and balanced
 //!   serving; [`signal`]: `ctrl_c` and Unix signals.
 //! - [`dlb`]: the load-balancing queue itself.
+//! - `http` (feature `http`; `axum` for axum's `Router` and `ConnectInfo`):
+//!   `serve` with the shape of `axum::serve`, `serve_balanced`, and a
+//!   `Connector` for hyper-util's client; `tokio_compat` (feature
+//!   `tokio-compat`, off by default) for libraries that call tokio's
+//!   runtime themselves. See `docs/porting.md`.
 //!
 //! - [`main`] and [`test`]: `#[fulcrum::main]` and `#[fulcrum::test]`, with
 //!   tokio's options as aliases (`flavor`, `worker_threads`,
@@ -131,6 +136,29 @@ pub use fulcrum_runtime::{spawn, task_local, time};
 /// balanced serving (`Server`, `Balance`) and, with the `hyper` feature,
 /// `net::hyper`. Host names are resolved on the blocking pool.
 pub use fulcrum_net as net;
+
+/// The web stack on Fulcrum (feature `http`): [`serve`](http::serve), with
+/// the shape of `axum::serve` (feature `axum` for axum's `Router` and
+/// `ConnectInfo`), HTTP/1.1 and HTTP/2 on one port with every connection
+/// placed by the DLB queue; [`serve_balanced`](http::serve_balanced) on a
+/// [`Server`](net::Server) with a [`Balance`](net::Balance) mode; and
+/// [`Connector`](http::Connector) with [`FulcrumExecutor`](http::FulcrumExecutor)
+/// and [`FulcrumTimer`](http::FulcrumTimer) for hyper-util's `Client`
+/// (hyper-rustls, tonic clients). See `docs/porting.md`.
+#[cfg(feature = "http")]
+pub mod http {
+    pub use fulcrum_net::http::*;
+}
+
+/// Feature `tokio-compat` (off by default): every Fulcrum thread has
+/// entered the handle of a small tokio runtime, so that libraries calling
+/// tokio's runtime themselves (reqwest, sqlx's `runtime-tokio`) work in
+/// Fulcrum tasks; their I/O and timers run on tokio's driver thread, off
+/// the DLB workers. [`handle`](tokio_compat::handle) spawns on it.
+#[cfg(feature = "tokio-compat")]
+pub mod tokio_compat {
+    pub use fulcrum_runtime::tokio_compat::*;
+}
 
 /// Files and directories, tokio's `fs` module, on the blocking pool.
 pub mod fs {

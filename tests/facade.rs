@@ -165,6 +165,11 @@ fn join_set_and_oneshot() {
 /// `features`), inverted on tokio: checked on the resolved dependency graph,
 /// not on this test binary, whose dev-dependencies may differ.
 fn assert_no_tokio_runtime(package: &str, features: &str) {
+    assert_no_tokio_runtime_allowing(package, features, &[]);
+}
+
+/// [`assert_no_tokio_runtime`], tolerating the tokio features in `allowed`.
+fn assert_no_tokio_runtime_allowing(package: &str, features: &str, allowed: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut args = vec![
         "tree",
@@ -204,6 +209,9 @@ fn assert_no_tokio_runtime(package: &str, features: &str) {
         "\"signal\"",
         "\"test-util\"",
     ] {
+        if allowed.contains(&forbidden) {
+            continue;
+        }
         assert!(
             !tree.contains(&format!("tokio feature {forbidden}")),
             "tokio {forbidden} is enabled for users of {package} [{features}]:\n{tree}"
@@ -224,4 +232,18 @@ fn no_tokio_runtime_in_the_dependency_graph() {
 fn no_tokio_runtime_with_the_hyper_feature() {
     assert_no_tokio_runtime("fulcrum", "hyper");
     assert_no_tokio_runtime("fulcrum-net", "hyper");
+}
+
+/// Nor with the `http` feature: `fulcrum::http::serve` and the connector
+/// use hyper-util without its `tokio` feature. hyper-util's `client-legacy`
+/// (home of the `Connection` trait that the connector's streams implement)
+/// compiles tokio's `net` in for its own `HttpConnector`; without `rt`, no
+/// tokio runtime, and so no tokio I/O driver, can exist. (Feature `axum` compiles
+/// tokio's `rt` in through axum's own `tokio` feature, needed by its
+/// `ConnectInfo`, and starts nothing: tests/http_axum.rs checks that no
+/// tokio thread runs. Feature `tokio-compat` starts one on purpose.)
+#[test]
+fn no_tokio_runtime_with_the_http_feature() {
+    assert_no_tokio_runtime_allowing("fulcrum", "http", &["\"net\""]);
+    assert_no_tokio_runtime_allowing("fulcrum-net", "http", &["\"net\""]);
 }

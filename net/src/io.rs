@@ -150,15 +150,32 @@ pub(crate) fn poll_read<S: StreamSocket>(
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
-    let n = match io.poll_io(cx, Direction::Read, || {
-        io.sock().read(buf.initialize_unfilled())
-    }) {
-        Poll::Ready(Ok(n)) => n,
-        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-        Poll::Pending => return Poll::Pending,
-    };
-    buf.advance(n);
-    Poll::Ready(Ok(()))
+    loop {
+        let mut guard = match io.poll_read_ready(cx) {
+            Poll::Ready(Ok(guard)) => guard,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let unfilled = buf.initialize_unfilled();
+        let len = unfilled.len();
+        match guard.try_io(|fd| fd.get_ref().read(unfilled)) {
+            Ok(Ok(n)) => {
+                // A short read of a stream socket emptied its receive
+                // queue: the next read would only return `EAGAIN`, so wait
+                // for the next readiness edge instead of paying that system
+                // call (a request/response connection reads once per
+                // request, not twice). Readiness that arrived meanwhile has
+                // a newer tick and is kept. tokio does the same on Linux.
+                if n > 0 && n < len {
+                    guard.clear_ready();
+                }
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            Ok(Err(e)) => return Poll::Ready(Err(e)),
+            Err(_would_block) => continue,
+        }
+    }
 }
 
 /// Reads into a plain slice (the `futures_io::AsyncRead` shape).

@@ -12,7 +12,10 @@
 //! the other ecosystem helpers work on them); with the `futures-io` feature
 //! they also implement `futures_io::AsyncRead`/`AsyncWrite` (closing a
 //! stream shuts down its write side). With the `hyper` feature, the `hyper`
-//! module runs hyper 1.x on Fulcrum.
+//! module runs hyper 1.x on Fulcrum; with the `http` feature, the [`http`]
+//! module serves axum, tonic and other tower services (HTTP/1.1 and
+//! HTTP/2, connections placed by the DLB queue) and connects hyper-util's
+//! client (feature `axum`: axum's `Router` and `ConnectInfo` on it).
 //!
 //! # Where a socket lives
 //! A socket registers with the reactor of the worker that first polls it,
@@ -26,6 +29,8 @@
 
 mod buf;
 pub mod fs;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod io;

@@ -236,6 +236,68 @@ impl Server {
     }
 }
 
+/// What an accept loop does after an error, as decided by
+/// [`AcceptBackoff::on_error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcceptError {
+    /// A per-connection error or a lack of resources waited out: accept
+    /// again.
+    Retry,
+    /// An error of the listening socket itself.
+    Fatal,
+}
+
+/// The accept loops' answer to running out of descriptors or memory
+/// (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`): sleep 10 ms, doubling up to
+/// 100 ms while it lasts, so the connections already open keep being served
+/// instead of the loop spinning on a full accept queue. Shared by
+/// [`Server`] and `http::serve`'s listeners.
+#[derive(Debug)]
+pub(crate) struct AcceptBackoff {
+    delay: Duration,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_millis(100);
+
+    pub(crate) fn new() -> Self {
+        Self { delay: Self::FIRST }
+    }
+
+    /// After a successful accept.
+    pub(crate) fn reset(&mut self) {
+        self.delay = Self::FIRST;
+    }
+
+    /// Classifies `e`, sleeping first when it is a lack of resources
+    /// (counted in `backoffs`).
+    pub(crate) async fn on_error(
+        &mut self,
+        e: &io::Error,
+        backoffs: Option<&AtomicU64>,
+    ) -> AcceptError {
+        match e.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+                tracing::warn!("accept: {e}; backing off {:?}", self.delay);
+                if let Some(b) = backoffs {
+                    b.fetch_add(1, Relaxed);
+                }
+                fulcrum_runtime::time::sleep(self.delay).await;
+                self.delay = (self.delay * 2).min(Self::MAX);
+                AcceptError::Retry
+            }
+            // The peer gave up before we accepted, or a signal: nothing
+            // wrong with the listener.
+            Some(libc::ECONNABORTED)
+            | Some(libc::EINTR)
+            | Some(libc::EPROTO)
+            | Some(libc::ECONNRESET) => AcceptError::Retry,
+            _ => AcceptError::Fatal,
+        }
+    }
+}
+
 struct Ctx<F> {
     handle: Handle,
     counts: Arc<Counts>,
@@ -261,26 +323,16 @@ where
     F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut backoff = Duration::from_millis(10);
+    let mut backoff = AcceptBackoff::new();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => {
-                backoff = Duration::from_millis(10);
+                backoff.reset();
                 c
             }
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-                | Some(libc::ENOMEM) => {
-                    // Out of descriptors: keep serving what is open, retry
-                    // later instead of spinning on the full accept queue.
-                    tracing::warn!("accept: {e}; backing off {backoff:?}");
-                    ctx.counts.backoffs.fetch_add(1, Relaxed);
-                    fulcrum_runtime::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(100));
-                    continue;
-                }
-                Some(libc::ECONNABORTED) | Some(libc::EINTR) => continue,
-                _ => {
+            Err(e) => match backoff.on_error(&e, Some(&ctx.counts.backoffs)).await {
+                AcceptError::Retry => continue,
+                AcceptError::Fatal => {
                     tracing::error!("accept: {e}; stopping this listener");
                     return;
                 }

@@ -328,6 +328,7 @@ impl BlockingPool {
     /// A pool thread: runs queued tasks, waits for more for at most the
     /// keep-alive, and exits when that expires or at shutdown.
     fn run_thread(self: Arc<Self>, handle: Handle, index: usize) {
+        let _tokio: crate::tokio_compat::ThreadGuard = crate::tokio_compat::enter();
         let _context = crate::context::enter(handle);
         let mut state = self.lock();
         'work: loop {

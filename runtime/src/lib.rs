@@ -79,6 +79,16 @@ mod scheduler {
     pub(crate) mod owned;
 }
 mod sleepers;
+#[cfg(feature = "tokio-compat")]
+pub mod tokio_compat;
+#[cfg(not(feature = "tokio-compat"))]
+mod tokio_compat {
+    //! Without the feature: nothing to enter.
+    pub(crate) struct ThreadGuard;
+    pub(crate) fn enter() -> ThreadGuard {
+        ThreadGuard
+    }
+}
 pub mod task;
 #[cfg(not(loom))]
 pub mod time;

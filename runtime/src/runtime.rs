@@ -768,6 +768,7 @@ impl Handle {
     /// it.
     #[track_caller]
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let _tokio: crate::tokio_compat::ThreadGuard = crate::tokio_compat::enter();
         let _context = crate::context::enter_running(self.clone());
         block_on_here(self.clock.clone(), future)
     }
@@ -889,6 +890,7 @@ impl Runtime {
     /// inside another `block_on`).
     #[track_caller]
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let _tokio: crate::tokio_compat::ThreadGuard = crate::tokio_compat::enter();
         let _context = crate::context::enter_running(self.handle.clone());
         match &self.handle.inner {
             Inner::Current(shared) => shared.block_on(self.handle.clock.clone(), future),

@@ -458,6 +458,7 @@ pub(super) fn run(
     mut poll: Poll,
     deque: Option<crossbeam_deque::Worker<TaskRef>>,
 ) -> WorkerExit {
+    let _tokio: crate::tokio_compat::ThreadGuard = crate::tokio_compat::enter();
     let _context = crate::context::enter_running(handle);
     let _timers = crate::time::driver::install();
     let reactor = shared.reactors[index].clone();
