@@ -181,15 +181,15 @@ fn shutdown_with_open_connections_and_queued_tasks_frees_every_task_and_fd() {
     assert_eq!(live(&m), conns as u64, "registered sockets: {m:?}");
     drop(m);
 
-    // Both workers blocked, then the queued tasks from outside: with 64
-    // credits most of them overflow the DLB rings. The second blocker is
-    // spawned once the first blocks its worker, so that the queue places it
-    // on the other one (an event already in a worker's CQ stays there).
+    // Both workers blocked (one blocker placed on each: the arbiter cannot
+    // know that a task's first poll will block, so unplaced, both could
+    // land on one worker while the other sleeps), then the queued tasks
+    // from outside: with 64 credits most of them overflow the DLB rings.
     let release = Arc::new(AtomicBool::new(false));
     let (blocked_tx, blocked) = mpsc::channel();
-    for _ in 0..2 {
+    for worker in 0..2 {
         let (flag, tx) = (release.clone(), blocked_tx.clone());
-        drop(rt.spawn(async move {
+        drop(rt.handle().spawn_on_worker(worker, async move {
             let _ = tx.send(());
             while !flag.load(SeqCst) {
                 std::thread::sleep(Duration::from_millis(1));
@@ -202,7 +202,6 @@ fn shutdown_with_open_connections_and_queued_tasks_frees_every_task_and_fd() {
                 rt.handle().metrics()
             );
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
     for _ in 0..queued {
         let guard = Guard(drops.clone());
