@@ -455,15 +455,34 @@ impl Gateway {
                     // chunk into a 502 instead of a response cut short. A
                     // body that starts later streams, and an error in it
                     // then closes the client's connection.
-                    let first = if body.is_end_stream() {
+                    // One poll first: the frame is usually there already,
+                    // and then no timer is armed for it.
+                    let polled = if body.is_end_stream() {
                         None
                     } else {
-                        let wait = fulcrum::time::Instant::now() + FIRST_FRAME_WAIT;
-                        match fulcrum::time::timeout_at(wait.min(deadline), body.frame()).await {
-                            Ok(Some(Ok(frame))) => Some(frame),
-                            Ok(Some(Err(e))) => return Err(Failure::Upstream(e)),
-                            Ok(None) | Err(_) => None,
+                        std::future::poll_fn(|cx| {
+                            Poll::Ready(match Pin::new(&mut body).poll_frame(cx) {
+                                Poll::Ready(frame) => Some(frame),
+                                Poll::Pending => None,
+                            })
+                        })
+                        .await
+                    };
+                    let next = match polled {
+                        Some(frame) => frame,
+                        None if body.is_end_stream() => None,
+                        None => {
+                            let wait = fulcrum::time::Instant::now() + FIRST_FRAME_WAIT;
+                            fulcrum::time::timeout_at(wait.min(deadline), body.frame())
+                                .await
+                                .ok()
+                                .flatten()
                         }
+                    };
+                    let first = match next {
+                        Some(Ok(frame)) => Some(frame),
+                        Some(Err(e)) => return Err(Failure::Upstream(e)),
+                        None => None,
                     };
                     let body = PooledBody::new(
                         first,
