@@ -19,7 +19,7 @@ use proptest::prelude::Rng;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 
 mod common;
-use common::{listener, Echo, Gw};
+use common::{listener, rss_kib, Echo, Gw};
 
 /// Descriptors a server may open beyond its warm-up peak (the slowloris
 /// connections come and go; the churn holds a few at a time).
@@ -147,17 +147,6 @@ fn seed_bytes(seed: u64) -> [u8; 32] {
     let mut b = [0u8; 32];
     b[..8].copy_from_slice(&seed.to_le_bytes());
     b
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no VmRSS for process {pid}: did it exit?"))
 }
 
 fn fds(pid: u32) -> usize {

@@ -21,12 +21,7 @@ use fulcrum_runtime::Builder;
 use tokio::io::AsyncReadExt;
 
 mod common;
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
-}
+use common::open_fds;
 
 /// What the process's fds point at (for a failure message).
 fn fd_targets() -> Vec<String> {

@@ -58,3 +58,11 @@ pub fn raise_fd_limit(want: u64) {
     // SAFETY: setrlimit reads the struct we pass.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
 }
+
+/// The number of open file descriptors of this process.
+#[allow(dead_code)] // not every test file needs it
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
