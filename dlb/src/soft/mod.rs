@@ -103,6 +103,9 @@ const FLOW_SLOTS: usize = 1024;
 #[cfg(loom)]
 const FLOW_SLOTS: usize = 4;
 
+/// Waiting events a dispatcher moves per claim.
+const DISPATCH_BATCH: usize = 32;
+
 /// Number of event priorities.
 const PRIORITIES: usize = PRIORITY_LOWEST as usize + 1;
 
@@ -163,6 +166,69 @@ impl Waiting {
         let ring = usize::from(event.priority).min(self.rings.len() - 1);
         self.rings[ring].push_wait(event);
         self.len.fetch_add(1, AcqRel);
+    }
+
+    /// Publishes `events`, each holding a credit, with one claim per run
+    /// of equal priority and one count update for all of them.
+    fn push_n(&self, events: &[Event]) {
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .take_while(|e| e.priority == first.priority)
+                .count();
+            let ring = &self.rings[usize::from(first.priority).min(self.rings.len() - 1)];
+            let mut pushed = 0;
+            let mut backoff = crate::loom::Backoff::new();
+            while pushed < run {
+                // Zero only while a consumer of the previous lap is between
+                // its two stores (the ring is never logically full).
+                match ring.push_n(&rest[pushed..run]) {
+                    0 => backoff.snooze(),
+                    n => pushed += n,
+                }
+            }
+            rest = &rest[run..];
+        }
+        // After every push: a claim counted here finds its event published.
+        self.len.fetch_add(events.len() as u32, AcqRel);
+    }
+
+    /// Claims up to `out.len()` published events with one update of the
+    /// count, and pops them, highest priority first, into the front of
+    /// `out`; returns how many.
+    fn take_n(&self, out: &mut [Event]) -> usize {
+        let mut len = self.len.load(Acquire);
+        let want = loop {
+            let want = len.min(out.len() as u32);
+            if want == 0 {
+                return 0;
+            }
+            match self
+                .len
+                .compare_exchange_weak(len, len - want, AcqRel, Acquire)
+            {
+                Ok(_) => break want as usize,
+                Err(actual) => len = actual,
+            }
+        };
+        // As in `take`: the claim guarantees `want` published events; the
+        // loop only waits out producers between their two stores.
+        let mut got = 0;
+        let mut backoff = crate::loom::Backoff::new();
+        while got < want {
+            let before = got;
+            for ring in self.rings.iter() {
+                got += ring.pop_n(&mut out[got..want]);
+                if got == want {
+                    break;
+                }
+            }
+            if got == before {
+                backoff.snooze();
+            }
+        }
+        want
     }
 
     /// Claims and pops the highest-priority published event, if any.
@@ -441,9 +507,35 @@ impl Shared {
         false
     }
 
+    /// Takes up to `want` credits at once; returns how many.
+    #[inline]
+    fn take_credits(&self, want: u32) -> u32 {
+        let mut c = self.credits.load(Acquire);
+        loop {
+            let take = c.min(want);
+            if take == 0 {
+                return 0;
+            }
+            match self
+                .credits
+                .compare_exchange_weak(c, c - take, AcqRel, Acquire)
+            {
+                Ok(_) => return take,
+                Err(actual) => c = actual,
+            }
+        }
+    }
+
     #[inline]
     fn return_credit(&self) {
         self.credits.fetch_add(1, AcqRel);
+    }
+
+    #[inline]
+    fn return_credits(&self, n: u32) {
+        if n > 0 {
+            self.credits.fetch_add(n, AcqRel);
+        }
     }
 
     /// Runs every dispatcher that can deliver to `port`.
@@ -474,19 +566,66 @@ impl Shared {
         }
     }
 
-    /// Moves waiting events of `queue` to eligible ports.
+    /// Moves waiting events of `queue` to eligible ports, in batches: one
+    /// claim of the waiting count, one reservation per port for a run of
+    /// unordered events, and one credit return per batch.
     fn dispatch_queue(&self, queue: usize) {
         let q = &self.queues[queue];
+        let mut buf = [Event::default(); DISPATCH_BATCH];
         while !q.waiting.is_empty() && self.any_eligible_or_mark(queue) {
-            let Some(event) = q.waiting.take() else { break };
-            match self.place(queue, event, true) {
-                Ok(Placed::Delivered) => self.return_credit(),
-                Ok(Placed::Redirected) => {}
-                // Lost a race for the last slot: publish it again and
-                // re-check.
-                Err(event) => q.waiting.push(event),
+            // Take no more than the eligible ports have room for now, so
+            // that little is pushed back.
+            let room = self.room(queue).clamp(1, DISPATCH_BATCH as u64) as usize;
+            let n = q.waiting.take_n(&mut buf[..room]);
+            if n == 0 {
+                break;
             }
+            let mut delivered = 0u32;
+            let mut i = 0;
+            while i < n {
+                let event = buf[i];
+                if event.sched != Sched::Atomic {
+                    let run = buf[i..n]
+                        .iter()
+                        .take_while(|e| e.sched != Sched::Atomic)
+                        .count();
+                    match self.pick_reserve_run(queue, run as u64) {
+                        Some((r, k)) => {
+                            let k = k as usize;
+                            self.deliver_run(r, &buf[i..i + k]);
+                            delivered += k as u32;
+                            i += k;
+                        }
+                        None => {
+                            // Lost a race for the last slots: publish the
+                            // rest again and re-check.
+                            q.waiting.push_n(&buf[i..n]);
+                            i = n;
+                        }
+                    }
+                    continue;
+                }
+                match self.place(queue, event, true) {
+                    Ok(Placed::Delivered) => delivered += 1,
+                    Ok(Placed::Redirected) => {}
+                    Err(event) => q.waiting.push(event),
+                }
+                i += 1;
+            }
+            self.return_credits(delivered);
         }
+    }
+
+    /// Free CQ slots over the eligible ports linked to `queue` (a snapshot,
+    /// to size a dispatch batch).
+    fn room(&self, queue: usize) -> u64 {
+        self.queues[queue]
+            .consumers
+            .iter()
+            .map(|&port| self.ports[port].state.load(Acquire))
+            .filter(|&s| self.eligible(s))
+            .map(|s| self.cq_depth - cq_of(s))
+            .sum()
     }
 
     /// Places a load-balanced `event` on a port linked to `queue`: the owner
@@ -835,9 +974,11 @@ impl SoftPort {
                 }
             }
             let queue = usize::from(event.queue);
-            if event.sched == Sched::Unordered && shared.queues[queue].waiting.is_empty() {
-                // Place the run of valid unordered events for this queue
-                // directly, a port's share at a time.
+            if event.sched == Sched::Unordered {
+                // The run of valid unordered events for this queue: placed
+                // directly, a port's share at a time, while nothing of the
+                // queue waits; else it waits, as far as credits go, with one
+                // credit claim and one publication for the whole run.
                 let run = events[sent..]
                     .iter()
                     .take_while(|e| {
@@ -846,11 +987,28 @@ impl SoftPort {
                             && e.priority <= PRIORITY_LOWEST
                     })
                     .count();
-                if let Some((r, k)) = shared.pick_reserve_run(queue, run as u64) {
-                    shared.deliver_run(r, &events[sent..sent + k as usize]);
-                    sent += k as usize;
-                    continue;
+                let q = &shared.queues[queue];
+                if q.waiting.is_empty() {
+                    if let Some((r, k)) = shared.pick_reserve_run(queue, run as u64) {
+                        shared.deliver_run(r, &events[sent..sent + k as usize]);
+                        sent += k as usize;
+                        continue;
+                    }
                 }
+                let got = shared.take_credits(u32::try_from(run).unwrap_or(u32::MAX)) as usize;
+                if got > 0 {
+                    q.waiting.push_n(&events[sent..sent + got]);
+                    shared.dispatch_queue(queue);
+                    sent += got;
+                }
+                if got < run {
+                    PortCounters::bump(
+                        &shared.ports[self.id].counters.credit_waits,
+                        (events.len() - sent) as u64,
+                    );
+                    break;
+                }
+                continue;
             }
             let ok = match event.sched {
                 Sched::Directed => shared.send_to_port(queue, *event),

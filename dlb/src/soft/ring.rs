@@ -118,6 +118,111 @@ impl Ring {
         }
     }
 
+    /// Appends a prefix of `events` with one claim of consecutive positions,
+    /// and returns how many it appended: all of them, unless a slot of the
+    /// range still holds an event of the previous lap (then the free slots
+    /// before it; zero if the first is busy or `events` is empty).
+    pub(crate) fn push_n(&self, events: &[Event]) -> usize {
+        let mut pos = self.tail.load(Relaxed);
+        loop {
+            // Free slots from `pos` on: a slot whose `seq == p` stays free
+            // until the producer that claims `p` writes it, and a claim of
+            // the range below makes this thread that producer.
+            let mut n = 0;
+            let mut stale = false;
+            while n < events.len() && n <= self.mask {
+                let p = pos.wrapping_add(n);
+                let diff = self.slot(p).seq.load(Acquire).wrapping_sub(p) as isize;
+                if diff != 0 {
+                    // Ahead: another producer claimed `p` (our `pos` is
+                    // stale). Behind: the previous lap's event is still
+                    // there; stop before it.
+                    stale = diff > 0;
+                    break;
+                }
+                n += 1;
+            }
+            if n == 0 && !stale {
+                return 0;
+            }
+            if n == 0 {
+                pos = self.tail.load(Relaxed);
+                continue;
+            }
+            match self
+                .tail
+                .compare_exchange_weak(pos, pos.wrapping_add(n), Relaxed, Relaxed)
+            {
+                Ok(_) => {
+                    for (i, event) in events[..n].iter().enumerate() {
+                        let p = pos.wrapping_add(i);
+                        let slot = self.slot(p);
+                        // SAFETY: winning the CAS for `pos..pos + n`, whose
+                        // slots all had `seq == p`, makes this thread the
+                        // only one that may touch them until it stores
+                        // `seq = p + 1`.
+                        slot.event.with_mut(|c| unsafe { c.write(*event) });
+                        slot.seq.store(p.wrapping_add(1), Release);
+                    }
+                    return n;
+                }
+                Err(actual) => pos = actual,
+            }
+        }
+    }
+
+    /// Removes up to `out.len()` of the oldest events with one claim of
+    /// consecutive positions, writing them to the front of `out`; returns
+    /// how many (zero if the oldest is not ready). Stops before the first
+    /// position whose producer has not finished publishing it.
+    pub(crate) fn pop_n(&self, out: &mut [Event]) -> usize {
+        let mut pos = self.head.load(Relaxed);
+        loop {
+            // Published slots from `pos` on: once `seq == p + 1`, only the
+            // consumer that claims `p` changes it again.
+            let mut n = 0;
+            let mut stale = false;
+            while n < out.len() && n <= self.mask {
+                let p = pos.wrapping_add(n);
+                let diff = self
+                    .slot(p)
+                    .seq
+                    .load(Acquire)
+                    .wrapping_sub(p.wrapping_add(1)) as isize;
+                if diff != 0 {
+                    stale = diff > 0;
+                    break;
+                }
+                n += 1;
+            }
+            if n == 0 && !stale {
+                return 0;
+            }
+            if n == 0 {
+                pos = self.head.load(Relaxed);
+                continue;
+            }
+            match self
+                .head
+                .compare_exchange_weak(pos, pos.wrapping_add(n), Relaxed, Relaxed)
+            {
+                Ok(_) => {
+                    for (i, dst) in out[..n].iter_mut().enumerate() {
+                        let p = pos.wrapping_add(i);
+                        let slot = self.slot(p);
+                        // SAFETY: winning the CAS for `pos..pos + n`, whose
+                        // slots all had `seq == p + 1`, makes this thread the
+                        // only reader of their events until it frees them.
+                        *dst = slot.event.with(|c| unsafe { c.read() });
+                        slot.seq.store(p.wrapping_add(self.mask + 1), Release);
+                    }
+                    return n;
+                }
+                Err(actual) => pos = actual,
+            }
+        }
+    }
+
     /// Removes the oldest event, if one is ready. Safe with any number of
     /// concurrent consumers.
     #[inline]
@@ -198,6 +303,56 @@ mod loom_tests {
             while let Some(e) = ring.pop() {
                 let prev = seen.fetch_or(e.udata as usize, SeqCst);
                 assert_eq!(prev & e.udata as usize, 0, "popped twice");
+            }
+            assert_eq!(seen.load(SeqCst), 0b11, "an event was lost");
+        });
+    }
+
+    #[test]
+    fn batch_push_and_batch_pop_move_each_event_once() {
+        ::loom::model(|| {
+            let ring = Arc::new(Ring::new(2));
+            // One lap done before the race, so positions wrap and a batch
+            // can meet the previous lap's slot.
+            ring.push_wait(Event::unordered(0, 1 << 8));
+            assert_eq!(ring.pop_n(&mut [Event::default(); 1]), 1);
+            let seen = Arc::new(AtomicUsize::new(0));
+            let record = |seen: &AtomicUsize, events: &[Event]| {
+                for e in events {
+                    let prev = seen.fetch_or(e.udata as usize, SeqCst);
+                    assert_eq!(prev & e.udata as usize, 0, "popped twice");
+                }
+            };
+            let producer = {
+                let ring = ring.clone();
+                thread::spawn(move || {
+                    let events = [Event::unordered(0, 1), Event::unordered(0, 2)];
+                    let mut pushed = 0;
+                    while pushed < events.len() {
+                        pushed += ring.push_n(&events[pushed..]);
+                        thread::yield_now();
+                    }
+                })
+            };
+            let dispatcher = {
+                let (ring, seen) = (ring.clone(), seen.clone());
+                thread::spawn(move || {
+                    let mut buf = [Event::default(); 2];
+                    let n = ring.pop_n(&mut buf);
+                    record(&seen, &buf[..n]);
+                })
+            };
+            let mut buf = [Event::default(); 2];
+            let n = ring.pop_n(&mut buf);
+            record(&seen, &buf[..n]);
+            producer.join().unwrap();
+            dispatcher.join().unwrap();
+            loop {
+                let n = ring.pop_n(&mut buf);
+                if n == 0 {
+                    break;
+                }
+                record(&seen, &buf[..n]);
             }
             assert_eq!(seen.load(SeqCst), 0b11, "an event was lost");
         });
