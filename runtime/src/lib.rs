@@ -50,11 +50,15 @@
 // task state machine (`task::loom_tests`).
 #[cfg(not(loom))]
 mod blocking;
+#[cfg(not(loom))]
+mod builder;
 mod clock;
 #[cfg(not(loom))]
 mod context;
 #[cfg(not(loom))]
 mod coop;
+#[cfg(not(loom))]
+mod handle;
 #[cfg(not(loom))]
 pub mod io;
 /// Under loom, only the reactor's readiness state and its release list
@@ -100,13 +104,15 @@ use std::task::{Context, Poll};
 #[cfg(not(loom))]
 pub use blocking::spawn_blocking;
 #[cfg(not(loom))]
+pub use builder::{Builder, Scheduler};
+#[cfg(not(loom))]
+pub use handle::{ConnectionGuard, EnterGuard, Handle, TryCurrentError};
+#[cfg(not(loom))]
 pub use metrics::live::RuntimeMetrics;
 #[cfg(not(loom))]
 pub use metrics::WorkerMetrics;
 #[cfg(not(loom))]
-pub use runtime::{
-    Builder, ConnectionGuard, EnterGuard, Handle, Runtime, Scheduler, TryCurrentError,
-};
+pub use runtime::Runtime;
 #[cfg(not(loom))]
 pub use task::JoinSet;
 pub use task::{AbortHandle, Id, JoinError, JoinHandle};

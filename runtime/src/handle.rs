@@ -1,0 +1,359 @@
+//! [`Handle`]: a cheap, cloneable reference to a runtime, for spawning from
+//! anywhere, and entering its context ([`EnterGuard`]).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use crate::blocking::BlockingPool;
+use crate::loom::Arc;
+use crate::metrics::WorkerCounters;
+use crate::scheduler::{current, multi};
+use crate::task::JoinHandle;
+use crate::time::Clock;
+
+/// The scheduler behind a [`Handle`].
+#[derive(Clone)]
+pub(crate) enum Inner {
+    Multi(Arc<multi::Shared>),
+    Current(Arc<current::Shared>),
+}
+
+/// A cheap, cloneable reference to a runtime, for spawning from anywhere.
+#[derive(Clone)]
+pub struct Handle {
+    pub(crate) inner: Inner,
+    /// The runtime's blocking pool, shared by both flavours.
+    pub(crate) blocking: Arc<BlockingPool>,
+    /// Open connections per worker (see [`Handle::track_connection`]).
+    pub(crate) connections: std::sync::Arc<ConnectionCounts>,
+    /// The runtime's clock (pausable on the current-thread runtime).
+    pub(crate) clock: std::sync::Arc<Clock>,
+    /// The multi-thread runtime's DLB domain, read by the metrics.
+    pub(crate) domain: Option<fulcrum_dlb::Domain>,
+}
+
+/// Open connections per worker, kept by whoever serves connections.
+#[derive(Debug)]
+pub(crate) struct ConnectionCounts(Box<[std::sync::atomic::AtomicU64]>);
+
+impl ConnectionCounts {
+    pub(crate) fn new(workers: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self(
+            (0..workers.max(1))
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        ))
+    }
+}
+
+/// Counts a connection as open on one worker until dropped; returned by
+/// [`Handle::track_connection`].
+#[derive(Debug)]
+#[must_use = "the connection counts as open only while the guard lives"]
+pub struct ConnectionGuard {
+    counts: std::sync::Arc<ConnectionCounts>,
+    worker: usize,
+}
+
+impl ConnectionGuard {
+    /// The worker the connection is counted on.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.counts.0[self.worker].fetch_sub(1, Relaxed);
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            Inner::Multi(s) => f
+                .debug_struct("Handle")
+                .field("flavor", &"multi_thread")
+                .field("workers", &s.num_workers())
+                .finish(),
+            Inner::Current(_) => f
+                .debug_struct("Handle")
+                .field("flavor", &"current_thread")
+                .finish(),
+        }
+    }
+}
+
+/// Returned by [`Handle::try_current`] outside a runtime.
+#[derive(Debug)]
+pub struct TryCurrentError(());
+
+impl fmt::Display for TryCurrentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "there is no reactor running, must be called from the context of a Fulcrum runtime",
+        )
+    }
+}
+
+impl std::error::Error for TryCurrentError {}
+
+impl Handle {
+    /// The handle of the runtime the current thread runs in.
+    ///
+    /// # Panics
+    /// Outside a runtime, with a message saying so.
+    #[track_caller]
+    pub fn current() -> Handle {
+        match Self::try_current() {
+            Ok(h) => h,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The handle of the runtime the current thread runs in, if any.
+    pub fn try_current() -> Result<Handle, TryCurrentError> {
+        crate::context::current().ok_or(TryCurrentError(()))
+    }
+
+    /// Spawns a task on this runtime.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.inner {
+            Inner::Multi(s) => s.spawn(future),
+            Inner::Current(s) => s.spawn(future),
+        }
+    }
+
+    /// Spawns a task through the DLB queue whatever the load, so that the
+    /// arbiter picks its worker (connection handoff: `Balance::Dlb`). On the
+    /// work-stealing and current-thread schedulers, a plain spawn.
+    pub fn spawn_balanced<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.inner {
+            Inner::Multi(s) => s.spawn_routed(future, multi::Route::Balanced),
+            Inner::Current(s) => s.spawn(future),
+        }
+    }
+
+    /// Spawns a task on worker `worker` (modulo the worker count) with a
+    /// directed DLB event: its first poll runs there, so sockets it creates
+    /// register there. On the work-stealing and current-thread schedulers,
+    /// a plain spawn.
+    pub fn spawn_on_worker<F>(&self, worker: usize, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.inner {
+            Inner::Multi(s) => s.spawn_routed(future, multi::Route::Worker(worker)),
+            Inner::Current(s) => s.spawn(future),
+        }
+    }
+
+    /// The index of the worker running the calling code, if it is a worker
+    /// of this runtime (`Some(0)` on a current-thread runtime's thread
+    /// inside `block_on`).
+    pub fn current_worker(&self) -> Option<usize> {
+        match &self.inner {
+            Inner::Multi(s) => s.current_worker(),
+            Inner::Current(_) => Some(0),
+        }
+    }
+
+    /// The DLB backend that carries work between the workers: the software
+    /// queue or a hardware device. `None` on a current-thread runtime,
+    /// which has no queue.
+    pub fn dlb_backend(&self) -> Option<fulcrum_dlb::BackendKind> {
+        match &self.inner {
+            Inner::Multi(s) => Some(s.dlb_backend()),
+            Inner::Current(_) => None,
+        }
+    }
+
+    /// Number of worker threads (1 for the current-thread runtime).
+    pub fn num_workers(&self) -> usize {
+        match &self.inner {
+            Inner::Multi(s) => s.num_workers(),
+            Inner::Current(_) => 1,
+        }
+    }
+
+    /// Runs `f` on this runtime's blocking pool; see
+    /// [`spawn_blocking`](crate::spawn_blocking).
+    pub fn spawn_blocking<F, R>(&self, f: F) -> JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        if !self.clock.is_pausable() {
+            return self.blocking.spawn(self, f);
+        }
+        // A paused clock does not auto-advance while the call is in
+        // flight (it may be the I/O the runtime is waiting for); the guard
+        // goes with the closure, so it is released when the closure has run
+        // or is dropped unrun.
+        let guard = self.clock.inhibit_auto_advance();
+        self.blocking.spawn(self, move || {
+            let _guard = guard;
+            f()
+        })
+    }
+
+    /// The runtime's metrics: a snapshot of every worker's counters in the
+    /// public fields, and tokio's methods (`num_workers`,
+    /// `num_alive_tasks`, `worker_poll_count`, ...), which read the live
+    /// counters.
+    pub fn metrics(&self) -> crate::RuntimeMetrics {
+        let mut m = match &self.inner {
+            Inner::Multi(s) => s.metrics(),
+            Inner::Current(s) => s.metrics(),
+        };
+        for (w, c) in m.workers.iter_mut().zip(self.connections.0.iter()) {
+            w.open_connections = c.load(Relaxed);
+        }
+        crate::RuntimeMetrics::new(m, self.clone())
+    }
+
+    /// Worker `worker`'s live counters, if there is such a worker.
+    pub(crate) fn worker_counters(&self, worker: usize) -> Option<&WorkerCounters> {
+        match &self.inner {
+            Inner::Multi(s) => s.counters.get(worker),
+            Inner::Current(s) => (worker == 0).then_some(&s.counters),
+        }
+    }
+
+    /// Tasks spawned and not completed, now.
+    pub(crate) fn alive_tasks(&self) -> u64 {
+        match &self.inner {
+            Inner::Multi(s) => s.owned.alive(),
+            Inner::Current(s) => s.owned.alive(),
+        }
+    }
+
+    /// Tasks spawned so far.
+    pub(crate) fn spawned_tasks(&self) -> u64 {
+        match &self.inner {
+            Inner::Multi(s) => s.owned.spawned(),
+            Inner::Current(s) => s.owned.spawned(),
+        }
+    }
+
+    /// Tasks waiting in the DLB queue for a worker: sent and not yet
+    /// scheduled to any worker's CQ (each holds one credit of the pool).
+    /// The software backend reports it; the hardware one cannot, and the
+    /// current-thread runtime has no DLB queue: 0 there.
+    pub(crate) fn dlb_queue_depth(&self) -> u64 {
+        self.domain
+            .as_ref()
+            .and_then(|d| Some(d.credits().saturating_sub(d.credits_available()?)))
+            .map_or(0, u64::from)
+    }
+
+    /// Worker `worker`'s local queue, now (the current-thread runtime's
+    /// one queue for worker 0).
+    pub(crate) fn local_queue_depth(&self, worker: usize) -> Option<u64> {
+        match &self.inner {
+            Inner::Multi(s) => s
+                .counters
+                .get(worker)
+                .map(|c| c.local_queue_depth.load(Relaxed)),
+            Inner::Current(s) => (worker == 0).then(|| s.queue_len() as u64),
+        }
+    }
+
+    /// The runtime's clock.
+    pub(crate) fn clock(&self) -> &std::sync::Arc<Clock> {
+        &self.clock
+    }
+
+    /// Runs `future` to completion on the calling thread, which must not be
+    /// a runtime thread, and returns its output; tokio's
+    /// `Handle::block_on`. The future need not be `Send`.
+    ///
+    /// The future is polled on this thread, inside this runtime's context
+    /// (so [`spawn`](crate::spawn), timers and sockets work in it: the
+    /// thread gets a reactor and timers of its own while it waits, as in
+    /// [`Runtime::block_on`](crate::Runtime::block_on) on a multi-thread
+    /// runtime). The tasks it spawns run on the runtime's workers. On a
+    /// current-thread runtime they run only while some thread is inside
+    /// [`Runtime::block_on`](crate::Runtime::block_on), as in tokio; and a
+    /// paused clock is auto-advanced only by that thread.
+    ///
+    /// A common use: a [`spawn_blocking`](crate::spawn_blocking) closure
+    /// that needs to wait for async code.
+    ///
+    /// # Panics
+    /// On a thread that already runs a runtime (a worker, or inside
+    /// `block_on`), as tokio: blocking it would stall every task queued on
+    /// it.
+    #[track_caller]
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let _tokio: crate::tokio_compat::ThreadGuard = crate::tokio_compat::enter();
+        let _context = crate::context::enter_running(self.clone());
+        block_on_here(self.clock.clone(), future)
+    }
+
+    /// Counts a connection as open on the calling worker (worker 0 off the
+    /// workers) until the guard is dropped; the count shows in
+    /// [`WorkerMetrics::open_connections`](crate::WorkerMetrics). The
+    /// runtime knows nothing about sockets: the code that serves
+    /// connections (`fulcrum-net`'s `Server`) keeps this count.
+    pub fn track_connection(&self) -> ConnectionGuard {
+        let worker = self.current_worker().unwrap_or(0) % self.connections.0.len();
+        self.connections.0[worker].fetch_add(1, Relaxed);
+        ConnectionGuard {
+            counts: self.connections.clone(),
+            worker,
+        }
+    }
+
+    /// Whether this is a current-thread runtime.
+    pub fn is_current_thread(&self) -> bool {
+        matches!(self.inner, Inner::Current(_))
+    }
+
+    /// Makes this runtime current on this thread until the guard is dropped,
+    /// so that [`spawn`](crate::spawn) works outside its workers.
+    pub fn enter(&self) -> EnterGuard {
+        EnterGuard {
+            _guard: crate::context::enter(self.clone()),
+        }
+    }
+}
+
+/// Polls `future` on this thread until it completes, sleeping in a parker
+/// of this thread's own between polls: timers and sockets polled by the
+/// future live on this thread, served while it waits.
+pub(crate) fn block_on_here<F: Future>(clock: std::sync::Arc<Clock>, future: F) -> F::Output {
+    let mut parker = crate::park::Parker::new(clock, false);
+    let waker = futures_task::waker(std::sync::Arc::new(parker.unparker()));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        parker.park();
+    }
+}
+
+/// Returned by [`Handle::enter`].
+pub struct EnterGuard {
+    _guard: crate::context::EnterGuard,
+}
+
+impl fmt::Debug for EnterGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EnterGuard")
+    }
+}
