@@ -10,7 +10,8 @@ use std::time::Duration;
 use fulcrum_dlb::{Backend, Domain};
 
 use crate::blocking::{self, BlockingPool};
-use crate::handle::{ConnectionCounts, Handle, Inner};
+use crate::connections::ConnectionCounts;
+use crate::handle::{Handle, Inner};
 use crate::loom::Arc;
 use crate::scheduler::{current, multi};
 use crate::time::Clock;

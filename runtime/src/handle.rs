@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
 use crate::blocking::BlockingPool;
+use crate::connections::{ConnectionCounts, ConnectionGuard};
 use crate::loom::Arc;
 use crate::metrics::WorkerCounters;
 use crate::scheduler::{current, multi};
@@ -33,42 +34,6 @@ pub struct Handle {
     pub(crate) clock: std::sync::Arc<Clock>,
     /// The multi-thread runtime's DLB domain, read by the metrics.
     pub(crate) domain: Option<fulcrum_dlb::Domain>,
-}
-
-/// Open connections per worker, kept by whoever serves connections.
-#[derive(Debug)]
-pub(crate) struct ConnectionCounts(Box<[std::sync::atomic::AtomicU64]>);
-
-impl ConnectionCounts {
-    pub(crate) fn new(workers: usize) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self(
-            (0..workers.max(1))
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect(),
-        ))
-    }
-}
-
-/// Counts a connection as open on one worker until dropped; returned by
-/// [`Handle::track_connection`].
-#[derive(Debug)]
-#[must_use = "the connection counts as open only while the guard lives"]
-pub struct ConnectionGuard {
-    counts: std::sync::Arc<ConnectionCounts>,
-    worker: usize,
-}
-
-impl ConnectionGuard {
-    /// The worker the connection is counted on.
-    pub fn worker(&self) -> usize {
-        self.worker
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.counts.0[self.worker].fetch_sub(1, Relaxed);
-    }
 }
 
 impl fmt::Debug for Handle {
@@ -218,9 +183,7 @@ impl Handle {
             Inner::Multi(s) => s.metrics(),
             Inner::Current(s) => s.metrics(),
         };
-        for (w, c) in m.workers.iter_mut().zip(self.connections.0.iter()) {
-            w.open_connections = c.load(Relaxed);
-        }
+        self.connections.report(&mut m.workers);
         crate::RuntimeMetrics::new(m, self.clone())
     }
 
@@ -307,14 +270,12 @@ impl Handle {
     /// workers) until the guard is dropped; the count shows in
     /// [`WorkerMetrics::open_connections`](crate::WorkerMetrics). The
     /// runtime knows nothing about sockets: the code that serves
-    /// connections (`fulcrum-net`'s `Server`) keeps this count.
+    /// connections (`fulcrum-net`'s `Server`, `fulcrum::http::serve`) keeps
+    /// this count, and the runtime only stores it (see
+    /// [`ConnectionGuard`]). It is a counter, not a queue: it never waits
+    /// and never refuses a connection.
     pub fn track_connection(&self) -> ConnectionGuard {
-        let worker = self.current_worker().unwrap_or(0) % self.connections.0.len();
-        self.connections.0[worker].fetch_add(1, Relaxed);
-        ConnectionGuard {
-            counts: self.connections.clone(),
-            worker,
-        }
+        self.connections.track(self.current_worker().unwrap_or(0))
     }
 
     /// Whether this is a current-thread runtime.

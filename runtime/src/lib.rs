@@ -54,6 +54,8 @@ mod blocking;
 mod builder;
 mod clock;
 #[cfg(not(loom))]
+mod connections;
+#[cfg(not(loom))]
 mod context;
 #[cfg(not(loom))]
 mod coop;
@@ -106,7 +108,9 @@ pub use blocking::spawn_blocking;
 #[cfg(not(loom))]
 pub use builder::{Builder, Scheduler};
 #[cfg(not(loom))]
-pub use handle::{ConnectionGuard, EnterGuard, Handle, TryCurrentError};
+pub use connections::ConnectionGuard;
+#[cfg(not(loom))]
+pub use handle::{EnterGuard, Handle, TryCurrentError};
 #[cfg(not(loom))]
 pub use metrics::live::RuntimeMetrics;
 #[cfg(not(loom))]
