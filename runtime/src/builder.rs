@@ -341,13 +341,23 @@ impl Builder {
     /// Builds the runtime and starts its workers.
     ///
     /// # Errors
-    /// A worker count of 0 or above 63, `max_blocking_threads(0)`, a
-    /// [`dlb_credits`](Self::dlb_credits) or
-    /// [`dlb_cq_depth`](Self::dlb_cq_depth) out of range (`InvalidInput`,
-    /// naming the setting), [`start_paused(true)`](Self::start_paused) on a
-    /// multi-thread builder (`InvalidInput`), a DLB domain that cannot be
-    /// built (for example `FULCRUM_DLB=hw` on a machine without a device),
-    /// or an OS error creating threads, pollers or eventfds.
+    /// `InvalidInput`, with a message naming the setting, for:
+    /// - [`max_blocking_threads(0)`](Self::max_blocking_threads);
+    /// - [`event_interval(0)`](Self::event_interval);
+    /// - [`start_paused(true)`](Self::start_paused) on a multi-thread
+    ///   builder;
+    /// - on a multi-thread builder, whatever its [`Scheduler`]: a worker
+    ///   count of 0 or above 63 (the DLB domain's 64 ports less the remote
+    ///   port), including the default count, the available parallelism, on
+    ///   a machine with more than 63 CPUs;
+    ///   [`dlb_credits`](Self::dlb_credits) below the worker count plus one
+    ///   or above [`fulcrum_dlb::MAX_CREDITS`]; a
+    ///   [`dlb_cq_depth`](Self::dlb_cq_depth) that is not a power of two
+    ///   from [`fulcrum_dlb::MIN_CQ_DEPTH`] to [`fulcrum_dlb::MAX_CQ_DEPTH`].
+    ///
+    /// Otherwise, the error of a DLB domain that cannot be built (for
+    /// example `FULCRUM_DLB=hw` on a machine without a device), or an OS
+    /// error creating threads, pollers or eventfds.
     pub fn build(&mut self) -> io::Result<Runtime> {
         if self.max_blocking_threads == 0 {
             return Err(io::Error::new(

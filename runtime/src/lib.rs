@@ -20,7 +20,9 @@
 //! the light tasks it wakes behind heavy work go to a calm sleeping peer,
 //! directed. An idle worker that finds a peer stuck inside one task poll
 //! for a [`Builder::rescue_interval`] dispatches the peer's ready I/O and
-//! runs the light tasks it wakes. A task that runs on another worker takes
+//! runs the light tasks it wakes: they are sent to it as directed DLB
+//! events, not through the arbiter, which cannot see a long poll and would
+//! put some of them back behind it. A task that runs on another worker takes
 //! its sockets and timers along, so it stays moved. Heavy tasks (whose
 //! polls take at least the I/O poll interval) stay put. A task poll that
 //! has run [`Builder::poll_time_slice`] gets `Pending` from its next
