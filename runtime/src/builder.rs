@@ -146,17 +146,25 @@ impl Builder {
 
     /// Size of the DLB queue's credit pool: how many handoffs may wait in
     /// the queue (for a worker whose CQ has room) at once. Default
-    /// `max(1024, 64 × workers)`. A handoff that finds the pool empty is not
-    /// lost: it runs on the sending worker, or, from a remote thread, goes
-    /// to the overflow queue (counted in
-    /// [`WorkerMetrics::fallbacks`](crate::WorkerMetrics) and
-    /// [`RuntimeMetrics::remote_fallbacks`](crate::RuntimeMetrics)).
+    /// `max(1024, 64 × workers)`.
+    ///
+    /// # What if the pool is empty?
+    /// A handoff that finds the pool empty is not lost: the send comes up
+    /// short and the sender keeps the task. A worker puts it on its own
+    /// local queue and runs it itself (counted in
+    /// [`WorkerMetrics::fallbacks`](crate::WorkerMetrics::fallbacks)); a
+    /// thread that is not a worker puts it on the overflow queue and wakes
+    /// a worker (counted in
+    /// [`RuntimeMetrics::remote_fallbacks`](crate::RuntimeMetrics::remote_fallbacks)).
+    /// A smaller pool makes that happen sooner: work stays where it was
+    /// spawned or woken instead of being balanced.
     ///
     /// [`build`](Self::build) refuses fewer credits than DLB ports (one per
-    /// worker, plus the injector port of remote threads), so that every
+    /// worker, plus the remote port of the other threads), so that every
     /// port can have an event waiting, and more than
-    /// [`fulcrum_dlb::MAX_CREDITS`].
-    /// Ignored by the work-stealing and current-thread schedulers.
+    /// [`fulcrum_dlb::MAX_CREDITS`]; it checks this on every multi-thread
+    /// builder. The work-stealing and current-thread schedulers send no
+    /// handoffs, so they do not use the pool.
     pub fn dlb_credits(&mut self, n: u32) -> &mut Self {
         self.dlb_credits = Some(n);
         self
@@ -165,9 +173,21 @@ impl Builder {
     /// Depth of each worker's DLB consumer queue (CQ): how many handoffs a
     /// worker can have delivered and not yet taken. A power of two from
     /// [`fulcrum_dlb::MIN_CQ_DEPTH`] (8) to [`fulcrum_dlb::MAX_CQ_DEPTH`]
-    /// (1024), else [`build`](Self::build) fails; default
-    /// [`fulcrum_dlb::DEFAULT_CQ_DEPTH`] (8). Ignored by the work-stealing
-    /// and current-thread schedulers.
+    /// (1024), else [`build`](Self::build) fails (on every multi-thread
+    /// builder); default [`fulcrum_dlb::DEFAULT_CQ_DEPTH`] (8). Unused by
+    /// the work-stealing and current-thread schedulers.
+    ///
+    /// # What if a CQ is full?
+    /// The worker stops being eligible: the arbiter gives unordered
+    /// handoffs to the other workers, and while every CQ is full they wait
+    /// in the DLB queue, each holding a credit (see
+    /// [`dlb_credits`](Self::dlb_credits)), until a worker takes its
+    /// deliveries. A directed handoff to that worker (the rescue,
+    /// [`Handle::spawn_on_worker`](crate::Handle::spawn_on_worker)) waits
+    /// for it the same way. The depth also bounds how many handoffs can
+    /// wait behind a worker stuck in a long task poll: once delivered to
+    /// its CQ, an event stays there until that worker takes it (DLB
+    /// semantics: a port's CQ is its own).
     pub fn dlb_cq_depth(&mut self, n: u32) -> &mut Self {
         self.dlb_cq_depth = Some(n);
         self
@@ -324,8 +344,9 @@ impl Builder {
     /// Most threads the blocking pool of
     /// [`spawn_blocking`](crate::spawn_blocking) runs at once (default 512,
     /// as tokio). Threads start on demand; past the cap, blocking calls wait
-    /// in a queue. The worker threads do not count. 0 is refused by
-    /// [`build`](Self::build).
+    /// in the pool's queue, which is unbounded (nothing is refused), until
+    /// a thread finishes its closure. The worker threads do not count. 0 is
+    /// refused by [`build`](Self::build).
     pub fn max_blocking_threads(&mut self, n: usize) -> &mut Self {
         self.max_blocking_threads = n;
         self

@@ -84,7 +84,21 @@ impl Handle {
         crate::context::current().ok_or(TryCurrentError(()))
     }
 
-    /// Spawns a task on this runtime.
+    /// Spawns a task on this runtime; [`spawn`](crate::spawn) does the same
+    /// on the current one, and its docs say where the task goes and what
+    /// happens when a queue is full.
+    ///
+    /// Called from a thread that is not one of this runtime's workers, the
+    /// task is handed off through the runtime's remote port (DLB scheduler),
+    /// or pushed to the injector ([`Scheduler::WorkStealing`]). A remote
+    /// handoff that finds the DLB credit pool empty puts the task on the
+    /// overflow queue instead and wakes a worker to take it
+    /// ([`RuntimeMetrics::remote_fallbacks`]); the overflow queue and the
+    /// injector are unbounded, and hold only tasks that exist, each at most
+    /// once.
+    ///
+    /// [`Scheduler::WorkStealing`]: crate::Scheduler::WorkStealing
+    /// [`RuntimeMetrics::remote_fallbacks`]: crate::RuntimeMetrics::remote_fallbacks
     pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -99,6 +113,25 @@ impl Handle {
     /// Spawns a task through the DLB queue whatever the load, so that the
     /// arbiter picks its worker (connection handoff: `Balance::Dlb`). On the
     /// work-stealing and current-thread schedulers, a plain spawn.
+    ///
+    /// The task is sent as an unordered event: the arbiter gives it to the
+    /// eligible worker with the least load; while every worker's consumer
+    /// queue is full ([`Builder::dlb_cq_depth`]) it waits in the DLB queue,
+    /// holding a credit, until one drains.
+    ///
+    /// # What if the queue is full?
+    /// When the credit pool ([`Builder::dlb_credits`]) is empty the send
+    /// comes up short and the task is kept, not dropped: spawned on a
+    /// worker, it goes to the back of that worker's local queue and runs
+    /// there ([`WorkerMetrics::fallbacks`]); spawned from another thread,
+    /// it goes to the overflow queue, which every worker takes its share
+    /// of, and a worker is woken
+    /// ([`RuntimeMetrics::remote_fallbacks`]).
+    ///
+    /// [`Builder::dlb_cq_depth`]: crate::Builder::dlb_cq_depth
+    /// [`Builder::dlb_credits`]: crate::Builder::dlb_credits
+    /// [`WorkerMetrics::fallbacks`]: crate::WorkerMetrics::fallbacks
+    /// [`RuntimeMetrics::remote_fallbacks`]: crate::RuntimeMetrics::remote_fallbacks
     pub fn spawn_balanced<F>(&self, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -114,6 +147,25 @@ impl Handle {
     /// directed DLB event: its first poll runs there, so sockets it creates
     /// register there. On the work-stealing and current-thread schedulers,
     /// a plain spawn.
+    ///
+    /// If that worker's consumer queue is full ([`Builder::dlb_cq_depth`]),
+    /// the event waits for it in the DLB queue, holding a credit: the task
+    /// starts once that worker has taken the events ahead of it, however
+    /// busy the other workers are.
+    ///
+    /// # What if the queue is full?
+    /// When the credit pool ([`Builder::dlb_credits`]) is empty the send
+    /// comes up short, and the task is not dropped but does not reach
+    /// `worker` either: spawned on a worker, it goes to the back of the
+    /// *calling* worker's local queue ([`WorkerMetrics::fallbacks`]);
+    /// spawned from another thread, it goes to the overflow queue, where
+    /// whichever worker takes it runs it
+    /// ([`RuntimeMetrics::remote_fallbacks`]).
+    ///
+    /// [`Builder::dlb_cq_depth`]: crate::Builder::dlb_cq_depth
+    /// [`Builder::dlb_credits`]: crate::Builder::dlb_credits
+    /// [`WorkerMetrics::fallbacks`]: crate::WorkerMetrics::fallbacks
+    /// [`RuntimeMetrics::remote_fallbacks`]: crate::RuntimeMetrics::remote_fallbacks
     pub fn spawn_on_worker<F>(&self, worker: usize, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -154,7 +206,8 @@ impl Handle {
     }
 
     /// Runs `f` on this runtime's blocking pool; see
-    /// [`spawn_blocking`](crate::spawn_blocking).
+    /// [`spawn_blocking`](crate::spawn_blocking), whose docs also say what
+    /// happens when every pool thread is busy.
     pub fn spawn_blocking<F, R>(&self, f: F) -> JoinHandle<R>
     where
         F: FnOnce() -> R + Send + 'static,

@@ -11,6 +11,13 @@
 //!
 //! Polling a timer on a thread that does not run a Fulcrum runtime panics.
 //!
+//! # What if there are many timers?
+//! Nothing is refused or dropped: a wheel keeps its timers in a slab that
+//! grows with them, so it holds as many as are alive, and every deadline
+//! has an exact place (no clamping, no overflow list). A deadline too far
+//! to represent (`sleep(Duration::MAX)`) becomes one about 30 years away.
+//! A timer that fires wakes its task as any wake does.
+//!
 //! # Paused time
 //! As tokio's `test-util` clock, on the current-thread runtime: after
 //! [`pause`] (or with `Builder::start_paused(true)`, or
