@@ -169,6 +169,25 @@ impl Server {
     /// Starts accepting; `handler(stream, peer)` runs for each connection on
     /// the worker the mode picks, with the socket registered there.
     ///
+    /// # What if a queue is full?
+    /// - The listen backlog (1024, capped by `net.core.somaxconn`): the
+    ///   kernel drops handshakes and clients retry (see
+    ///   [`TcpListener::accept`]).
+    /// - Out of descriptors or memory (`EMFILE`, `ENFILE`, `ENOBUFS`,
+    ///   `ENOMEM`): the accept loop sleeps 10 ms, doubling up to 100 ms,
+    ///   and tries again while the open connections keep being served
+    ///   ([`Serving::accept_backoffs`] counts it). A connection that fails
+    ///   before it is accepted (`ECONNABORTED`, `ECONNRESET`, `EPROTO`,
+    ///   `EINTR`) is skipped. Any other error of the listening socket stops
+    ///   that accept loop, logged at error level; connections already open
+    ///   go on.
+    /// - Each connection's task is handed off through the DLB queue
+    ///   ([`Handle::spawn_balanced`] for [`Balance::Dlb`],
+    ///   [`Handle::spawn_on_worker`] for the others). When the DLB credit
+    ///   pool is empty the handoff comes up short and the connection runs
+    ///   on the accepting worker instead; [`Balance::Exact`] still counts
+    ///   it on the worker it chose.
+    ///
     /// # Errors
     /// Binding errors, with the address; outside a runtime, `Other`.
     pub async fn serve<F, Fut>(self, handler: F) -> io::Result<Serving>

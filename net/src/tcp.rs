@@ -99,6 +99,15 @@ impl TcpListener {
     /// Accepts a connection. The stream is not registered anywhere yet: it
     /// registers with the worker that first polls it.
     ///
+    /// # What if the backlog is full?
+    /// Connections wait in the kernel's accept queue, the listen backlog
+    /// ([`DEFAULT_BACKLOG`](Self::DEFAULT_BACKLOG) for [`bind`](Self::bind)),
+    /// until accepted. When it is full the kernel drops new handshakes and
+    /// the clients retry; under load some are reset. When the process is
+    /// out of descriptors (`EMFILE`, `ENFILE`) this returns the error and
+    /// the connection stays queued; [`Server`](crate::Server) backs off and
+    /// tries again.
+    ///
     /// # Errors
     /// The OS error of `accept4`.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
