@@ -54,6 +54,31 @@ pub const DEFAULT_RESCUE_INTERVAL: Duration = Duration::from_micros(100);
 /// assert_eq!(rt.block_on(async { 6 * 7 }), 42);
 /// # Ok::<(), std::io::Error>(())
 /// ```
+///
+/// # Tuning the scheduler
+/// The DLB scheduler's thresholds, each explained at its method; the
+/// defaults suit most programs, and BENCHMARKS.md has the sweep that chose
+/// them. A server whose tasks are woken by their sockets might run with:
+///
+/// ```
+/// use std::time::Duration;
+/// use fulcrum_runtime::{Builder, Scheduler};
+///
+/// let rt = Builder::new_multi_thread()
+///     .worker_threads(2)
+///     .scheduler(Scheduler::Dlb)
+///     .event_interval(31)
+///     .io_poll_interval(Duration::from_micros(50))
+///     .shed_threshold(8)
+///     .handoff_wait(Duration::from_micros(100))
+///     .spin_before_park(Duration::from_micros(10))
+///     .rescue_interval(Some(Duration::from_micros(200)))
+///     .poll_time_slice(Some(Duration::from_millis(2)))
+///     .build()?;
+/// let pong = rt.block_on(async { fulcrum_runtime::spawn(async { "pong" }).await });
+/// assert_eq!(pong.ok(), Some("pong"));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct Builder {
     flavor: Flavor,
     workers: Option<usize>,
@@ -126,12 +151,33 @@ impl Builder {
 
     /// Number of worker threads (default: the available parallelism).
     /// Ignored by the current-thread runtime.
+    ///
+    /// ```
+    /// let rt = fulcrum_runtime::Builder::new_multi_thread()
+    ///     .worker_threads(3)
+    ///     .build()?;
+    /// assert_eq!(rt.handle().num_workers(), 3);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn worker_threads(&mut self, n: usize) -> &mut Self {
         self.workers = Some(n);
         self
     }
 
     /// How work moves between workers (default [`Scheduler::Dlb`]).
+    ///
+    /// ```
+    /// use fulcrum_runtime::{Builder, Scheduler};
+    ///
+    /// // The work-stealing baseline, to compare a workload against DLB.
+    /// let rt = Builder::new_multi_thread()
+    ///     .worker_threads(2)
+    ///     .scheduler(Scheduler::WorkStealing)
+    ///     .build()?;
+    /// let n = rt.block_on(async { fulcrum_runtime::spawn(async { 6 * 7 }).await });
+    /// assert_eq!(n.ok(), Some(42));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn scheduler(&mut self, scheduler: Scheduler) -> &mut Self {
         self.scheduler = scheduler;
         self
@@ -139,6 +185,19 @@ impl Builder {
 
     /// Which DLB backend carries the handoffs (default [`Backend::Auto`];
     /// `FULCRUM_DLB` overrides it).
+    ///
+    /// ```
+    /// use fulcrum_dlb::{Backend, BackendKind};
+    ///
+    /// let rt = fulcrum_runtime::Builder::new_multi_thread()
+    ///     .worker_threads(2)
+    ///     .dlb_backend(Backend::Software)
+    ///     .build()?;
+    /// if std::env::var_os("FULCRUM_DLB").is_none() {
+    ///     assert_eq!(rt.handle().dlb_backend(), Some(BackendKind::Software));
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn dlb_backend(&mut self, backend: Backend) -> &mut Self {
         self.backend = backend;
         self
@@ -165,6 +224,27 @@ impl Builder {
     /// [`fulcrum_dlb::MAX_CREDITS`]; it checks this on every multi-thread
     /// builder. The work-stealing and current-thread schedulers send no
     /// handoffs, so they do not use the pool.
+    ///
+    /// ```
+    /// use fulcrum_runtime::Builder;
+    ///
+    /// // Room for 4096 waiting handoffs, and 32 deliveries per worker.
+    /// let rt = Builder::new_multi_thread()
+    ///     .worker_threads(2)
+    ///     .dlb_credits(4096)
+    ///     .dlb_cq_depth(32)
+    ///     .build()?;
+    /// drop(rt);
+    ///
+    /// // Two workers and the remote port need at least 3 credits.
+    /// let err = Builder::new_multi_thread()
+    ///     .worker_threads(2)
+    ///     .dlb_credits(2)
+    ///     .build()
+    ///     .expect_err("too few credits");
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn dlb_credits(&mut self, n: u32) -> &mut Self {
         self.dlb_credits = Some(n);
         self
@@ -188,6 +268,15 @@ impl Builder {
     /// wait behind a worker stuck in a long task poll: once delivered to
     /// its CQ, an event stays there until that worker takes it (DLB
     /// semantics: a port's CQ is its own).
+    ///
+    /// ```
+    /// let err = fulcrum_runtime::Builder::new_multi_thread()
+    ///     .worker_threads(2)
+    ///     .dlb_cq_depth(12)
+    ///     .build()
+    ///     .expect_err("not a power of two");
+    /// assert!(err.to_string().starts_with("dlb_cq_depth(12)"));
+    /// ```
     pub fn dlb_cq_depth(&mut self, n: u32) -> &mut Self {
         self.dlb_cq_depth = Some(n);
         self
@@ -237,11 +326,14 @@ impl Builder {
     }
 
     /// How long a worker may stay in one task poll before idle workers
-    /// dispatch the ready I/O of its sockets for it, through the DLB queue
-    /// (default 100 µs; `None` turns the rescue off).
+    /// dispatch the ready I/O of its sockets for it (default 100 µs; `None`
+    /// turns the rescue off). The light tasks that I/O wakes are sent to
+    /// the rescuing worker as directed DLB events, not through the arbiter.
     ///
     /// The cost: while any worker is inside a task poll and owns sockets,
     /// idle workers wake up once per interval to check on it.
+    ///
+    /// An example: [Tuning the scheduler](Builder#tuning-the-scheduler).
     pub fn rescue_interval(&mut self, interval: Option<Duration>) -> &mut Self {
         self.rescue_interval = interval;
         self
@@ -252,6 +344,8 @@ impl Builder {
     /// workers, taking its share of the overflow queue (default 61, as
     /// tokio's `event_interval`). At least 1. Smaller: fairer to I/O and
     /// quicker to shed, more overhead per task.
+    ///
+    /// An example: [Tuning the scheduler](Builder#tuning-the-scheduler).
     pub fn event_interval(&mut self, ticks: u32) -> &mut Self {
         self.tuning.event_interval = ticks;
         self
@@ -264,6 +358,8 @@ impl Builder {
     /// that a worker running long task polls still notices its sockets'
     /// readiness and its timers after each of them. Multi-thread runtimes
     /// only.
+    ///
+    /// An example: [Tuning the scheduler](Builder#tuning-the-scheduler).
     pub fn io_poll_interval(&mut self, interval: Duration) -> &mut Self {
         self.tuning.io_poll_interval = interval;
         self
@@ -277,14 +373,21 @@ impl Builder {
     /// that spends milliseconds of CPU per request and always finds its
     /// next request ready can keep its worker for 128 requests; with the
     /// time slice it yields after each. Multi-thread runtimes only.
+    ///
+    /// An example: [Tuning the scheduler](Builder#tuning-the-scheduler).
     pub fn poll_time_slice(&mut self, slice: Option<Duration>) -> &mut Self {
         self.tuning.poll_time_slice = slice;
         self
     }
 
-    /// A worker sheds half its local queue (at most 32 tasks) to the DLB
-    /// queue at a maintenance step when the queue is longer than this and
-    /// another worker is idle (default 4).
+    /// A worker sheds half its local queue (at most 32 tasks, light ones
+    /// only) to the DLB queue at a maintenance step when the queue is
+    /// longer than this, another worker is idle, and the tasks would
+    /// otherwise wait at least [`handoff_wait`](Self::handoff_wait)
+    /// (default 4). Tasks the DLB queue has no credits for stay in the
+    /// local queue.
+    ///
+    /// An example: [Tuning the scheduler](Builder#tuning-the-scheduler).
     pub fn shed_threshold(&mut self, tasks: usize) -> &mut Self {
         self.tuning.shed_min = tasks;
         self
@@ -304,6 +407,8 @@ impl Builder {
     /// handed off comes back with its next readiness event, so every
     /// handoff is paid again (the gateway example does, and BENCHMARKS.md
     /// has its figures).
+    ///
+    /// An example: [Tuning the scheduler](Builder#tuning-the-scheduler).
     pub fn handoff_wait(&mut self, wait: Duration) -> &mut Self {
         self.tuning.handoff_wait = wait;
         self
@@ -312,6 +417,8 @@ impl Builder {
     /// How long an idle worker polls its DLB port before it sleeps in its
     /// `Poll` (default 20 µs): a handoff arriving meanwhile saves a sleep
     /// and an eventfd wake-up; the cost is that much CPU per idle period.
+    ///
+    /// An example: [Tuning the scheduler](Builder#tuning-the-scheduler).
     pub fn spin_before_park(&mut self, spin: Duration) -> &mut Self {
         self.tuning.spin_before_park = spin;
         self

@@ -132,6 +132,22 @@ impl Handle {
     /// [`Builder::dlb_credits`]: crate::Builder::dlb_credits
     /// [`WorkerMetrics::fallbacks`]: crate::WorkerMetrics::fallbacks
     /// [`RuntimeMetrics::remote_fallbacks`]: crate::RuntimeMetrics::remote_fallbacks
+    ///
+    /// ```
+    /// use fulcrum_runtime::{Builder, Handle};
+    ///
+    /// let rt = Builder::new_multi_thread().worker_threads(2).build()?;
+    /// let handle = rt.handle().clone();
+    /// let worker = rt.block_on(async move {
+    ///     // The arbiter places it on the least loaded worker.
+    ///     handle
+    ///         .spawn_balanced(async { Handle::current().current_worker() })
+    ///         .await
+    ///         .expect("the task panicked")
+    /// });
+    /// assert!(worker.is_some_and(|w| w < 2));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn spawn_balanced<F>(&self, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -166,6 +182,27 @@ impl Handle {
     /// [`Builder::dlb_credits`]: crate::Builder::dlb_credits
     /// [`WorkerMetrics::fallbacks`]: crate::WorkerMetrics::fallbacks
     /// [`RuntimeMetrics::remote_fallbacks`]: crate::RuntimeMetrics::remote_fallbacks
+    ///
+    /// ```
+    /// use fulcrum_runtime::{Builder, Handle};
+    ///
+    /// let rt = Builder::new_multi_thread().worker_threads(2).build()?;
+    /// let handle = rt.handle().clone();
+    /// let ran_on = rt.block_on(async move {
+    ///     // One task per worker, each started on its own (a per-worker
+    ///     // listener, say).
+    ///     let tasks: Vec<_> = (0..handle.num_workers())
+    ///         .map(|w| handle.spawn_on_worker(w, async { Handle::current().current_worker() }))
+    ///         .collect();
+    ///     let mut ran_on = Vec::new();
+    ///     for task in tasks {
+    ///         ran_on.push(task.await.expect("the task panicked"));
+    ///     }
+    ///     ran_on
+    /// });
+    /// assert_eq!(ran_on, [Some(0), Some(1)]);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn spawn_on_worker<F>(&self, worker: usize, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
