@@ -1,18 +1,5 @@
 //! Balanced serving: run a handler for every connection on the worker that
-//! the balance mode picks.
-//!
-//! ```no_run
-//! use fulcrum_net::{Balance, Server};
-//! # async fn run() -> std::io::Result<()> {
-//! let serving = Server::bind("127.0.0.1:8080".parse().unwrap())
-//!     .balance(Balance::Dlb)
-//!     .serve(|stream, peer| async move {
-//!         let _ = (stream, peer); // handle the connection
-//!     })
-//!     .await?;
-//! println!("listening on {}", serving.local_addr());
-//! # Ok(()) }
-//! ```
+//! the balance mode picks (see [`Server`]).
 
 use std::fmt;
 use std::future::Future;
@@ -63,7 +50,31 @@ impl std::str::FromStr for Balance {
     }
 }
 
-/// Configures balanced serving on an address.
+/// Configures balanced serving on an address: a handler runs for every
+/// connection, on the worker that the [`Balance`] mode picks.
+///
+/// ```
+/// use fulcrum_net::{Balance, Server, TcpStream};
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// let rt = fulcrum_runtime::Builder::new_multi_thread().worker_threads(2).build()?;
+/// rt.block_on(async {
+///     let addr = "127.0.0.1:0".parse().expect("a socket address");
+///     let serving = Server::bind(addr)
+///         .balance(Balance::Dlb)
+///         .serve(|mut stream, _peer| async move {
+///             let _ = stream.write_all(b"hi").await;
+///         })
+///         .await?;
+///     let mut client = TcpStream::connect(serving.local_addr()).await?;
+///     let mut greeting = String::new();
+///     client.read_to_string(&mut greeting).await?;
+///     assert_eq!(greeting, "hi");
+///     assert_eq!(serving.handled_per_worker().iter().sum::<u64>(), 1);
+///     Ok::<(), std::io::Error>(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Server {
     addr: SocketAddr,
