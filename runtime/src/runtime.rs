@@ -58,7 +58,8 @@ impl Runtime {
         &self.handle
     }
 
-    /// Spawns a task on the runtime.
+    /// Spawns a task on the runtime, as [`Handle::spawn`] (whose docs say
+    /// where it goes and what happens when a queue is full).
     pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
