@@ -240,7 +240,7 @@ pub mod io {
 
 /// tokio's runtime-agnostic synchronisation primitives (`mpsc`, `oneshot`,
 /// `Mutex`, `Notify`, `Semaphore`, `watch`, `broadcast`, ...). They work on
-/// Fulcrum unchanged; for timeouts use [`time::timeout`](crate::time::timeout).
+/// Fulcrum unchanged; for timeouts use [`time::timeout`].
 pub mod sync {
     pub use tokio::sync::*;
 }
