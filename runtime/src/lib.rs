@@ -155,7 +155,8 @@ pub use task::{AbortHandle, Id, JoinError, JoinHandle};
 /// overflow queue, the injector and the current-thread queue are unbounded
 /// lists of tasks that exist (a task is queued at most once), so their
 /// length is bounded by the live tasks; a worker whose local queue grows
-/// past [`Builder::shed_threshold`] sheds part of it to idle workers. A
+/// past [`Builder::shed_threshold`] sheds part of it to idle workers at
+/// its maintenance steps (DLB scheduler). A
 /// handoff whose DLB send comes up short (the credit pool of
 /// [`Builder::dlb_credits`] is empty) keeps its task: on a worker the task
 /// goes to that worker's local queue (counted in
