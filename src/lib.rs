@@ -3,8 +3,12 @@
 //! DLB's unordered queues (the DLB hardware where present, a lock-free
 //! software emulation elsewhere), never by stealing.
 //!
-//! The paths mirror tokio's, so that a tokio application ports by changing
-//! `tokio::` to `fulcrum::`. A TCP echo server, and a client to try it:
+//! The paths mirror tokio's: for the APIs in the table under [Porting a
+//! tokio application](#porting-a-tokio-application), a tokio application
+//! ports by changing `tokio::` to `fulcrum::`. What renaming does not cover
+//! (`axum::serve`, hyper-util's client, libraries that call tokio's runtime
+//! themselves, and a few APIs) is listed there too. A TCP echo server, and
+//! a client to try it:
 //!
 //! ```
 //! use fulcrum::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,7 +112,29 @@
 //! | `process::{Command, Child, ChildStdin, ChildStdout, ChildStderr}` | the same |
 //! | `io::{stdin, stdout, stderr}`, the `io-util` traits and helpers, `sync::*`, `select!`, `join!`, `try_join!`, `pin!`, `signal::{ctrl_c, unix}` | the same |
 //!
-//! Not there, and why:
+//! What renaming does not cover (`docs/porting.md` has the whole table):
+//! - The `tokio` dependency itself: replace it with `fulcrum` and its
+//!   features (`http`, `axum`, `hyper`, `tokio-compat`) in `Cargo.toml`.
+//! - Serving: `axum::serve` spawns on tokio and panics on Fulcrum; call
+//!   `fulcrum::http::serve` (feature `http`), which has its shape.
+//! - hyper-util's legacy `Client`: its `HttpConnector`, `TokioExecutor` and
+//!   `TokioTimer` need tokio; use `fulcrum::http::Connector` with
+//!   `FulcrumExecutor` and `FulcrumTimer` (hyper-rustls wraps the
+//!   connector; tonic clients use such a `Client`, not
+//!   `tonic::transport::Channel`).
+//! - Libraries that call tokio's runtime themselves (reqwest, sqlx's
+//!   `runtime-tokio`, redis's `tokio-comp`; tower's `timeout`,
+//!   `limit::rate`, `retry` backoff, `hedge`, `buffer` and `spawn_ready`;
+//!   tower-http's `timeout` and `ServeDir`):
+//!   they need feature `tokio-compat` (their I/O and timers then run on one
+//!   tokio thread, off the DLB workers) or a runtime-agnostic alternative.
+//! - Not supported: axum's `WebSocketUpgrade` and `Sse::keep_alive` (they
+//!   spawn and sleep on tokio: upgrade through hyper and tokio-tungstenite
+//!   instead), tokio-util's `DelayQueue` and `TaskTracker::spawn`, and the
+//!   grpc-timeout header of a tonic server served by `fulcrum::http::serve`
+//!   (not enforced).
+//!
+//! Not there among tokio's own APIs, and why:
 //! - Pausing the clock of a multi-thread runtime: refused, as by tokio (a
 //!   worker cannot tell that the whole runtime is idle).
 //! - tokio's own `net::unix::SocketAddr` type: Fulcrum returns std's
@@ -214,7 +240,7 @@ pub mod io {
 
 /// tokio's runtime-agnostic synchronisation primitives (`mpsc`, `oneshot`,
 /// `Mutex`, `Notify`, `Semaphore`, `watch`, `broadcast`, ...). They work on
-/// Fulcrum unchanged; for timeouts use [`time::timeout`](crate::time::timeout).
+/// Fulcrum unchanged; for timeouts use [`time::timeout`].
 pub mod sync {
     pub use tokio::sync::*;
 }

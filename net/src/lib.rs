@@ -12,7 +12,7 @@
 //! the other ecosystem helpers work on them); with the `futures-io` feature
 //! they also implement `futures_io::AsyncRead`/`AsyncWrite` (closing a
 //! stream shuts down its write side). With the `hyper` feature, the `hyper`
-//! module runs hyper 1.x on Fulcrum; with the `http` feature, the [`http`]
+//! module runs hyper 1.x on Fulcrum; with the `http` feature, the `http`
 //! module serves axum, tonic and other tower services (HTTP/1.1 and
 //! HTTP/2, connections placed by the DLB queue) and connects hyper-util's
 //! client (feature `axum`: axum's `Router` and `ConnectInfo` on it).

@@ -1,18 +1,5 @@
 //! Balanced serving: run a handler for every connection on the worker that
-//! the balance mode picks.
-//!
-//! ```no_run
-//! use fulcrum_net::{Balance, Server};
-//! # async fn run() -> std::io::Result<()> {
-//! let serving = Server::bind("127.0.0.1:8080".parse().unwrap())
-//!     .balance(Balance::Dlb)
-//!     .serve(|stream, peer| async move {
-//!         let _ = (stream, peer); // handle the connection
-//!     })
-//!     .await?;
-//! println!("listening on {}", serving.local_addr());
-//! # Ok(()) }
-//! ```
+//! the balance mode picks (see [`Server`]).
 
 use std::fmt;
 use std::future::Future;
@@ -63,7 +50,31 @@ impl std::str::FromStr for Balance {
     }
 }
 
-/// Configures balanced serving on an address.
+/// Configures balanced serving on an address: a handler runs for every
+/// connection, on the worker that the [`Balance`] mode picks.
+///
+/// ```
+/// use fulcrum_net::{Balance, Server, TcpStream};
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// let rt = fulcrum_runtime::Builder::new_multi_thread().worker_threads(2).build()?;
+/// rt.block_on(async {
+///     let addr = "127.0.0.1:0".parse().expect("a socket address");
+///     let serving = Server::bind(addr)
+///         .balance(Balance::Dlb)
+///         .serve(|mut stream, _peer| async move {
+///             let _ = stream.write_all(b"hi").await;
+///         })
+///         .await?;
+///     let mut client = TcpStream::connect(serving.local_addr()).await?;
+///     let mut greeting = String::new();
+///     client.read_to_string(&mut greeting).await?;
+///     assert_eq!(greeting, "hi");
+///     assert_eq!(serving.handled_per_worker().iter().sum::<u64>(), 1);
+///     Ok::<(), std::io::Error>(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Server {
     addr: SocketAddr,
@@ -168,6 +179,25 @@ impl Server {
 
     /// Starts accepting; `handler(stream, peer)` runs for each connection on
     /// the worker the mode picks, with the socket registered there.
+    ///
+    /// # What if a queue is full?
+    /// - The listen backlog (1024, capped by `net.core.somaxconn`): the
+    ///   kernel drops handshakes and clients retry (see
+    ///   [`TcpListener::accept`]).
+    /// - Out of descriptors or memory (`EMFILE`, `ENFILE`, `ENOBUFS`,
+    ///   `ENOMEM`): the accept loop sleeps 10 ms, doubling up to 100 ms,
+    ///   and tries again while the open connections keep being served
+    ///   ([`Serving::accept_backoffs`] counts it). A connection that fails
+    ///   before it is accepted (`ECONNABORTED`, `ECONNRESET`, `EPROTO`,
+    ///   `EINTR`) is skipped. Any other error of the listening socket stops
+    ///   that accept loop, logged at error level; connections already open
+    ///   go on.
+    /// - Each connection's task is handed off through the DLB queue
+    ///   ([`Handle::spawn_balanced`] for [`Balance::Dlb`],
+    ///   [`Handle::spawn_on_worker`] for the others). When the DLB credit
+    ///   pool is empty the handoff comes up short and the connection runs
+    ///   on the accepting worker instead; [`Balance::Exact`] still counts
+    ///   it on the worker it chose.
     ///
     /// # Errors
     /// Binding errors, with the address; outside a runtime, `Other`.

@@ -20,6 +20,24 @@ use crate::io::{impl_async_read, impl_async_write, with_addr, Io};
 use crate::resolve::{resolve, ToSocketAddrs};
 
 /// A TCP listening socket.
+///
+/// ```
+/// use fulcrum_net::{TcpListener, TcpStream};
+///
+/// let rt = fulcrum_runtime::Builder::new_multi_thread().worker_threads(2).build()?;
+/// rt.block_on(async {
+///     // Port 0: the OS picks a free one.
+///     let listener = TcpListener::bind("127.0.0.1:0").await?;
+///     let addr = listener.local_addr()?;
+///     let client = fulcrum_runtime::spawn(async move { TcpStream::connect(addr).await });
+///     let (conn, peer) = listener.accept().await?;
+///     let client = client.await.expect("the client task panicked")?;
+///     assert_eq!(peer, client.local_addr()?);
+///     assert_eq!(conn.local_addr()?, addr);
+///     Ok::<(), std::io::Error>(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct TcpListener {
     io: Io<mio::net::TcpListener>,
 }
@@ -99,6 +117,15 @@ impl TcpListener {
     /// Accepts a connection. The stream is not registered anywhere yet: it
     /// registers with the worker that first polls it.
     ///
+    /// # What if the backlog is full?
+    /// Connections wait in the kernel's accept queue, the listen backlog
+    /// ([`DEFAULT_BACKLOG`](Self::DEFAULT_BACKLOG) for [`bind`](Self::bind)),
+    /// until accepted. When it is full the kernel drops new handshakes and
+    /// the clients retry; under load some are reset. When the process is
+    /// out of descriptors (`EMFILE`, `ENFILE`) this returns the error and
+    /// the connection stays queued; [`Server`](crate::Server) backs off and
+    /// tries again.
+    ///
     /// # Errors
     /// The OS error of `accept4`.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
@@ -128,6 +155,27 @@ impl AsRawFd for TcpListener {
 }
 
 /// A TCP connection. Implements tokio's `AsyncRead` and `AsyncWrite`.
+///
+/// ```
+/// use fulcrum_net::{TcpListener, TcpStream};
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// let rt = fulcrum_runtime::Builder::new_multi_thread().worker_threads(2).build()?;
+/// let received = rt.block_on(async {
+///     let listener = TcpListener::bind("127.0.0.1:0").await?;
+///     let mut client = TcpStream::connect(listener.local_addr()?).await?;
+///     client.set_nodelay(true)?;
+///     let (mut server, _peer) = listener.accept().await?;
+///     client.write_all(b"hello").await?;
+///     // Shuts down the write side: the server reads to the end.
+///     client.shutdown().await?;
+///     let mut received = Vec::new();
+///     server.read_to_end(&mut received).await?;
+///     Ok::<_, std::io::Error>(received)
+/// })?;
+/// assert_eq!(received, b"hello");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct TcpStream {
     io: Io<mio::net::TcpStream>,
 }

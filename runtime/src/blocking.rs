@@ -76,10 +76,17 @@ pub(crate) const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 ///
 /// The pool grows on demand up to
 /// [`Builder::max_blocking_threads`](crate::Builder::max_blocking_threads)
-/// threads (512 by default); past that, calls wait in a queue. Idle threads
-/// exit after
+/// threads (512 by default). Idle threads exit after
 /// [`Builder::thread_keep_alive`](crate::Builder::thread_keep_alive)
 /// (10 s by default).
+///
+/// # What if every thread is busy?
+/// The call is queued, never refused: the pool's queue is unbounded, and
+/// its calls run in order as threads finish their closures. Below the cap
+/// a call that finds no idle thread starts a new one; if the OS refuses
+/// the thread, the call stays queued for a running thread (or for the next
+/// call, which tries to start one again) and a warning is logged. After
+/// the runtime shut down, the call is cancelled at once, unrun.
 ///
 /// Inside `f`, [`Handle::current`] and [`spawn`](crate::spawn) work; Fulcrum
 /// timers cannot be polled there.

@@ -20,7 +20,9 @@
 //! the light tasks it wakes behind heavy work go to a calm sleeping peer,
 //! directed. An idle worker that finds a peer stuck inside one task poll
 //! for a [`Builder::rescue_interval`] dispatches the peer's ready I/O and
-//! runs the light tasks it wakes. A task that runs on another worker takes
+//! runs the light tasks it wakes: they are sent to it as directed DLB
+//! events, not through the arbiter, which cannot see a long poll and would
+//! put some of them back behind it. A task that runs on another worker takes
 //! its sockets and timers along, so it stays moved. Heavy tasks (whose
 //! polls take at least the I/O poll interval) stay put. A task poll that
 //! has run [`Builder::poll_time_slice`] gets `Pending` from its next
@@ -50,11 +52,17 @@
 // task state machine (`task::loom_tests`).
 #[cfg(not(loom))]
 mod blocking;
+#[cfg(not(loom))]
+mod builder;
 mod clock;
+#[cfg(not(loom))]
+mod connections;
 #[cfg(not(loom))]
 mod context;
 #[cfg(not(loom))]
 mod coop;
+#[cfg(not(loom))]
+mod handle;
 #[cfg(not(loom))]
 pub mod io;
 /// Under loom, only the reactor's readiness state and its release list
@@ -100,22 +108,63 @@ use std::task::{Context, Poll};
 #[cfg(not(loom))]
 pub use blocking::spawn_blocking;
 #[cfg(not(loom))]
+pub use builder::{Builder, Scheduler};
+#[cfg(not(loom))]
+pub use connections::ConnectionGuard;
+#[cfg(not(loom))]
+pub use handle::{EnterGuard, Handle, TryCurrentError};
+#[cfg(not(loom))]
 pub use metrics::live::RuntimeMetrics;
 #[cfg(not(loom))]
 pub use metrics::WorkerMetrics;
 #[cfg(not(loom))]
-pub use runtime::{
-    Builder, ConnectionGuard, EnterGuard, Handle, Runtime, Scheduler, TryCurrentError,
-};
+pub use runtime::Runtime;
 #[cfg(not(loom))]
 pub use task::JoinSet;
 pub use task::{AbortHandle, Id, JoinError, JoinHandle};
 
-/// Spawns a task on the current runtime.
+/// Spawns a task on the current runtime and returns its [`JoinHandle`].
 ///
-/// In DLB mode the task goes through the DLB queue when another worker is
-/// idle (or when called from a thread that is not a worker), so the arbiter
-/// picks the worker that runs it.
+/// # Where the task runs
+/// With the DLB scheduler (the default):
+/// - Spawned during a task's poll on a worker while another worker is
+///   idle, its place is decided when the spawner's poll ends. If the
+///   spawner completed and spawned only this one task (the chain case: a
+///   request handed to its successor), the successor keeps the worker and
+///   runs next, as tokio's LIFO slot would run it. Otherwise (a spawner
+///   still alive, such as an accept loop, or a fan-out of several tasks)
+///   each task spawned is handed off through the DLB queue, where the
+///   arbiter picks its worker, if another worker is still idle then; if
+///   none is, they go to the back of the local queue.
+/// - Spawned on a worker while no other worker is idle: the back of that
+///   worker's local queue.
+/// - Spawned from a thread that is not one of the runtime's workers (a
+///   `block_on` caller, a blocking-pool thread, after [`Handle::enter`]):
+///   handed off through the runtime's remote port; the arbiter picks the
+///   worker.
+///
+/// With [`Scheduler::WorkStealing`], a task spawned during a poll goes to
+/// the worker's LIFO slot (unless [`Builder::disable_lifo_slot`]; the
+/// slot's previous task moves to the worker's deque, which idle workers
+/// steal from), and one spawned from another thread to the shared
+/// injector. On a current-thread runtime it goes to the back of the
+/// runtime's one queue.
+///
+/// # What if a queue is full?
+/// Nothing is refused and nothing is dropped. The local queues, the
+/// overflow queue, the injector and the current-thread queue are unbounded
+/// lists of tasks that exist (a task is queued at most once), so their
+/// length is bounded by the live tasks; a worker whose local queue grows
+/// past [`Builder::shed_threshold`] sheds part of it to idle workers at
+/// its maintenance steps (DLB scheduler). A
+/// handoff whose DLB send comes up short (the credit pool of
+/// [`Builder::dlb_credits`] is empty) keeps its task: on a worker the task
+/// goes to that worker's local queue (counted in
+/// [`WorkerMetrics::fallbacks`]); from another thread it goes to the
+/// overflow queue, which every worker takes its share of, and a worker is
+/// woken (counted in [`RuntimeMetrics::remote_fallbacks`]). Once the
+/// runtime has shut down, a spawned task is cancelled at once: its handle
+/// gives a cancelled [`JoinError`].
 ///
 /// # Panics
 /// Outside a runtime.

@@ -167,9 +167,10 @@ impl<S: Clone, T> Service<T> for Shared<S> {
 ///
 /// Each connection is spawned through the DLB queue
 /// ([`Handle::spawn_balanced`]): the arbiter picks its worker, and its
-/// socket registers with that worker's reactor. Connection errors are
-/// logged (`tracing`, debug level) and never stop the loop; accept errors
-/// are waited out by the [`Listener`].
+/// socket registers with that worker's reactor. When the DLB credit pool is
+/// empty, the connection runs on the accepting worker instead; nothing is
+/// dropped. Connection errors are logged (`tracing`, debug level) and never
+/// stop the loop; accept errors are waited out by the [`Listener`].
 ///
 /// Awaiting the returned [`Serve`] runs until the process ends; with
 /// [`Serve::with_graceful_shutdown`] it returns once the signal has fired

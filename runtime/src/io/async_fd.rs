@@ -75,7 +75,9 @@ impl<T: AsFd> AsyncFd<T> {
     ///
     /// # Errors
     /// Outside a Fulcrum runtime thread (a worker, or inside `block_on`),
-    /// or the OS error of `epoll_ctl`.
+    /// or the OS error of `epoll_ctl`: `ENOSPC` once the kernel's epoll
+    /// limit (`fs.epoll.max_user_watches`) is reached, since the runtime
+    /// itself bounds nothing (see [the module docs](crate::io)).
     pub fn new(inner: T) -> io::Result<Self> {
         Self::with_interest(inner, Interest::READABLE | Interest::WRITABLE)
     }

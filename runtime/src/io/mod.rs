@@ -11,6 +11,17 @@
 //! its fd-backed object and removes the fd from its reactor before closing
 //! it. Fulcrum's sockets (`fulcrum-net`) are built on it.
 //!
+//! # What if a reactor is full?
+//! A registration takes no slot in a table of the runtime's: its token is
+//! the address of its readiness state. The only limit is the kernel's: a
+//! user may register at most `fs.epoll.max_user_watches` fds across all
+//! epoll sets, past which registering fails with `ENOSPC`, returned by
+//! [`AsyncFd::new`](unix::AsyncFd::new) (or, for an fd registered lazily,
+//! by its first poll); moving a registration that the new reactor cannot
+//! take leaves it where it was. A thread collects at most 64 readiness
+//! events per `epoll_wait`; the others stay ready in the kernel and come
+//! with its next wait, so none is lost.
+//!
 //! # Readiness
 //! Each registration keeps a readiness word (`tick << 16 | bits`). The
 //! reactor ORs new readiness in and bumps the tick, then wakes the waiting

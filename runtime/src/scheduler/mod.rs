@@ -1,5 +1,8 @@
-//! The schedulers behind a [`Handle`](crate::Handle): multi-thread (DLB) and
-//! current-thread.
+//! The schedulers behind a [`Handle`](crate::Handle): the multi-thread
+//! runtime's two ([`Scheduler::Dlb`](crate::Scheduler::Dlb), the default,
+//! and the [`Scheduler::WorkStealing`](crate::Scheduler::WorkStealing)
+//! comparison baseline, both in `multi`) and the current-thread scheduler
+//! (`current`).
 
 pub(crate) mod current;
 pub(crate) mod multi;

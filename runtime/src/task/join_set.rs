@@ -182,7 +182,9 @@ impl<T> JoinSet<T> {
         abort
     }
 
-    /// Spawns `task` on the current runtime and adds it to the set.
+    /// Spawns `task` on the current runtime and adds it to the set. Where
+    /// the task goes, and what happens when a queue is full, is as for
+    /// [`spawn`](crate::spawn).
     ///
     /// # Panics
     /// Outside a runtime.

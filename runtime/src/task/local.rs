@@ -140,6 +140,8 @@ impl Default for LocalSet {
 
 /// Spawns a `!Send` future on the [`LocalSet`] being driven on this thread
 /// (or entered with [`LocalSet::enter`]); tokio's `task::spawn_local`.
+/// The set's queue is unbounded and holds each live task at most once, so
+/// a spawn is never refused.
 ///
 /// # Panics
 /// Outside a `LocalSet`, as tokio's.

@@ -2,11 +2,11 @@
 //!
 //! A spawned future lives in one heap allocation (see `raw.rs`) shared by
 //! several handles, each holding one reference:
-//! - a [`Notified`]: permission to run the task once. At most one exists at a
+//! - a `Notified`: permission to run the task once. At most one exists at a
 //!   time (the `NOTIFIED` bit), so a task is never queued twice. This is
-//!   what crosses between workers: [`Notified::into_raw`] turns it into the
-//!   64-bit payload of a DLB event, and [`Notified::from_raw`] back.
-//! - a [`Task`]: the runtime's owned-task list keeps one, so that shutdown
+//!   what crosses between workers: `Notified::into_raw` turns it into the
+//!   64-bit payload of a DLB event, and `Notified::from_raw` back.
+//! - a `Task`: the runtime's owned-task list keeps one, so that shutdown
 //!   can cancel every task that is still alive.
 //! - the [`JoinHandle`], any [`AbortHandle`]s, and each clone of the task's
 //!   `Waker`.

@@ -11,6 +11,13 @@
 //!
 //! Polling a timer on a thread that does not run a Fulcrum runtime panics.
 //!
+//! # What if there are many timers?
+//! Nothing is refused or dropped: a wheel keeps its timers in a slab that
+//! grows with them, so it holds as many as are alive, and every deadline
+//! has an exact place (no clamping, no overflow list). A deadline too far
+//! to represent (`sleep(Duration::MAX)`) becomes one about 30 years away.
+//! A timer that fires wakes its task as any wake does.
+//!
 //! # Paused time
 //! As tokio's `test-util` clock, on the current-thread runtime: after
 //! [`pause`] (or with `Builder::start_paused(true)`, or
@@ -114,6 +121,19 @@ pub async fn advance(duration: Duration) {
 }
 
 /// Waits until `duration` has elapsed.
+///
+/// ```
+/// use std::time::Duration;
+/// use fulcrum_runtime::time::{sleep, Instant};
+///
+/// let rt = fulcrum_runtime::Builder::new_current_thread().build()?;
+/// rt.block_on(async {
+///     let start = Instant::now();
+///     sleep(Duration::from_millis(10)).await;
+///     assert!(start.elapsed() >= Duration::from_millis(10));
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn sleep(duration: Duration) -> Sleep {
     sleep_until(
         Instant::now()
@@ -254,6 +274,20 @@ impl From<Elapsed> for io::Error {
 
 /// Runs `future` for at most `duration`: `Err(Elapsed)` if it has not
 /// completed by then (the future is dropped with the `Timeout`).
+///
+/// ```
+/// use std::time::Duration;
+/// use fulcrum_runtime::time::{sleep, timeout};
+///
+/// let rt = fulcrum_runtime::Builder::new_current_thread().build()?;
+/// rt.block_on(async {
+///     assert_eq!(timeout(Duration::from_secs(1), async { 7 }).await, Ok(7));
+///
+///     let too_slow = sleep(Duration::from_secs(60));
+///     assert!(timeout(Duration::from_millis(10), too_slow).await.is_err());
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
     Timeout {
         future,
@@ -323,6 +357,22 @@ pub enum MissedTickBehavior {
 }
 
 /// Ticks every `period`, the first tick at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use fulcrum_runtime::time::interval;
+///
+/// let rt = fulcrum_runtime::Builder::new_current_thread().build()?;
+/// rt.block_on(async {
+///     let mut every_5ms = interval(Duration::from_millis(5));
+///     let first = every_5ms.tick().await; // at once
+///     every_5ms.tick().await;
+///     let third = every_5ms.tick().await;
+///     // A tick returns the instant it was scheduled for.
+///     assert_eq!(third - first, Duration::from_millis(10));
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 ///
 /// # Panics
 /// If `period` is zero.

@@ -551,6 +551,7 @@ fn slot_start(now: u64, level: usize, slot: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fulcrum_test_support::fastrand;
     use std::collections::{BTreeMap, HashMap};
 
     /// Advances `wheel` to `now` and returns what fired, as `(key, value)`.
@@ -828,25 +829,6 @@ mod tests {
         assert_eq!(values(&mut wheel, 200), vec![3, 4]);
     }
 
-    /// A xorshift64 generator: small, deterministic, good enough here.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        /// Uniform-ish in `0..n` (`n > 0`).
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     /// The reference: timers ordered by `(deadline, seq)`.
     #[derive(Default)]
     struct Model {
@@ -901,24 +883,24 @@ mod tests {
     }
 
     /// Picks a deadline from a mix of scales, boundaries and ties.
-    fn random_deadline(rng: &mut XorShift, model: &Model) -> u64 {
+    fn random_deadline(rng: &mut fastrand::Rng, model: &Model) -> u64 {
         let now = model.now;
-        match rng.below(10) {
-            0 => rng.below(1_000_000_000),
-            1 => now + rng.below(64),
-            2 => now + rng.below(4096),
-            3 => now + rng.below(1_000_000),
-            4 | 5 => now + rng.below(1_000_000_000),
-            6 => now.saturating_sub(rng.below(1000)),
+        match rng.u64(..10) {
+            0 => rng.u64(..1_000_000_000),
+            1 => now + rng.u64(..64),
+            2 => now + rng.u64(..4096),
+            3 => now + rng.u64(..1_000_000),
+            4 | 5 => now + rng.u64(..1_000_000_000),
+            6 => now.saturating_sub(rng.u64(..1000)),
             7 => {
                 // Around a multiple of 64^k.
-                let unit = 64u64.pow(1 + rng.below(5) as u32);
-                let boundary = (now / unit + 1 + rng.below(2)) * unit;
-                boundary + rng.below(3) - 1
+                let unit = 64u64.pow(1 + rng.u32(..5));
+                let boundary = (now / unit + 1 + rng.u64(..2)) * unit;
+                boundary + rng.u64(..3) - 1
             }
             _ => {
                 // A tie with one of the earliest timers, if any.
-                let skip = rng.below(64) as usize;
+                let skip = rng.usize(..64);
                 let mut deadlines = model.order.keys().map(|&(deadline, _)| deadline);
                 deadlines
                     .clone()
@@ -930,20 +912,20 @@ mod tests {
     }
 
     /// Picks the tick to advance to.
-    fn random_target(rng: &mut XorShift, model: &Model) -> u64 {
+    fn random_target(rng: &mut fastrand::Rng, model: &Model) -> u64 {
         let now = model.now;
-        match rng.below(20) {
+        match rng.u64(..20) {
             0..=2 => now,
             3..=5 => now + 1,
-            6..=8 => now + rng.below(64),
-            9..=11 => now + rng.below(5000),
-            12 | 13 => now + rng.below(1_000_000),
-            14 => match rng.below(100) {
-                0 => now + 10_000_000_000 + rng.below(64), // ~4 months
-                1..=10 => now + rng.below(100_000_000),    // ~1 day
-                _ => now + rng.below(100_000),
+            6..=8 => now + rng.u64(..64),
+            9..=11 => now + rng.u64(..5000),
+            12 | 13 => now + rng.u64(..1_000_000),
+            14 => match rng.u64(..100) {
+                0 => now + 10_000_000_000 + rng.u64(..64), // ~4 months
+                1..=10 => now + rng.u64(..100_000_000),    // ~1 day
+                _ => now + rng.u64(..100_000),
             },
-            15 => now.saturating_sub(rng.below(100)),
+            15 => now.saturating_sub(rng.u64(..100)),
             // Exactly the next deadline, or just before it.
             16 | 17 => model.next_deadline().map_or(now, |d| d.max(now)),
             _ => model
@@ -953,7 +935,7 @@ mod tests {
     }
 
     fn run_model(seed: u64, ops: usize) {
-        let mut rng = XorShift(seed);
+        let mut rng = fulcrum_test_support::rng(seed);
         let mut wheel = Wheel::new();
         let mut model = Model::default();
         let mut live: Vec<TimerKey> = Vec::new();
@@ -962,12 +944,12 @@ mod tests {
         let mut fired_total = 0usize;
 
         // A key the model holds (dropping dead ones lazily), if any.
-        let pick_live = |rng: &mut XorShift,
+        let pick_live = |rng: &mut fastrand::Rng,
                          live: &mut Vec<TimerKey>,
                          dead: &mut Vec<TimerKey>,
                          model: &Model| {
             while !live.is_empty() {
-                let i = rng.below(live.len() as u64) as usize;
+                let i = rng.usize(..live.len());
                 let key = live[i];
                 if model.by_key.contains_key(&key) {
                     return Some(key);
@@ -981,9 +963,9 @@ mod tests {
             // Cycle through phases in which the population grows (no
             // advances), churns, and shrinks.
             let choice = match op % 3000 {
-                0..=999 => rng.below(74),
-                1000..=1999 => rng.below(100),
-                _ => rng.below(50) + 50,
+                0..=999 => rng.u64(..74),
+                1000..=1999 => rng.u64(..100),
+                _ => rng.u64(..50) + 50,
             };
             match choice {
                 0..=49 => {
@@ -994,8 +976,8 @@ mod tests {
                     live.push(key);
                 }
                 50..=61 => {
-                    let key = if rng.below(5) == 0 && !dead.is_empty() {
-                        dead[rng.below(dead.len() as u64) as usize]
+                    let key = if rng.u64(..5) == 0 && !dead.is_empty() {
+                        dead[rng.usize(..dead.len())]
                     } else {
                         match pick_live(&mut rng, &mut live, &mut dead, &model) {
                             Some(key) => key,
@@ -1005,8 +987,8 @@ mod tests {
                     assert_eq!(wheel.remove(key), model.remove(key), "seed {seed} op {op}");
                 }
                 62..=73 => {
-                    let key = if rng.below(5) == 0 && !dead.is_empty() {
-                        dead[rng.below(dead.len() as u64) as usize]
+                    let key = if rng.u64(..5) == 0 && !dead.is_empty() {
+                        dead[rng.usize(..dead.len())]
                     } else {
                         match pick_live(&mut rng, &mut live, &mut dead, &model) {
                             Some(key) => key,

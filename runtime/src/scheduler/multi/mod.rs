@@ -179,7 +179,10 @@ pub(crate) enum Route {
 
 /// How the runtime's workers run, and their per-thread hooks.
 pub(crate) struct ThreadConfig {
-    /// The work-stealing comparison mode instead of DLB handoffs.
+    /// `true`: the workers run the work-stealing comparison baseline
+    /// ([`Scheduler::WorkStealing`]: crossbeam deques, a LIFO slot, an
+    /// injector for remote spawns; no DLB handoff, no rescue). `false`: the
+    /// DLB scheduler.
     pub(crate) stealing: bool,
     pub(crate) rescue_interval: Option<Duration>,
     pub(crate) tuning: Tuning,
