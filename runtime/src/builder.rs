@@ -475,9 +475,9 @@ impl Builder {
     /// - [`start_paused(true)`](Self::start_paused) on a multi-thread
     ///   builder;
     /// - on a multi-thread builder, whatever its [`Scheduler`]: a worker
-    ///   count of 0 or above 63 (the DLB domain's 64 ports less the remote
-    ///   port), including the default count, the available parallelism, on
-    ///   a machine with more than 63 CPUs;
+    ///   count of 0 or above 63 (the DLB domain's 64 ports less one for
+    ///   remote threads; the default count, the available parallelism, is
+    ///   capped at 63);
     ///   [`dlb_credits`](Self::dlb_credits) below the worker count plus one
     ///   or above [`fulcrum_dlb::MAX_CREDITS`]; a
     ///   [`dlb_cq_depth`](Self::dlb_cq_depth) that is not a power of two
@@ -531,27 +531,37 @@ impl Builder {
         // Calibrate the scheduler's clock here, once per process, rather
         // than on a worker's first poll.
         let _ = crate::clock::now_ns();
+        let max_workers = fulcrum_dlb::MAX_PORTS - 1;
         let workers = match self.workers {
             Some(n) => n,
-            None => thread::available_parallelism().map_or(1, |n| n.get()),
+            // As tokio: one worker per CPU, here within the DLB domain's
+            // port limit (a machine with more CPUs gets the maximum).
+            None => {
+                let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+                if cpus > max_workers {
+                    tracing::info!(
+                        cpus,
+                        workers = max_workers,
+                        "more CPUs than a DLB domain has worker ports; using the maximum"
+                    );
+                }
+                cpus.min(max_workers)
+            }
         };
-        if workers == 0 || workers >= fulcrum_dlb::MAX_PORTS {
+        if workers == 0 || workers > max_workers {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "worker_threads({workers}): a runtime needs 1 to {} workers",
-                    fulcrum_dlb::MAX_PORTS - 1
-                ),
+                format!("worker_threads({workers}): a runtime needs 1 to {max_workers} workers"),
             ));
         }
-        let ports = workers + 1;
+        let min_credits = workers + 1;
         let credits = match self.dlb_credits {
-            Some(n) if (n as usize) < ports || n > fulcrum_dlb::MAX_CREDITS => {
+            Some(n) if (n as usize) < min_credits || n > fulcrum_dlb::MAX_CREDITS => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
-                        "dlb_credits({n}): a runtime with {workers} workers needs {ports} to {} \
-                         credits (at least one per DLB port: the workers' and the injector's)",
+                        "dlb_credits({n}): a runtime with {workers} workers needs {min_credits} \
+                         to {} credits (at least one per DLB port: the workers' and the injector's)",
                         fulcrum_dlb::MAX_CREDITS
                     ),
                 ));
@@ -576,8 +586,11 @@ impl Builder {
             Some(n) => n,
             None => fulcrum_dlb::DEFAULT_CQ_DEPTH,
         };
-        // One port per worker, linked to queue 0, plus the injector port for
-        // remote threads (linked to nothing).
+        // One port per worker, linked to queue 0, plus the injector ports
+        // for remote threads (linked to nothing): as many as the limits on
+        // ports and credits (one per port) allow, at least one.
+        let remote = multi::remote_ports(workers).min(credits as usize - workers);
+        let ports = workers + remote;
         let mut builder = Domain::builder()
             .backend(self.backend)
             .ports(ports)
@@ -598,7 +611,7 @@ impl Builder {
             on_start: self.on_start.take(),
             on_stop: self.on_stop.take(),
         };
-        let (shared, parts) = multi::build(domain, workers, threads)?;
+        let (shared, parts) = multi::build(domain, workers, remote, threads)?;
         let handle = Handle {
             inner: Inner::Multi(shared.clone()),
             blocking,

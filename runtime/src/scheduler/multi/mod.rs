@@ -208,8 +208,10 @@ impl<T> std::ops::Deref for CachePadded<T> {
 /// State shared by the workers of one runtime.
 pub(crate) struct Shared {
     domain: Domain,
-    /// The producer-only port of threads that are not workers.
-    remote: Mutex<Port>,
+    /// The producer-only ports of threads that are not workers (see
+    /// [`remote_ports`]): each thread starts at its own one and takes the
+    /// first that is free, so that remote spawners seldom wait on a lock.
+    remote: Box<[Mutex<Port>]>,
     overflow: Overflow,
     /// Remote spawns that went to the overflow queue.
     remote_fallbacks: AtomicU64,
@@ -250,6 +252,27 @@ pub(crate) type WorkerExit = (Port, Poll);
 /// work-stealing mode, its deque.
 pub(crate) type WorkerParts = (Port, Poll, Option<crossbeam_deque::Worker<TaskRef>>);
 
+/// Producer-only ports for threads that are not workers, at most.
+const REMOTE_PORTS: usize = 4;
+
+/// How many of the domain's ports a runtime with `workers` workers gives to
+/// remote threads: up to [`REMOTE_PORTS`], within the domain's port limit,
+/// at least one.
+pub(crate) fn remote_ports(workers: usize) -> usize {
+    REMOTE_PORTS
+        .min(fulcrum_dlb::MAX_PORTS.saturating_sub(workers))
+        .max(1)
+}
+
+thread_local! {
+    /// The remote port a thread tries first (assigned round-robin on its
+    /// first remote send).
+    static REMOTE_START: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Hands out remote start ports round-robin.
+static NEXT_REMOTE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Attempts at taking a port that is refused with a transient error.
 const PORT_ATTEMPTS: usize = 16;
 
@@ -275,6 +298,7 @@ fn take_port(domain: &Domain, id: usize) -> io::Result<Port> {
 pub(crate) fn build(
     domain: Domain,
     workers: usize,
+    remote: usize,
     threads: ThreadConfig,
 ) -> io::Result<(Arc<Shared>, Vec<WorkerParts>)> {
     let mut parts = Vec::with_capacity(workers);
@@ -300,10 +324,12 @@ pub(crate) fn build(
         parts.push((port, poll, deque));
     }
     let stealing = threads.stealing.then(|| Stealing::new(deques));
-    let remote = take_port(&domain, workers)?;
+    let remote = (workers..workers + remote)
+        .map(|id| take_port(&domain, id).map(Mutex::new))
+        .collect::<io::Result<Box<[_]>>>()?;
     let shared = Arc::new(Shared {
         domain,
-        remote: Mutex::new(remote),
+        remote,
         overflow: Overflow::new(),
         remote_fallbacks: AtomicU64::new(0),
         wakers: wakers.into_boxed_slice(),
@@ -438,7 +464,7 @@ impl Shared {
             Some(w) => Event::directed(w as u8, task.into_raw()),
             None => Event::unordered(0, task.into_raw()),
         };
-        if lock(&self.remote).send(&[event]).unwrap_or(0) == 1 {
+        if self.remote_port().send(&[event]).unwrap_or(0) == 1 {
             tracing::debug!(task = %id, ?target, "remote dlb send task");
             return;
         }
@@ -448,6 +474,30 @@ impl Shared {
         self.remote_fallbacks.fetch_add(1, Relaxed);
         tracing::debug!(task = %id, "remote dlb send short; task to the overflow queue");
         self.overflow.wake_one(&self.wakers);
+    }
+
+    /// A remote port for this thread: its own start port if free, else the
+    /// next free one, else it waits for its own.
+    fn remote_port(&self) -> impl std::ops::DerefMut<Target = Port> + '_ {
+        let n = self.remote.len();
+        let start = REMOTE_START.with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT_REMOTE.fetch_add(1, Relaxed));
+            }
+            s.get()
+        }) % n;
+        for i in 0..n {
+            match self.remote[(start + i) % n].try_lock() {
+                Ok(port) => return port,
+                // A holder panicked: the port is still consistent (one
+                // send is one step), as `lock` assumes.
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.remote[start]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn metrics(&self) -> RuntimeMetrics {
