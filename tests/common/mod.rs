@@ -1,6 +1,7 @@
-//! What the end-to-end tests of the examples share: building an example
-//! and finding its binary, temporary config files, a running gateway and a
-//! running echo server.
+//! What the facade's tests share: a runtime of each scheduler, built
+//! through the facade; and for the end-to-end tests of the examples,
+//! building an example and finding its binary, temporary config files, a
+//! running gateway and a running echo server.
 
 #![allow(dead_code)] // each test binary uses its own part
 
@@ -11,6 +12,32 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
+
+use fulcrum::runtime::{Builder, Runtime};
+
+/// One runtime of each scheduler, built through the facade: DLB (software
+/// queue) and work stealing with 2 workers, and current-thread.
+pub fn runtimes() -> Vec<(&'static str, Runtime)> {
+    vec![
+        (
+            "dlb",
+            Builder::new_multi_thread()
+                .worker_threads(2)
+                .dlb_backend(fulcrum::dlb::Backend::Software)
+                .build()
+                .unwrap(),
+        ),
+        (
+            "stealing",
+            Builder::new_multi_thread()
+                .worker_threads(2)
+                .scheduler(fulcrum::runtime::Scheduler::WorkStealing)
+                .build()
+                .unwrap(),
+        ),
+        ("current", Builder::new_current_thread().build().unwrap()),
+    ]
+}
 
 /// Builds example `name` once per test binary (a no-op when `cargo test`
 /// already has) and returns its path.
