@@ -10,10 +10,8 @@ use fulcrum_dlb::fault::{self, FaultConfig};
 use fulcrum_dlb::Backend;
 use fulcrum_net::{Balance, Server, TcpStream};
 use fulcrum_runtime::{spawn, Builder};
+use fulcrum_test_support::raise_fd_limit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-mod common;
-use common::raise_fd_limit;
 
 /// 500 concurrent connections, each sending 64 KiB in random-sized writes,
 /// with `Balance::Dlb` and `Balance::Exact` on a 4-worker DLB runtime.
@@ -21,7 +19,12 @@ use common::raise_fd_limit;
 fn every_connection_served_and_every_byte_back_under_faults() {
     const N: usize = 500;
     const LEN: usize = 64 * 1024;
-    raise_fd_limit(2 * N as u64 + 256);
+    let want = 2 * N as u64 + 256;
+    let soft = raise_fd_limit(want);
+    assert!(
+        soft >= want,
+        "this test needs {want} file descriptors; the hard limit is {soft}"
+    );
     fault::set(FaultConfig {
         short_send_per_mille: 100,
         delay_per_mille: 100,

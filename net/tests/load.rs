@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use fulcrum_dlb::Backend;
 use fulcrum_net::{Balance, Server, TcpStream};
 use fulcrum_runtime::{spawn, Builder, Handle, Runtime};
+use fulcrum_test_support::{fd_limits, raise_fd_limit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn dlb_runtime(workers: usize) -> Runtime {
@@ -21,23 +22,6 @@ fn dlb_runtime(workers: usize) -> Runtime {
         .dlb_backend(Backend::Software)
         .build()
         .expect("build runtime")
-}
-
-/// The soft and hard `RLIMIT_NOFILE` after raising the soft limit to the
-/// hard one.
-fn raise_fd_limit_to_hard() -> (u64, u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct we pass.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: setrlimit reads the struct we pass.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
-    }
-    (lim.rlim_cur, lim.rlim_max)
 }
 
 fn splitmix(mut z: u64) -> u64 {
@@ -146,7 +130,7 @@ fn handler_panics_under_load_close_only_their_connections() {
     const TASKS: u64 = 2_000;
     const WORKERS: usize = 4;
     quiet_expected_panics();
-    let (soft, _) = raise_fd_limit_to_hard();
+    let soft = raise_fd_limit(2 * WAVE + 256);
     assert!(
         soft >= 2 * WAVE + 256,
         "needs {} fds, limit {soft}",
@@ -357,9 +341,9 @@ fn somaxconn() -> Option<u64> {
 fn ten_thousand_concurrent_connections_echo_64k() {
     // About 5 s in the debug profile on 2 cores.
     let n: usize = 10_000;
-    let (soft, hard) = raise_fd_limit_to_hard();
     // This process: n server sockets, the other test's 1,000, margin.
     let need = n as u64 + 1_500;
+    let (soft, hard) = (raise_fd_limit(need), fd_limits().1);
     assert!(
         soft >= need,
         "{n} connections need {need} file descriptors in the server process, but the \
@@ -484,7 +468,7 @@ fn load_client_process() {
     let addr: SocketAddr = parts.next().unwrap().parse().unwrap();
     let n: usize = parts.next().unwrap().parse().unwrap();
     let wave: usize = parts.next().unwrap().parse().unwrap();
-    let (soft, hard) = raise_fd_limit_to_hard();
+    let (soft, hard) = (raise_fd_limit(n as u64 + 256), fd_limits().1);
     assert!(
         soft >= n as u64 + 256,
         "client: need {} fds, hard limit {hard}",

@@ -8,10 +8,8 @@ use std::time::Duration;
 use fulcrum_dlb::Backend;
 use fulcrum_net::{Balance, Server, TcpStream};
 use fulcrum_runtime::{spawn, Builder, Scheduler};
+use fulcrum_test_support::raise_fd_limit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-mod common;
-use common::raise_fd_limit;
 
 const CONNS: usize = 400;
 const WORKERS: usize = 4;
@@ -266,7 +264,12 @@ fn echo_500_connections_of_256k_in_every_mode_and_scheduler() {
     const N: usize = 500;
     const LEN: usize = 256 * 1024;
     // Both ends of 500 connections are in this process.
-    raise_fd_limit(2 * N as u64 + 256);
+    let want = 2 * N as u64 + 256;
+    let soft = raise_fd_limit(want);
+    assert!(
+        soft >= want,
+        "this test needs {want} file descriptors; the hard limit is {soft}"
+    );
     let schedulers = [
         ("dlb", Some(Scheduler::Dlb)),
         ("stealing", Some(Scheduler::WorkStealing)),

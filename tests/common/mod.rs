@@ -181,7 +181,7 @@ impl Gw {
 
     /// The child's resident set size, in KiB (`VmRSS` in /proc).
     pub fn rss_kib(&self) -> u64 {
-        rss_kib(self.child.id())
+        fulcrum_test_support::rss_kib(self.child.id())
     }
 
     /// Panics if the gateway has exited.
@@ -301,16 +301,4 @@ impl Drop for Echo {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Process `pid`'s resident set size, in KiB (`VmRSS` in /proc).
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no VmRSS for process {pid}: did it exit?"))
 }

@@ -35,34 +35,3 @@ pub fn assert_no_sockets_left(name: &str, rt: &Runtime) {
     let live: u64 = m.workers.iter().map(|w| w.io_resources).sum();
     assert_eq!(live, 0, "{name}: sockets left registered: {m:?}");
 }
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit if it is below `want`;
-/// panics, saying why the test cannot run, if the hard limit is below it.
-#[allow(dead_code)] // not every test file needs it
-pub fn raise_fd_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct we pass.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    if lim.rlim_cur >= want {
-        return;
-    }
-    assert!(
-        lim.rlim_max >= want,
-        "this test needs {want} file descriptors; the hard limit is {}",
-        lim.rlim_max
-    );
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: setrlimit reads the struct we pass.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
-}
-
-/// The number of open file descriptors of this process.
-#[allow(dead_code)] // not every test file needs it
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
-}
