@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use fulcrum_dlb::Backend;
 use fulcrum_net::{Balance, Server, TcpStream};
 use fulcrum_runtime::{spawn, Builder, Handle, Runtime};
-use fulcrum_test_support::{fd_limits, raise_fd_limit};
+use fulcrum_test_support::{fd_limits, raise_fd_limit, rng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn dlb_runtime(workers: usize) -> Runtime {
@@ -24,16 +24,10 @@ fn dlb_runtime(workers: usize) -> Runtime {
         .expect("build runtime")
 }
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Whether connection (or task) `i` panics: about one in ten, fixed.
+/// Whether connection (or task) `i` panics: about one in ten, fixed (the
+/// first draw of the PRNG seeded from `i`).
 fn doomed(i: u64) -> bool {
-    splitmix(i ^ 0xdead_beef) % 10 == 0
+    rng(i ^ 0xdead_beef).u32(..10) == 0
 }
 
 const PANIC_TAG: &str = "injected panic for the load test";
