@@ -1,7 +1,9 @@
 //! What the facade's tests share: a runtime of each scheduler, built
 //! through the facade; and for the end-to-end tests of the examples,
 //! building an example and finding its binary, temporary config files, a
-//! running gateway and a running echo server.
+//! running gateway and a running echo server, a raw socket client
+//! ([`raw_client`]) and an upstream that records what the gateway
+//! forwards ([`recorder`]).
 
 #![allow(dead_code)] // each test binary uses its own part
 
@@ -14,6 +16,10 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use fulcrum::runtime::{Builder, Runtime};
+use fulcrum_test_support::status_code;
+
+pub mod raw_client;
+pub mod recorder;
 
 /// One runtime of each scheduler, built through the facade: DLB (software
 /// queue) and work stealing with 2 workers, and current-thread.
@@ -229,11 +235,7 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let status = status_code(&out).unwrap_or(0);
     let body = text
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_owned());
