@@ -5,32 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulcrum::runtime::{Builder, Runtime};
 use fulcrum::sync::{mpsc, oneshot};
 use fulcrum::task::JoinSet;
 use fulcrum::time::{sleep, timeout};
 
-fn runtimes() -> Vec<(&'static str, Runtime)> {
-    vec![
-        (
-            "dlb",
-            Builder::new_multi_thread()
-                .worker_threads(2)
-                .dlb_backend(fulcrum::dlb::Backend::Software)
-                .build()
-                .unwrap(),
-        ),
-        (
-            "stealing",
-            Builder::new_multi_thread()
-                .worker_threads(2)
-                .scheduler(fulcrum::runtime::Scheduler::WorkStealing)
-                .build()
-                .unwrap(),
-        ),
-        ("current", Builder::new_current_thread().build().unwrap()),
-    ]
-}
+mod common;
+use common::runtimes;
 
 struct SetOnDrop(Arc<AtomicBool>);
 

@@ -32,280 +32,18 @@
 //! A body not complete within `body_timeout_ms` (slow POST) gets 408 or a
 //! close (`slow_body_is_cut`).
 
-use std::cell::Cell;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream as StdStream};
-use std::process::{Command, Stdio};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use proptest::prelude::*;
-use proptest::test_runner::{Config as PropConfig, TestCaseError, TestRunner};
+use fulcrum_test_support::{raise_fd_limit, random_bytes, rng};
 
 mod common;
-use common::{gateway_binary, listener, temp_path, Gw, TempFile};
-
-// ---------------------------------------------------------------------------
-// A raw socket client.
-
-/// What the gateway did with one request.
-#[derive(Debug)]
-struct Answer {
-    /// The status of the first response, 0 if there was none.
-    status: u16,
-    /// Everything read.
-    bytes: Vec<u8>,
-    /// Nothing ended the exchange (EOF or reset) within the limit.
-    hung: bool,
-    elapsed: Duration,
-}
-
-impl Answer {
-    fn closed_without_answer(&self) -> bool {
-        self.status == 0 && !self.hung
-    }
-
-    fn text(&self) -> String {
-        let s = String::from_utf8_lossy(&self.bytes);
-        s.chars().take(300).collect()
-    }
-}
-
-fn status_of(bytes: &[u8]) -> u16 {
-    bytes
-        .strip_prefix(b"HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| std::str::from_utf8(c).ok())
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Sends `request` on a new connection (then half-closes if asked) and
-/// reads until the gateway closes, resets, or `limit` passes.
-fn exchange(addr: SocketAddr, request: &[u8], half_close: bool, limit: Duration) -> Answer {
-    let start = Instant::now();
-    let mut s = StdStream::connect(addr).expect("connect to the gateway");
-    s.set_write_timeout(Some(limit)).unwrap();
-    // The gateway may answer and close before reading everything: a failed
-    // write is part of the exchange.
-    let _ = s.write_all(request);
-    if half_close {
-        let _ = s.shutdown(Shutdown::Write);
-    }
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 8192];
-    let mut hung = false;
-    loop {
-        let left = limit.saturating_sub(start.elapsed());
-        if left.is_zero() {
-            hung = true;
-            break;
-        }
-        s.set_read_timeout(Some(left)).unwrap();
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                hung = true;
-                break;
-            }
-            // Reset: the gateway closed with our bytes unread.
-            Err(_) => break,
-        }
-    }
-    Answer {
-        status: status_of(&bytes),
-        bytes,
-        hung,
-        elapsed: start.elapsed(),
-    }
-}
-
-/// A deterministic generator (xorshift64*), so that failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
-// ---------------------------------------------------------------------------
-// An upstream that records exactly what the gateway forwards.
-
-/// One request as the upstream read it.
-#[derive(Clone, Debug)]
-struct Forwarded {
-    request_line: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-/// A raw HTTP/1.1 upstream on a std listener: parses each request strictly
-/// (one framing, exact lengths), records it and answers 200 `ok`; anything
-/// off (both CL and TE, a TE other than `chunked`, several CL lines, a body
-/// shorter or longer than declared, bytes that are not a request) goes to
-/// `problems`.
-struct Recorder {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<Forwarded>>>,
-    problems: Arc<Mutex<Vec<String>>>,
-}
-
-impl Recorder {
-    fn start() -> Recorder {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind the recorder");
-        let addr = l.local_addr().unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let problems = Arc::new(Mutex::new(Vec::new()));
-        let (g, p) = (got.clone(), problems.clone());
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                let (g, p) = (g.clone(), p.clone());
-                std::thread::spawn(move || {
-                    if let Err(e) = serve_recorded(s, &g) {
-                        p.lock().unwrap().push(e);
-                    }
-                });
-            }
-        });
-        Recorder {
-            addr,
-            got,
-            problems,
-        }
-    }
-
-    /// The requests recorded since the last call.
-    fn take(&self) -> Vec<Forwarded> {
-        std::mem::take(&mut *self.got.lock().unwrap())
-    }
-
-    fn assert_no_problem(&self) {
-        let p = self.problems.lock().unwrap();
-        assert!(p.is_empty(), "the upstream saw ambiguous framing: {p:#?}");
-    }
-}
-
-fn read_line(r: &mut impl BufRead) -> Result<Option<Vec<u8>>, String> {
-    let mut line = Vec::new();
-    match r.read_until(b'\n', &mut line) {
-        Ok(0) => Ok(None),
-        Ok(_) if line.ends_with(b"\r\n") => {
-            line.truncate(line.len() - 2);
-            Ok(Some(line))
-        }
-        Ok(_) => Err(format!(
-            "a line without CRLF: {:?}",
-            String::from_utf8_lossy(&line)
-        )),
-        Err(e) => Err(format!("reading: {e}")),
-    }
-}
-
-fn read_exact(r: &mut impl Read, n: usize) -> Result<Vec<u8>, String> {
-    let mut body = vec![0; n];
-    r.read_exact(&mut body)
-        .map_err(|e| format!("a body shorter than its framing ({n} bytes): {e}"))?;
-    Ok(body)
-}
-
-fn serve_recorded(s: StdStream, got: &Mutex<Vec<Forwarded>>) -> Result<(), String> {
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
-    loop {
-        // The head; EOF between requests is the gateway closing a pooled
-        // connection, EOF inside one is a problem.
-        let Some(request_line) = read_line(&mut r)? else {
-            return Ok(());
-        };
-        let request_line = String::from_utf8_lossy(&request_line).into_owned();
-        let parts: Vec<&str> = request_line.split(' ').collect();
-        if parts.len() != 3 || !parts[2].starts_with("HTTP/1.") {
-            return Err(format!("not a request line: {request_line:?}"));
-        }
-        let mut headers = Vec::new();
-        loop {
-            let line = read_line(&mut r)?.ok_or("EOF inside a head")?;
-            if line.is_empty() {
-                break;
-            }
-            let line = String::from_utf8_lossy(&line).into_owned();
-            let (k, v) = line
-                .split_once(':')
-                .ok_or_else(|| format!("a header line without a colon: {line:?}"))?;
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-        }
-        let values = |name: &str| -> Vec<String> {
-            headers
-                .iter()
-                .filter(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .collect()
-        };
-        let cl = values("content-length");
-        let te = values("transfer-encoding");
-        let what = format!("{request_line}: content-length {cl:?}, transfer-encoding {te:?}");
-        if !cl.is_empty() && !te.is_empty() {
-            return Err(format!("both framings: {what}"));
-        }
-        if cl.len() > 1 {
-            return Err(format!("several Content-Length lines: {what}"));
-        }
-        let body = if !te.is_empty() {
-            if te != ["chunked"] {
-                return Err(format!("a transfer coding other than chunked: {what}"));
-            }
-            let mut body = Vec::new();
-            loop {
-                let line = read_line(&mut r)?.ok_or("EOF in a chunk size")?;
-                let line = String::from_utf8_lossy(&line).into_owned();
-                let size = usize::from_str_radix(&line, 16)
-                    .map_err(|_| format!("a bad chunk size {line:?}: {what}"))?;
-                if size == 0 {
-                    let trailer = read_line(&mut r)?.ok_or("EOF after the last chunk")?;
-                    if !trailer.is_empty() {
-                        return Err(format!("trailers forwarded: {what}"));
-                    }
-                    break;
-                }
-                body.extend(read_exact(&mut r, size)?);
-                if read_line(&mut r)? != Some(Vec::new()) {
-                    return Err(format!("no CRLF after chunk data: {what}"));
-                }
-            }
-            body
-        } else if let Some(n) = cl.first() {
-            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("a bad Content-Length: {what}"));
-            }
-            read_exact(&mut r, n.parse().map_err(|_| format!("huge: {what}"))?)?
-        } else {
-            Vec::new()
-        };
-        got.lock().unwrap().push(Forwarded {
-            request_line,
-            headers,
-            body,
-        });
-        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .map_err(|e| format!("answering: {e}"))?;
-    }
-}
+use common::raw_client::{exchange, Answer};
+use common::recorder::Recorder;
+use common::{listener, Gw};
 
 // ---------------------------------------------------------------------------
 // Normal clients, throughout.
@@ -370,25 +108,6 @@ impl NormalClients {
         self.ok()
     }
 }
-
-/// Raises the soft open-file limit to at least `want` (up to the hard
-/// limit), for this process and the gateway it spawns afterwards.
-fn raise_nofile(want: libc::rlim_t) -> libc::rlim_t {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid rlimit struct we own.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        if lim.rlim_cur < want {
-            lim.rlim_cur = want.min(lim.rlim_max);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-        }
-    }
-    lim.rlim_cur
-}
-
 // ---------------------------------------------------------------------------
 // The bad-input run.
 
@@ -819,7 +538,7 @@ fn slowloris(addr: SocketAddr, n: usize) -> Vec<Duration> {
 fn bad_input_gets_its_documented_answer_while_normal_clients_are_served() {
     // Both ends of every slowloris connection live on this machine: this
     // process and the gateway each need one descriptor per connection.
-    let nofile = raise_nofile(4096);
+    let nofile = raise_fd_limit(4096);
     let slow_conns = 1000.min(
         usize::try_from(nofile)
             .unwrap_or(usize::MAX)
@@ -872,7 +591,7 @@ demo_backends = 2
     for (_, req, _) in framing_cases() {
         let _ = exchange(addr, &req, false, NO_HANG);
     }
-    let _ = exchange(addr, &Rng(1).bytes(2048), false, NO_HANG);
+    let _ = exchange(addr, &random_bytes(&mut rng(1), 2048), false, NO_HANG);
     rec.take();
     let rss_before = gw.rss_kib();
     let normal = NormalClients::start(addr);
@@ -883,11 +602,11 @@ demo_backends = 2
         let workers: Vec<_> = (0..4u64)
             .map(|w| {
                 s.spawn(move || {
-                    let mut rng = Rng(0x5eed_0000 + w);
+                    let mut rng = rng(0x5eed_0000 + w);
                     (0..50)
                         .map(|_| {
-                            let n = 1024 + rng.below(3 * 1024 + 1);
-                            exchange(addr, &rng.bytes(n), false, NO_HANG)
+                            let n = rng.usize(1024..=4 * 1024);
+                            exchange(addr, &random_bytes(&mut rng, n), false, NO_HANG)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -919,11 +638,11 @@ demo_backends = 2
         b"POST /rec/t2 HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\nhello world",
         b"POST /rec/t3 HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
     ];
-    let mut rng = Rng(0x7a11);
+    let mut rng = rng(0x7a11);
     let (mut closed, mut bad, mut slowest) = (0, 0, Duration::ZERO);
     for i in 0..200 {
         let full = templates[i % templates.len()];
-        let cut = rng.below(full.len());
+        let cut = rng.usize(..full.len());
         let a = exchange(addr, &full[..cut], true, NO_HANG);
         let case = format!("truncated #{i} {:?}", String::from_utf8_lossy(&full[..cut]));
         assert_rejected(&case, &a);
@@ -1110,10 +829,10 @@ fn the_recording_upstream_flags_ambiguous_framing() {
         let rec = Recorder::start();
         let _ = exchange(rec.addr, bad, half_close, Duration::from_secs(2));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while rec.problems.lock().unwrap().is_empty() && Instant::now() < deadline {
+        while rec.problems().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let p = rec.problems.lock().unwrap();
+        let p = rec.problems();
         assert!(
             p.iter().any(|p| p.contains(want)),
             "{want:?} not among {p:?}"
@@ -1164,415 +883,4 @@ fn slow_body_is_cut() {
         "expected 408 or a close, got {}",
         a.text()
     );
-}
-
-// ---------------------------------------------------------------------------
-// Configuration fuzzing: `gateway --config FILE --check`.
-
-const SHIPPED: &str = include_str!("../examples/gateway/gateway.toml");
-
-/// Every key of the configuration, and a few that are not.
-const KEYS: &[&str] = &[
-    "address",
-    "workers",
-    "balance",
-    "dlb_backend",
-    "header_timeout_ms",
-    "max_header_bytes",
-    "max_body_bytes",
-    "drain_timeout_ms",
-    "access_log",
-    "host",
-    "prefix",
-    "rewrite",
-    "cluster",
-    "name",
-    "endpoints",
-    "demo_backends",
-    "policy",
-    "hash_key",
-    "maglev_table_size",
-    "connect_timeout_ms",
-    "request_timeout_ms",
-    "max_idle_per_endpoint",
-    "max_response_head_bytes",
-    "path",
-    "interval_ms",
-    "timeout_ms",
-    "healthy_threshold",
-    "unhealthy_threshold",
-    "bogus",
-    "Address",
-    "listener",
-];
-
-const SECTIONS: &[&str] = &[
-    "[listener]",
-    "[admin]",
-    "[[routes]]",
-    "[[clusters]]",
-    "[clusters.health_check]",
-    "[bogus]",
-    "[[listener]]",
-    "[routes]",
-];
-
-/// A TOML basic string holding `s`, control characters escaped.
-fn quoted(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A TOML value of any type, valid or not for the key it lands on.
-fn toml_value() -> impl Strategy<Value = String> {
-    prop_oneof![
-        any::<i64>().prop_map(|v| v.to_string()),
-        prop::sample::select(vec![
-            "0",
-            "-1",
-            "1",
-            "2",
-            "16",
-            "17",
-            "1024",
-            "1025",
-            "8191",
-            "8192",
-            "65536",
-            "65537",
-            "5000011",
-            "5000012",
-            "4294967311",
-            "9223372036854775807",
-            "9223372036854775783",
-            "-9223372036854775808",
-            "99999999999999999999",
-            "0x10",
-            "0o17",
-            "0b101",
-            "1_000",
-            "1e400",
-            "-0.0",
-            "inf",
-            "nan",
-            "01",
-        ])
-        .prop_map(str::to_owned),
-        any::<f64>().prop_map(|v| format!("{v:?}")),
-        any::<bool>().prop_map(|v| v.to_string()),
-        // Arbitrary Unicode, escaped where TOML requires.
-        any::<String>().prop_map(|s| quoted(&s)),
-        "[a-z0-9:.*/_-]{0,16}".prop_map(|s| quoted(&s)),
-        prop::sample::select(vec![
-            "",
-            "*",
-            "*.example.com",
-            "a*b",
-            "/",
-            "x",
-            "127.0.0.1:0",
-            "localhost:0",
-            "[::1]:0",
-            "127.0.0.1:99999",
-            "127.0.0.1",
-            ":80",
-            "header:x-user",
-            "header:",
-            "header:bad header",
-            "client_ip",
-            "round_robin",
-            "least_request",
-            "maglev",
-            "dlb",
-            "exact",
-            "reuseport",
-            "race",
-            "soft",
-            "hw",
-            "hw:7",
-            "hw:99999999999",
-            "httpbin",
-        ])
-        .prop_map(quoted),
-        prop::sample::select(vec![
-            "[]",
-            "[\"127.0.0.1:1\"]",
-            "[\"127.0.0.1:1\", 2]",
-            "[1, \"a\"]",
-            "{ a = 1 }",
-            "{}",
-            "1979-05-27T07:32:00Z",
-            "'literal'",
-            "\"\"\"multi\nline\"\"\"",
-            "\"unterminated",
-            "",
-        ])
-        .prop_map(str::to_owned),
-    ]
-}
-
-/// One edit of a configuration file.
-#[derive(Clone, Debug)]
-enum Mutation {
-    /// The value of the n-th `key = value` line.
-    Set {
-        line: usize,
-        value: String,
-    },
-    /// The key of the n-th `key = value` line.
-    Rename {
-        line: usize,
-        key: &'static str,
-    },
-    Delete {
-        line: usize,
-    },
-    Duplicate {
-        line: usize,
-    },
-    /// Raw bytes, possibly not UTF-8, spliced into a line.
-    Splice {
-        line: usize,
-        at: usize,
-        bytes: Vec<u8>,
-    },
-    /// A line appended after the n-th line.
-    Insert {
-        line: usize,
-        text: String,
-    },
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        4 => (any::<usize>(), toml_value()).prop_map(|(line, value)| Mutation::Set { line, value }),
-        1 => (any::<usize>(), prop::sample::select(KEYS)).prop_map(|(line, key)| Mutation::Rename { line, key }),
-        1 => any::<usize>().prop_map(|line| Mutation::Delete { line }),
-        1 => any::<usize>().prop_map(|line| Mutation::Duplicate { line }),
-        1 => (any::<usize>(), any::<usize>(), prop::collection::vec(any::<u8>(), 1..8))
-            .prop_map(|(line, at, bytes)| Mutation::Splice { line, at, bytes }),
-        1 => (any::<usize>(), prop_oneof![
-                prop::sample::select(SECTIONS).prop_map(str::to_owned),
-                (prop::sample::select(KEYS), toml_value()).prop_map(|(k, v)| format!("{k} = {v}")),
-            ])
-            .prop_map(|(line, text)| Mutation::Insert { line, text }),
-    ]
-}
-
-fn apply(text: &str, mutations: &[Mutation]) -> Vec<u8> {
-    let mut lines: Vec<Vec<u8>> = text.lines().map(|l| l.as_bytes().to_vec()).collect();
-    let is_kv = |l: &Vec<u8>| !l.starts_with(b"#") && l.contains(&b'=');
-    for m in mutations {
-        let kv: Vec<usize> = (0..lines.len()).filter(|&i| is_kv(&lines[i])).collect();
-        let n = lines.len().max(1);
-        match m {
-            Mutation::Set { line, value } if !kv.is_empty() => {
-                let i = kv[line % kv.len()];
-                let eq = lines[i].iter().position(|&b| b == b'=').unwrap();
-                let mut l = lines[i][..=eq].to_vec();
-                l.push(b' ');
-                l.extend_from_slice(value.as_bytes());
-                lines[i] = l;
-            }
-            Mutation::Rename { line, key } if !kv.is_empty() => {
-                let i = kv[line % kv.len()];
-                let eq = lines[i].iter().position(|&b| b == b'=').unwrap();
-                let mut l = format!("{key} ").into_bytes();
-                l.extend_from_slice(&lines[i][eq..]);
-                lines[i] = l;
-            }
-            Mutation::Delete { line } if !lines.is_empty() => {
-                lines.remove(line % n);
-            }
-            Mutation::Duplicate { line } if !lines.is_empty() => {
-                let l = lines[line % n].clone();
-                lines.insert(line % n, l);
-            }
-            Mutation::Splice { line, at, bytes } if !lines.is_empty() => {
-                let l = &mut lines[line % n];
-                let at = at % (l.len() + 1);
-                l.splice(at..at, bytes.iter().copied());
-            }
-            Mutation::Insert { line, text } => {
-                let at = if lines.is_empty() { 0 } else { line % n + 1 };
-                lines.insert(at, text.as_bytes().to_vec());
-            }
-            _ => {}
-        }
-    }
-    let mut out = lines.join(&b'\n');
-    out.push(b'\n');
-    out
-}
-
-/// A configuration: the shipped file with 1–4 edits, or one built from
-/// random sections and keys.
-fn config_file() -> impl Strategy<Value = File> {
-    let mutated = prop::collection::vec(mutation(), 1..=4).prop_map(|m| apply(SHIPPED, &m));
-    let built = (
-        any::<bool>(),
-        prop::collection::vec(
-            (
-                prop::sample::select(SECTIONS),
-                prop::collection::vec((prop::sample::select(KEYS), toml_value()), 0..5),
-            ),
-            0..6,
-        ),
-    )
-        .prop_map(|(with_listener, sections)| {
-            let mut text = String::new();
-            if with_listener {
-                text.push_str("[listener]\naddress = \"127.0.0.1:0\"\n");
-            }
-            for (header, kvs) in sections {
-                text.push_str(header);
-                text.push('\n');
-                for (k, v) in kvs {
-                    text.push_str(&format!("{k} = {v}\n"));
-                }
-            }
-            text.into_bytes()
-        });
-    prop_oneof![3 => mutated, 1 => built].prop_map(File)
-}
-
-/// A generated file; shown as text when a case fails.
-#[derive(Clone)]
-struct File(Vec<u8>);
-
-impl std::fmt::Debug for File {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "\n{}", String::from_utf8_lossy(&self.0))
-    }
-}
-
-/// Whether the text after `gateway: bad configuration: FILE: ` names a
-/// field: a validation error's path (`listener.workers`, `clusters[0]
-/// (name).policy`), or a parse error's line and key, or its reason's
-/// ``field `name` ``.
-fn names_a_field(rest: &str) -> bool {
-    if ["listener.", "admin.", "routes[", "clusters["]
-        .iter()
-        .any(|p| rest.starts_with(p))
-    {
-        return true;
-    }
-    let Some(after) = rest.strip_prefix("line ") else {
-        return false;
-    };
-    let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-    let Some(key_and_reason) = after[digits..].strip_prefix(", `") else {
-        return false;
-    };
-    let Some((key, reason)) = key_and_reason.split_once("`: ") else {
-        return false;
-    };
-    // An empty key: the line has none (`= 1`), or the error is about a
-    // missing field, which the reason names.
-    digits > 0 && (!key.trim().is_empty() || reason.contains("field `") || reason.contains("key"))
-}
-
-fn run_check(path: &std::path::Path) -> Result<std::process::Output, String> {
-    let mut child = Command::new(gateway_binary())
-        .args(["--config".as_ref(), path.as_os_str(), "--check".as_ref()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
-            return child.wait_with_output().map_err(|e| e.to_string());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().map_err(|e| e.to_string())?;
-            return Err(format!(
-                "--check still running after 20 s; stderr {:?}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-#[test]
-fn config_check_answers_ok_or_names_the_field_never_panics() {
-    use std::os::unix::process::ExitStatusExt;
-    let _ = gateway_binary();
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    // Each case is a process spawn: ~100 cases, no regression file (a
-    // failure prints the minimal file).
-    let mut runner = TestRunner::new(PropConfig {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 200,
-        ..PropConfig::default()
-    });
-    let (valid, invalid) = (Cell::new(0u32), Cell::new(0u32));
-    let started = Instant::now();
-    let result = runner.run(&config_file(), |File(bytes)| {
-        let path = temp_path("fuzz");
-        std::fs::write(&path, &bytes).unwrap();
-        let _cleanup = TempFile(path.clone());
-        let out = run_check(&path).map_err(TestCaseError::fail)?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let shown = String::from_utf8_lossy(&bytes);
-        prop_assert!(
-            out.status.signal().is_none(),
-            "killed by signal {:?}; stderr {stderr:?}; file:\n{shown}",
-            out.status.signal()
-        );
-        match out.status.code() {
-            Some(0) => {
-                valid.set(valid.get() + 1);
-                prop_assert!(std::str::from_utf8(&bytes).is_ok(), "non-UTF-8 accepted");
-                prop_assert!(stdout.contains("configuration ok"), "{stdout:?}");
-            }
-            Some(2) => {
-                invalid.set(invalid.get() + 1);
-                let prefix = format!("gateway: bad configuration: {}: ", path.display());
-                let rest = stderr.strip_prefix(&prefix);
-                prop_assert!(rest.is_some(), "stderr {stderr:?}; file:\n{shown}");
-                let rest = rest.unwrap();
-                if std::str::from_utf8(&bytes).is_err() {
-                    prop_assert!(rest.contains("valid UTF-8"), "{stderr:?}");
-                } else {
-                    prop_assert!(
-                        names_a_field(rest),
-                        "the error names no field: {stderr:?}; file:\n{shown}"
-                    );
-                }
-            }
-            code => {
-                return Err(TestCaseError::fail(format!(
-                    "exit code {code:?} (101 is a panic); stderr {stderr:?}; file:\n{shown}"
-                )))
-            }
-        }
-        Ok(())
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
-    println!(
-        "config fuzz: {cases} files: {} valid, {} rejected with a field; {:?}",
-        valid.get(),
-        invalid.get(),
-        started.elapsed()
-    );
-    assert!(invalid.get() > 0);
 }

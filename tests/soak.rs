@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fulcrum_test_support::rss_kib;
 use proptest::prelude::Rng;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 
 mod common;
-use common::{listener, rss_kib, Echo, Gw};
+use common::{listener, Echo, Gw};
 
 /// Descriptors a server may open beyond its warm-up peak (the slowloris
 /// connections come and go; the churn holds a few at a time).

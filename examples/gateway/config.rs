@@ -693,19 +693,16 @@ mod tests {
         // A cheap mutation fuzz of the shipped file: delete, duplicate and
         // replace bytes; every outcome is Ok or a ConfigError.
         let bytes = DEFAULT.as_bytes();
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rng = fulcrum_test_support::rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..2_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
             let mut v = bytes.to_vec();
-            let at = (seed as usize) % v.len();
-            match seed % 3 {
+            let at = rng.usize(..v.len());
+            match rng.u8(..3) {
                 0 => {
                     v.remove(at);
                 }
                 1 => v.insert(at, v[at]),
-                _ => v[at] = (seed >> 32) as u8 % 128,
+                _ => v[at] = rng.u8(..128),
             }
             if let Ok(text) = std::str::from_utf8(&v) {
                 let _ = parse("fuzz.toml", text);

@@ -10,10 +10,11 @@ use fulcrum_dlb::fault::{self, FaultConfig};
 use fulcrum_dlb::Backend;
 use fulcrum_net::{Balance, Server, TcpStream};
 use fulcrum_runtime::{spawn, Builder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use fulcrum_test_support::raise_fd_limit;
+use tokio::io::AsyncWriteExt;
 
 mod common;
-use common::raise_fd_limit;
+use common::echo_in_random_writes;
 
 /// 500 concurrent connections, each sending 64 KiB in random-sized writes,
 /// with `Balance::Dlb` and `Balance::Exact` on a 4-worker DLB runtime.
@@ -21,7 +22,12 @@ use common::raise_fd_limit;
 fn every_connection_served_and_every_byte_back_under_faults() {
     const N: usize = 500;
     const LEN: usize = 64 * 1024;
-    raise_fd_limit(2 * N as u64 + 256);
+    let want = 2 * N as u64 + 256;
+    let soft = raise_fd_limit(want);
+    assert!(
+        soft >= want,
+        "this test needs {want} file descriptors; the hard limit is {soft}"
+    );
     fault::set(FaultConfig {
         short_send_per_mille: 100,
         delay_per_mille: 100,
@@ -53,26 +59,11 @@ fn every_connection_served_and_every_byte_back_under_faults() {
                 .map(|i| {
                     spawn(async move {
                         let s = TcpStream::connect(addr).await.unwrap();
-                        let (mut r, mut w) = s.into_split();
+                        let (r, w) = s.into_split();
                         let data: Vec<u8> = (0..LEN).map(|j| (j * 31 + i) as u8).collect();
-                        let expect = data.clone();
-                        let writer = spawn(async move {
-                            let mut seed = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                            let mut at = 0;
-                            while at < LEN {
-                                seed ^= seed << 13;
-                                seed ^= seed >> 7;
-                                seed ^= seed << 17;
-                                let n = (1 + (seed % 8_192) as usize).min(LEN - at);
-                                w.write_all(&data[at..at + n]).await.unwrap();
-                                at += n;
-                            }
-                            w.shutdown().await.unwrap();
-                        });
-                        let mut back = Vec::with_capacity(LEN);
-                        r.read_to_end(&mut back).await.unwrap();
-                        writer.await.unwrap();
-                        assert!(back == expect, "{mode:?} connection {i}: bytes differ");
+                        let seed = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        let back = echo_in_random_writes(r, w, data.clone(), seed, 8_192).await;
+                        assert!(back == data, "{mode:?} connection {i}: bytes differ");
                     })
                 })
                 .collect();

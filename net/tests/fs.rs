@@ -8,29 +8,11 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use fulcrum_net::fs::{self, DirBuilder, File, OpenOptions};
-use fulcrum_runtime::{Builder, Runtime, Scheduler};
+use fulcrum_runtime::Builder;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-fn runtimes() -> Vec<(&'static str, Runtime)> {
-    vec![
-        (
-            "dlb",
-            Builder::new_multi_thread()
-                .worker_threads(2)
-                .build()
-                .unwrap(),
-        ),
-        (
-            "stealing",
-            Builder::new_multi_thread()
-                .worker_threads(2)
-                .scheduler(Scheduler::WorkStealing)
-                .build()
-                .unwrap(),
-        ),
-        ("current", Builder::new_current_thread().build().unwrap()),
-    ]
-}
+mod common;
+use common::runtimes;
 
 /// A fresh directory for one test, removed when dropped.
 struct TempDir(PathBuf);

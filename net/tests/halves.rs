@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use fulcrum_net::{tcp, unix, TcpListener, TcpStream, UnixStream};
 use fulcrum_runtime::time::timeout;
-use fulcrum_runtime::Builder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+use common::runtimes;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -19,19 +21,9 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
     (client, server)
 }
 
-fn runtimes() -> Vec<fulcrum_runtime::Runtime> {
-    vec![
-        Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap(),
-        Builder::new_current_thread().build().unwrap(),
-    ]
-}
-
 #[test]
 fn tcp_owned_halves_reunite_and_shut_down_on_drop() {
-    for rt in runtimes() {
+    for (_, rt) in runtimes() {
         rt.block_on(async {
             let (a, mut b) = tcp_pair().await;
             let (mut r, mut w) = a.into_split();
@@ -78,7 +70,7 @@ fn tcp_owned_halves_reunite_and_shut_down_on_drop() {
 
 #[test]
 fn tcp_forget_keeps_the_write_side_open() {
-    for rt in runtimes() {
+    for (_, rt) in runtimes() {
         rt.block_on(async {
             let (a, mut b) = tcp_pair().await;
             let (r, w) = a.into_split();
@@ -94,7 +86,7 @@ fn tcp_forget_keeps_the_write_side_open() {
 
 #[test]
 fn tcp_borrowed_halves() {
-    for rt in runtimes() {
+    for (_, rt) in runtimes() {
         rt.block_on(async {
             let (mut a, mut b) = tcp_pair().await;
             {
@@ -123,7 +115,7 @@ fn tcp_borrowed_halves() {
 
 #[test]
 fn unix_halves_as_tcp() {
-    for rt in runtimes() {
+    for (_, rt) in runtimes() {
         rt.block_on(async {
             let (a, mut b) = UnixStream::pair().unwrap();
             let (mut r, mut w): (unix::OwnedReadHalf, unix::OwnedWriteHalf) = a.into_split();

@@ -7,32 +7,15 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fulcrum_dlb::Backend;
 use fulcrum_net::hyper::{FulcrumExecutor, FulcrumTimer, HyperIo};
 use fulcrum_net::{Balance, Server, TcpStream};
-use fulcrum_runtime::{spawn, Builder, Runtime, Scheduler};
+use fulcrum_runtime::spawn;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn runtimes() -> Vec<(&'static str, Runtime)> {
-    let multi = |scheduler| {
-        Builder::new_multi_thread()
-            .worker_threads(2)
-            .scheduler(scheduler)
-            .dlb_backend(Backend::Software)
-            .build()
-            .expect("runtime")
-    };
-    vec![
-        ("dlb", multi(Scheduler::Dlb)),
-        ("stealing", multi(Scheduler::WorkStealing)),
-        (
-            "current",
-            Builder::new_current_thread().build().expect("runtime"),
-        ),
-    ]
-}
+mod common;
+use common::runtimes;
 
 /// Answers `/echo` with the request body, and everything else with the
 /// path.

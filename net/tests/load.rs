@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use fulcrum_dlb::Backend;
 use fulcrum_net::{Balance, Server, TcpStream};
 use fulcrum_runtime::{spawn, Builder, Handle, Runtime};
+use fulcrum_test_support::{fd_limits, raise_fd_limit, rng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn dlb_runtime(workers: usize) -> Runtime {
@@ -23,33 +24,10 @@ fn dlb_runtime(workers: usize) -> Runtime {
         .expect("build runtime")
 }
 
-/// The soft and hard `RLIMIT_NOFILE` after raising the soft limit to the
-/// hard one.
-fn raise_fd_limit_to_hard() -> (u64, u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct we pass.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: setrlimit reads the struct we pass.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
-    }
-    (lim.rlim_cur, lim.rlim_max)
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Whether connection (or task) `i` panics: about one in ten, fixed.
+/// Whether connection (or task) `i` panics: about one in ten, fixed (the
+/// first draw of the PRNG seeded from `i`).
 fn doomed(i: u64) -> bool {
-    splitmix(i ^ 0xdead_beef) % 10 == 0
+    rng(i ^ 0xdead_beef).u32(..10) == 0
 }
 
 const PANIC_TAG: &str = "injected panic for the load test";
@@ -146,7 +124,7 @@ fn handler_panics_under_load_close_only_their_connections() {
     const TASKS: u64 = 2_000;
     const WORKERS: usize = 4;
     quiet_expected_panics();
-    let (soft, _) = raise_fd_limit_to_hard();
+    let soft = raise_fd_limit(2 * WAVE + 256);
     assert!(
         soft >= 2 * WAVE + 256,
         "needs {} fds, limit {soft}",
@@ -357,9 +335,9 @@ fn somaxconn() -> Option<u64> {
 fn ten_thousand_concurrent_connections_echo_64k() {
     // About 5 s in the debug profile on 2 cores.
     let n: usize = 10_000;
-    let (soft, hard) = raise_fd_limit_to_hard();
     // This process: n server sockets, the other test's 1,000, margin.
     let need = n as u64 + 1_500;
+    let (soft, hard) = (raise_fd_limit(need), fd_limits().1);
     assert!(
         soft >= need,
         "{n} connections need {need} file descriptors in the server process, but the \
@@ -484,7 +462,7 @@ fn load_client_process() {
     let addr: SocketAddr = parts.next().unwrap().parse().unwrap();
     let n: usize = parts.next().unwrap().parse().unwrap();
     let wave: usize = parts.next().unwrap().parse().unwrap();
-    let (soft, hard) = raise_fd_limit_to_hard();
+    let (soft, hard) = (raise_fd_limit(n as u64 + 256), fd_limits().1);
     assert!(
         soft >= n as u64 + 256,
         "client: need {} fds, hard limit {hard}",

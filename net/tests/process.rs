@@ -8,31 +8,13 @@ use std::time::{Duration, Instant};
 
 use fulcrum_net::process::{Child, Command};
 use fulcrum_runtime::time::{sleep, timeout};
-use fulcrum_runtime::{Builder, Runtime, Scheduler};
+use fulcrum_runtime::Builder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const LIMIT: Duration = Duration::from_secs(20);
+mod common;
+use common::runtimes;
 
-fn runtimes() -> Vec<(&'static str, Runtime)> {
-    vec![
-        (
-            "dlb",
-            Builder::new_multi_thread()
-                .worker_threads(2)
-                .build()
-                .unwrap(),
-        ),
-        (
-            "stealing",
-            Builder::new_multi_thread()
-                .worker_threads(2)
-                .scheduler(Scheduler::WorkStealing)
-                .build()
-                .unwrap(),
-        ),
-        ("current", Builder::new_current_thread().build().unwrap()),
-    ]
-}
+const LIMIT: Duration = Duration::from_secs(20);
 
 /// Whether process `pid` is gone: reaped (no zombie left).
 fn reaped(pid: u32) -> bool {

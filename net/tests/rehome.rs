@@ -7,6 +7,9 @@
 //! - A socket handed from worker to worker while data streams in loses no
 //!   byte and no wake-up.
 //! - Shutting down with moves in flight leaks no fd and no task.
+//!
+//! The tests run one at a time (`serial()`): they count the process's
+//! open fds and compete for the 2 cores.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -17,15 +20,8 @@ use std::time::{Duration, Instant};
 use fulcrum_dlb::Backend;
 use fulcrum_net::{Server, TcpListener, TcpStream};
 use fulcrum_runtime::{Builder, Handle, Runtime};
+use fulcrum_test_support::{open_fds, serial};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// The tests of this file run one at a time: they count the process's
-/// open fds and compete for the 2 cores.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn runtime(workers: usize) -> Runtime {
     Builder::new_multi_thread()
@@ -302,12 +298,6 @@ fn a_socket_moved_between_workers_while_data_arrives_loses_nothing() {
         .sum();
     assert!(hops > 20, "only {hops} hops");
     assert!(moved >= 10, "the socket moved {moved} times in {hops} hops");
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
 }
 
 /// 64 echo connections on 4 workers, one of them blocked so that its

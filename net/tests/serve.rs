@@ -8,10 +8,11 @@ use std::time::Duration;
 use fulcrum_dlb::Backend;
 use fulcrum_net::{Balance, Server, TcpStream};
 use fulcrum_runtime::{spawn, Builder, Scheduler};
+use fulcrum_test_support::raise_fd_limit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::raise_fd_limit;
+use common::echo_in_random_writes;
 
 const CONNS: usize = 400;
 const WORKERS: usize = 4;
@@ -266,7 +267,12 @@ fn echo_500_connections_of_256k_in_every_mode_and_scheduler() {
     const N: usize = 500;
     const LEN: usize = 256 * 1024;
     // Both ends of 500 connections are in this process.
-    raise_fd_limit(2 * N as u64 + 256);
+    let want = 2 * N as u64 + 256;
+    let soft = raise_fd_limit(want);
+    assert!(
+        soft >= want,
+        "this test needs {want} file descriptors; the hard limit is {soft}"
+    );
     let schedulers = [
         ("dlb", Some(Scheduler::Dlb)),
         ("stealing", Some(Scheduler::WorkStealing)),
@@ -304,26 +310,11 @@ fn echo_500_connections_of_256k_in_every_mode_and_scheduler() {
                 for i in 0..N {
                     clients.push(spawn(async move {
                         let s = TcpStream::connect(addr).await.unwrap();
-                        let (mut r, mut w) = s.into_split();
-                        let mut seed = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        let (r, w) = s.into_split();
                         let data: Vec<u8> = (0..LEN).map(|j| (j * 31 + i) as u8).collect();
-                        let expect = data.clone();
-                        let writer = spawn(async move {
-                            let mut at = 0;
-                            while at < LEN {
-                                seed ^= seed << 13;
-                                seed ^= seed >> 7;
-                                seed ^= seed << 17;
-                                let n = (1 + (seed % 16_384) as usize).min(LEN - at);
-                                w.write_all(&data[at..at + n]).await.unwrap();
-                                at += n;
-                            }
-                            w.shutdown().await.unwrap();
-                        });
-                        let mut back = Vec::with_capacity(LEN);
-                        r.read_to_end(&mut back).await.unwrap();
-                        writer.await.unwrap();
-                        assert!(back == expect, "connection {i}: bytes differ");
+                        let seed = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        let back = echo_in_random_writes(r, w, data.clone(), seed, 16_384).await;
+                        assert!(back == data, "connection {i}: bytes differ");
                     }));
                 }
                 for c in clients {

@@ -10,13 +10,8 @@ use std::time::Duration;
 use fulcrum_dlb::Backend;
 use fulcrum_net::{Balance, Server, TcpStream};
 use fulcrum_runtime::{Builder, Scheduler};
+use fulcrum_test_support::open_fds;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
-}
 
 #[test]
 fn fifty_start_stop_cycles_with_connections_in_flight_leak_no_fd() {

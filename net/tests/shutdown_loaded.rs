@@ -18,10 +18,8 @@ use std::time::{Duration, Instant};
 use fulcrum_dlb::Backend;
 use fulcrum_net::UnixStream;
 use fulcrum_runtime::Builder;
+use fulcrum_test_support::{open_fds, raise_fd_limit};
 use tokio::io::AsyncReadExt;
-
-mod common;
-use common::open_fds;
 
 /// What the process's fds point at (for a failure message).
 fn fd_targets() -> Vec<String> {
@@ -125,7 +123,12 @@ fn shutdown_with_open_connections_and_queued_tasks_frees_every_task_and_fd() {
         .map(|v| v.parse().expect("FULCRUM_TEST_CONNS: a count"))
         .unwrap_or(10_000);
     let queued = 2 * conns;
-    common::raise_fd_limit(conns as u64 + 2_512);
+    let want = conns as u64 + 2_512;
+    let soft = raise_fd_limit(want);
+    assert!(
+        soft >= want,
+        "this test needs {want} file descriptors; the hard limit is {soft}"
+    );
     let build = || {
         Builder::new_multi_thread()
             .worker_threads(2)

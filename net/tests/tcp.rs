@@ -7,22 +7,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::runtimes;
+use common::{echo_in_random_writes, runtimes};
 use fulcrum_net::{TcpListener, TcpSocket, TcpStream};
 use fulcrum_runtime::spawn;
+use fulcrum_test_support::{random_bytes, rng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A deterministic pseudo-random sequence (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 #[test]
 fn echo_200_connections_of_64k_in_random_sized_writes() {
@@ -51,24 +40,10 @@ fn echo_200_connections_of_64k_in_random_sized_writes() {
                     spawn(async move {
                         let s = TcpStream::connect(addr).await.unwrap();
                         s.set_nodelay(true).unwrap();
-                        let (mut r, mut w) = s.into_split();
-                        let mut rng = Rng(i * 7919 + 1);
-                        let data: Vec<u8> = (0..LEN).map(|_| rng.next() as u8).collect();
-                        let expect = data.clone();
-                        let writer = spawn(async move {
-                            let mut rng = Rng(i + 17);
-                            let mut off = 0;
-                            while off < data.len() {
-                                let n = (1 + rng.next() as usize % 9000).min(data.len() - off);
-                                w.write_all(&data[off..off + n]).await.unwrap();
-                                off += n;
-                            }
-                            w.shutdown().await.unwrap();
-                        });
-                        let mut back = Vec::with_capacity(LEN);
-                        r.read_to_end(&mut back).await.unwrap();
-                        writer.await.unwrap();
-                        assert!(back == expect, "connection {i}: bytes differ");
+                        let (r, w) = s.into_split();
+                        let data = random_bytes(&mut rng(i * 7919 + 1), LEN);
+                        let back = echo_in_random_writes(r, w, data.clone(), i + 17, 9000).await;
+                        assert!(back == data, "connection {i}: bytes differ");
                     })
                 })
                 .collect();

@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 use fulcrum_dlb::{Backend, MAX_CREDITS, MIN_CQ_DEPTH};
 use fulcrum_net::{Balance, Server, TcpStream};
 use fulcrum_runtime::{spawn, yield_now, Builder, Runtime, Scheduler};
+use fulcrum_test_support::raise_fd_limit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-mod common;
-use common::raise_fd_limit;
 
 const WORKERS: usize = 4;
 
@@ -93,7 +91,12 @@ fn smallest_pool_loses_nothing_under_2000_connections_and_100k_tasks() {
     const FANOUTS: usize = 50;
     const PER_FANOUT: usize = 1_000;
     const TOTAL: usize = REMOTE + FANOUTS * PER_FANOUT;
-    raise_fd_limit(2 * WAVE as u64 + 256);
+    let want = 2 * WAVE as u64 + 256;
+    let soft = raise_fd_limit(want);
+    assert!(
+        soft >= want,
+        "this test needs {want} file descriptors; the hard limit is {soft}"
+    );
     let rt = tiny(WORKERS as u32 + 1, MIN_CQ_DEPTH).unwrap();
     let ran: Arc<Vec<AtomicU8>> = Arc::new((0..TOTAL).map(|_| AtomicU8::new(0)).collect());
     let task = |ran: Arc<Vec<AtomicU8>>, i: usize| async move {

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{assert_no_sockets_left, runtimes};
+use common::{assert_no_sockets_left, echo_in_random_writes, runtimes};
 use fulcrum_net::{UnixDatagram, UnixListener, UnixStream};
 use fulcrum_runtime::{spawn, time::timeout};
+use fulcrum_test_support::{random_bytes, rng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A fresh directory, removed on drop.
@@ -37,18 +38,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A deterministic pseudo-random sequence (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
     }
 }
 
@@ -82,24 +71,10 @@ fn stream_echo_50_connections_of_64k() {
                     spawn(async move {
                         let s = UnixStream::connect(&path).await.unwrap();
                         assert_eq!(s.peer_addr().unwrap().as_pathname(), Some(&*path));
-                        let (mut r, mut w) = s.into_split();
-                        let mut rng = Rng(i * 7919 + 1);
-                        let data: Vec<u8> = (0..LEN).map(|_| rng.next() as u8).collect();
-                        let expect = data.clone();
-                        let writer = spawn(async move {
-                            let mut rng = Rng(i + 17);
-                            let mut off = 0;
-                            while off < data.len() {
-                                let n = (1 + rng.next() as usize % 9000).min(data.len() - off);
-                                w.write_all(&data[off..off + n]).await.unwrap();
-                                off += n;
-                            }
-                            w.shutdown().await.unwrap();
-                        });
-                        let mut back = Vec::with_capacity(LEN);
-                        r.read_to_end(&mut back).await.unwrap();
-                        writer.await.unwrap();
-                        assert!(back == expect, "connection {i}: bytes differ");
+                        let (r, w) = s.into_split();
+                        let data = random_bytes(&mut rng(i * 7919 + 1), LEN);
+                        let back = echo_in_random_writes(r, w, data.clone(), i + 17, 9000).await;
+                        assert!(back == data, "connection {i}: bytes differ");
                     })
                 })
                 .collect();

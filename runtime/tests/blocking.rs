@@ -10,25 +10,10 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fulcrum_dlb::Backend;
-use fulcrum_runtime::{spawn, spawn_blocking, Builder, Handle, Runtime};
+use fulcrum_runtime::{spawn, spawn_blocking, Handle};
 
 mod common;
-use common::futures_block_on;
-
-/// A runtime builder of each flavour.
-fn builders() -> Vec<(&'static str, Builder)> {
-    let mut multi = Builder::new_multi_thread();
-    multi.worker_threads(2).dlb_backend(Backend::Software);
-    vec![("dlb-2", multi), ("current", Builder::new_current_thread())]
-}
-
-fn runtimes() -> Vec<(&'static str, Runtime)> {
-    builders()
-        .into_iter()
-        .map(|(name, mut b)| (name, b.build().unwrap()))
-        .collect()
-}
+use common::{builders, futures_block_on, runtimes};
 
 /// Counts the live pool threads that ran one of our closures: the first
 /// closure on a thread installs a thread-local guard, whose destructor runs

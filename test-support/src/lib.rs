@@ -1,14 +1,16 @@
 //! Helpers shared by the tests and benchmarks of every crate in the Fulcrum
 //! workspace: file-descriptor limits, process CPU time and memory, medians,
-//! a lock for tests that must not overlap, a seeded PRNG, and reading an
-//! HTTP status line.
+//! a lock for tests that must not overlap, a seeded PRNG, reading an HTTP
+//! status line, and re-running a test binary as a child process.
 //!
 //! This crate depends on no Fulcrum crate, so every member (the DLB queue
 //! included) can take it as a dev-dependency without a cycle. Helpers that
 //! need a runtime (such as each suite's `runtimes()`) live in that suite's
 //! own `tests/common` module.
 
-use std::sync::{Mutex, MutexGuard};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use fastrand;
@@ -17,6 +19,13 @@ pub use fastrand;
 /// so a failing case can be replayed from the seed it prints.
 pub fn rng(seed: u64) -> fastrand::Rng {
     fastrand::Rng::with_seed(seed)
+}
+
+/// `len` bytes from `rng`.
+pub fn random_bytes(rng: &mut fastrand::Rng, len: usize) -> Vec<u8> {
+    let mut bytes = vec![0; len];
+    rng.fill(&mut bytes);
+    bytes
 }
 
 /// The soft and hard `RLIMIT_NOFILE` of this process.
@@ -138,6 +147,121 @@ pub fn status_code(response: &[u8]) -> Option<u16> {
     std::str::from_utf8(code).ok()?.parse().ok()
 }
 
+/// This test binary run again as a child process, running only `test` (an
+/// ignored test of the same binary) with the environment variable `env`
+/// set, for a test that needs a process of its own: one with a low fd
+/// limit, say.
+///
+/// The two talk in lines: the parent sends a command on the child's stdin
+/// ([`ask`](Self::ask)) and the child, in [`answer_parent`], prints the
+/// command followed by its answer on stdout. Dropping this closes the
+/// child's stdin, its cue to finish, and waits for it to exit.
+pub struct ChildTest {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ChildTest {
+    /// Starts the child: this binary with `--exact test --ignored
+    /// --nocapture`, `env` set to `1`, stdin and stdout piped.
+    pub fn start(test: &str, env: &str) -> ChildTest {
+        let exe = std::env::current_exe().expect("the path of this test binary");
+        let mut child = Command::new(exe)
+            .args([
+                "--exact",
+                test,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(env, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the child test process");
+        let stdout = child.stdout.take().expect("the child's stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        ChildTest { child, lines }
+    }
+
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What follows `prefix` in the next line of the child's output that
+    /// has it, trimmed (libtest may print `test name ... ` in front of the
+    /// child's first line). Panics if no such line comes within 60 s.
+    pub fn expect(&mut self, prefix: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the child test process stopped talking");
+            if let Some(i) = line.find(prefix) {
+                return line[i + prefix.len()..].trim().to_owned();
+            }
+        }
+    }
+
+    /// Sends `command` on a line of its own and returns the child's answer
+    /// (what follows `command ` in its output).
+    pub fn ask(&mut self, command: &str) -> String {
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .expect("the child's stdin is open");
+        writeln!(stdin, "{command}").expect("write to the child");
+        stdin.flush().expect("write to the child");
+        self.expect(&format!("{command} "))
+    }
+
+    /// The CPU time the child has used so far (its [`cpu_time`]).
+    pub fn cpu_time(&mut self) -> Duration {
+        let micros = self.ask("cpu");
+        Duration::from_micros(micros.parse().expect("the child's CPU time, in µs"))
+    }
+}
+
+impl Drop for ChildTest {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// In an ignored test that [`ChildTest::start`] runs: whether this process
+/// is that child (`env` is set). The test returns at once when it is not,
+/// as when someone runs the ignored tests by hand.
+pub fn is_child(env: &str) -> bool {
+    std::env::var_os(env).is_some()
+}
+
+/// In the child: answers the parent's commands, one a line on stdin, until
+/// stdin closes. `cpu` gets this process's [`cpu_time`] in microseconds;
+/// any other command what `answer` returns for it, or no answer for
+/// `None`. Each answer is printed as the command, a space and the answer.
+pub fn answer_parent(mut answer: impl FnMut(&str) -> Option<String>) {
+    for command in std::io::stdin().lock().lines().map_while(Result::ok) {
+        let reply = if command == "cpu" {
+            Some(cpu_time().as_micros().to_string())
+        } else {
+            answer(&command)
+        };
+        if let Some(reply) = reply {
+            println!("{command} {reply}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +320,51 @@ mod tests {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
         assert!(cpu_time() > start + Duration::from_millis(5));
+    }
+
+    #[test]
+    fn random_bytes_follow_the_seed() {
+        let a = random_bytes(&mut rng(3), 100);
+        assert_eq!(a.len(), 100);
+        assert_eq!(a, random_bytes(&mut rng(3), 100));
+        assert_ne!(a, random_bytes(&mut rng(4), 100));
+        assert!(random_bytes(&mut rng(3), 0).is_empty());
+    }
+
+    const CHILD_ENV: &str = "FULCRUM_TEST_SUPPORT_CHILD";
+
+    /// The child of `child_test_answers_its_parent`.
+    #[test]
+    #[ignore = "run by child_test_answers_its_parent in a child process"]
+    fn child_side() {
+        if !is_child(CHILD_ENV) {
+            return;
+        }
+        println!("pid {}", std::process::id());
+        answer_parent(|command| {
+            let n: u64 = command.strip_prefix("double ")?.parse().ok()?;
+            Some((2 * n).to_string())
+        });
+    }
+
+    #[test]
+    fn child_test_answers_its_parent() {
+        assert!(!is_child(CHILD_ENV));
+        let mut child = ChildTest::start("tests::child_side", CHILD_ENV);
+        let pid: u32 = child.expect("pid ").parse().expect("a pid");
+        assert_eq!(pid, child.id());
+        assert_eq!(child.ask("double 21"), "42");
+        // Starting a test binary takes some CPU, and it does not go back.
+        let cpu = child.cpu_time();
+        assert!(cpu > Duration::ZERO);
+        assert!(child.cpu_time() >= cpu);
+        // Unanswered commands get nothing; the next answer is still right.
+        let stdin = child.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "unknown").expect("write");
+        assert_eq!(child.ask("double 5"), "10");
+        let id = child.id();
+        drop(child);
+        // Dropped: the child has exited and been reaped.
+        assert!(!std::path::Path::new(&format!("/proc/{id}")).exists());
     }
 }

@@ -1,6 +1,9 @@
-//! What the end-to-end tests of the examples share: building an example
-//! and finding its binary, temporary config files, a running gateway and a
-//! running echo server.
+//! What the facade's tests share: a runtime of each scheduler, built
+//! through the facade; and for the end-to-end tests of the examples,
+//! building an example and finding its binary, temporary config files, a
+//! running gateway and a running echo server, a raw socket client
+//! ([`raw_client`]) and an upstream that records what the gateway
+//! forwards ([`recorder`]).
 
 #![allow(dead_code)] // each test binary uses its own part
 
@@ -11,6 +14,36 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
+
+use fulcrum::runtime::{Builder, Runtime};
+use fulcrum_test_support::status_code;
+
+pub mod raw_client;
+pub mod recorder;
+
+/// One runtime of each scheduler, built through the facade: DLB (software
+/// queue) and work stealing with 2 workers, and current-thread.
+pub fn runtimes() -> Vec<(&'static str, Runtime)> {
+    vec![
+        (
+            "dlb",
+            Builder::new_multi_thread()
+                .worker_threads(2)
+                .dlb_backend(fulcrum::dlb::Backend::Software)
+                .build()
+                .unwrap(),
+        ),
+        (
+            "stealing",
+            Builder::new_multi_thread()
+                .worker_threads(2)
+                .scheduler(fulcrum::runtime::Scheduler::WorkStealing)
+                .build()
+                .unwrap(),
+        ),
+        ("current", Builder::new_current_thread().build().unwrap()),
+    ]
+}
 
 /// Builds example `name` once per test binary (a no-op when `cargo test`
 /// already has) and returns its path.
@@ -154,7 +187,7 @@ impl Gw {
 
     /// The child's resident set size, in KiB (`VmRSS` in /proc).
     pub fn rss_kib(&self) -> u64 {
-        rss_kib(self.child.id())
+        fulcrum_test_support::rss_kib(self.child.id())
     }
 
     /// Panics if the gateway has exited.
@@ -202,11 +235,7 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let status = status_code(&out).unwrap_or(0);
     let body = text
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_owned());
@@ -274,16 +303,4 @@ impl Drop for Echo {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Process `pid`'s resident set size, in KiB (`VmRSS` in /proc).
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no VmRSS for process {pid}: did it exit?"))
 }

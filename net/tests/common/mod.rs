@@ -1,7 +1,8 @@
 //! Helpers shared by the net crate's integration tests.
 
 use fulcrum_dlb::Backend;
-use fulcrum_runtime::{Builder, Runtime, Scheduler};
+use fulcrum_runtime::{spawn, Builder, Runtime, Scheduler};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// One runtime of each scheduler: DLB with 2 and 4 workers, work stealing
 /// with 2, and current-thread. The suites run against all of them.
@@ -36,33 +37,43 @@ pub fn assert_no_sockets_left(name: &str, rt: &Runtime) {
     assert_eq!(live, 0, "{name}: sockets left registered: {m:?}");
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit if it is below `want`;
-/// panics, saying why the test cannot run, if the hard limit is below it.
+/// Writes `data` to `w` in writes of 1 to `max_write` bytes, their sizes
+/// drawn from the PRNG seeded with `seed`, then shuts `w` down.
 #[allow(dead_code)] // not every test file needs it
-pub fn raise_fd_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct we pass.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    if lim.rlim_cur >= want {
-        return;
+pub async fn write_in_random_sizes(
+    w: &mut (impl AsyncWrite + Unpin),
+    data: &[u8],
+    seed: u64,
+    max_write: usize,
+) {
+    let mut rng = fulcrum_test_support::rng(seed);
+    let mut at = 0;
+    while at < data.len() {
+        let n = rng.usize(1..=max_write).min(data.len() - at);
+        w.write_all(&data[at..at + n]).await.unwrap();
+        at += n;
     }
-    assert!(
-        lim.rlim_max >= want,
-        "this test needs {want} file descriptors; the hard limit is {}",
-        lim.rlim_max
-    );
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: setrlimit reads the struct we pass.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    w.shutdown().await.unwrap();
 }
 
-/// The number of open file descriptors of this process.
+/// Sends `data` to an echo server through `w`, from a task of its own and
+/// in random-sized writes ([`write_in_random_sizes`]), and returns what
+/// `r` reads back up to EOF.
 #[allow(dead_code)] // not every test file needs it
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
+pub async fn echo_in_random_writes<R, W>(
+    mut r: R,
+    mut w: W,
+    data: Vec<u8>,
+    seed: u64,
+    max_write: usize,
+) -> Vec<u8>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut back = Vec::with_capacity(data.len());
+    let writer = spawn(async move { write_in_random_sizes(&mut w, &data, seed, max_write).await });
+    r.read_to_end(&mut back).await.unwrap();
+    writer.await.unwrap();
+    back
 }

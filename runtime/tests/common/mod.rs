@@ -8,29 +8,34 @@ use std::thread;
 use fulcrum_dlb::Backend;
 use fulcrum_runtime::{Builder, Runtime, Scheduler};
 
-/// One runtime of each scheduler: DLB with 2 and 4 workers, work stealing
-/// with 2, and current-thread. The suites run against all of them.
+/// A runtime builder of each scheduler: DLB with 2 and 4 workers, work
+/// stealing with 2, and current-thread, for tests that configure more
+/// before building.
 #[allow(dead_code)] // not every test file needs it
-pub fn runtimes() -> Vec<(&'static str, Runtime)> {
+pub fn builders() -> Vec<(&'static str, Builder)> {
     let multi = |workers, scheduler| {
-        Builder::new_multi_thread()
-            .worker_threads(workers)
+        let mut b = Builder::new_multi_thread();
+        b.worker_threads(workers)
             .scheduler(scheduler)
-            .dlb_backend(Backend::Software)
-            .build()
-            .expect("build runtime")
+            .dlb_backend(Backend::Software);
+        b
     };
     vec![
         ("dlb-2", multi(2, Scheduler::Dlb)),
         ("dlb-4", multi(4, Scheduler::Dlb)),
         ("stealing-2", multi(2, Scheduler::WorkStealing)),
-        (
-            "current",
-            Builder::new_current_thread()
-                .build()
-                .expect("build runtime"),
-        ),
+        ("current", Builder::new_current_thread()),
     ]
+}
+
+/// One runtime of each scheduler, built from [`builders`]. The suites run
+/// against all of them.
+#[allow(dead_code)] // not every test file needs it
+pub fn runtimes() -> Vec<(&'static str, Runtime)> {
+    builders()
+        .into_iter()
+        .map(|(name, mut b)| (name, b.build().expect("build runtime")))
+        .collect()
 }
 
 /// Polls a future to completion on this thread, without any runtime.
