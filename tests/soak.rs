@@ -16,8 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fulcrum_test_support::rss_kib;
-use proptest::prelude::Rng;
-use proptest::test_runner::{RngAlgorithm, TestRng};
 
 mod common;
 use common::{listener, Echo, Gw};
@@ -73,10 +71,10 @@ fn gateway_churn(addr: SocketAddr, stop: &AtomicBool, c: &Counters) {
 
 /// New connections echoing 4 KiB each, until `stop`.
 fn echo_churn(addr: SocketAddr, stop: &AtomicBool, c: &Counters, seed: u64) {
-    let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes(seed));
+    let mut rng = fulcrum_test_support::rng(seed);
     let mut data = vec![0u8; 4096];
     while !stop.load(Relaxed) {
-        rng.fill_bytes(&mut data);
+        rng.fill(&mut data);
         let result = (|| -> std::io::Result<Vec<u8>> {
             let mut s = TcpStream::connect(addr)?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -125,7 +123,7 @@ fn slowloris(addr: SocketAddr, stop: &AtomicBool) {
 
 /// Random bytes and malformed requests on new connections, until `stop`.
 fn bad_input(addr: SocketAddr, stop: &AtomicBool, seed: u64) {
-    let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes(seed));
+    let mut rng = fulcrum_test_support::rng(seed);
     let shapes: [&[u8]; 4] = [
         b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
         b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
@@ -133,21 +131,15 @@ fn bad_input(addr: SocketAddr, stop: &AtomicBool, seed: u64) {
         b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: -1\r\n\r\n",
     ];
     while !stop.load(Relaxed) {
-        let request = if rng.next_u32() % 2 == 0 {
-            let mut v = vec![0u8; 64 + (rng.next_u32() % 2048) as usize];
-            rng.fill_bytes(&mut v);
+        let request = if rng.u32(..) % 2 == 0 {
+            let mut v = vec![0u8; 64 + (rng.u32(..) % 2048) as usize];
+            rng.fill(&mut v);
             v
         } else {
-            shapes[(rng.next_u32() % 4) as usize].to_vec()
+            shapes[(rng.u32(..) % 4) as usize].to_vec()
         };
         let _ = exchange(addr, &request);
     }
-}
-
-fn seed_bytes(seed: u64) -> [u8; 32] {
-    let mut b = [0u8; 32];
-    b[..8].copy_from_slice(&seed.to_le_bytes());
-    b
 }
 
 fn fds(pid: u32) -> usize {

@@ -98,7 +98,7 @@ use self::worker::Worker;
 pub(crate) use self::worker::{block_in_place, defer};
 use super::owned::OwnedTasks;
 use crate::io::reactor::Reactor;
-use crate::loom::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, Mutex};
+use crate::loom::{Arc, AtomicBool, AtomicU32, AtomicU64, Mutex};
 use crate::metrics::{RuntimeMetrics, WorkerCounters};
 use crate::task::{JoinHandle, Notified, Schedule, Task};
 
