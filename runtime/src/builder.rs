@@ -218,9 +218,11 @@ impl Builder {
     /// A smaller pool makes that happen sooner: work stays where it was
     /// spawned or woken instead of being balanced.
     ///
-    /// [`build`](Self::build) refuses fewer credits than DLB ports (one per
-    /// worker, plus the remote port of the other threads), so that every
-    /// port can have an event waiting, and more than
+    /// [`build`](Self::build) refuses fewer credits than the worker count
+    /// plus one (a port per worker and at least one remote port for the
+    /// other threads; more remote ports, up to four, only where the credits
+    /// cover one each), so that every port can have an event waiting, and
+    /// more than
     /// [`fulcrum_dlb::MAX_CREDITS`]; it checks this on every multi-thread
     /// builder. The work-stealing and current-thread schedulers send no
     /// handoffs, so they do not use the pool.

@@ -12,8 +12,9 @@
 //!   event (the arbiter picks the worker) or a *directed* one (to a named
 //!   worker). Every way work crosses between workers is a handoff.
 //! - **remote spawn**: a spawn or wake from a thread that is not a worker
-//!   of this runtime; it is handed off through the runtime's *remote port*,
-//!   a producer-only DLB port behind a mutex.
+//!   of this runtime; it is handed off through one of the runtime's *remote
+//!   ports*, producer-only DLB ports behind mutexes (up to four; a thread
+//!   takes the first free one, starting at its own).
 //! - **overflow queue**: where a remote spawn goes when its handoff comes
 //!   up short (no credits); every worker takes its share (`overflow.rs`).
 //! - **shedding**: a backlogged worker hands part of its local queue off
