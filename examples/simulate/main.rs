@@ -66,6 +66,9 @@
 //! Output: a markdown table on stdout, `target/bench/sim.json` and the chart
 //! `target/bench/sim_p99.svg` (`$CARGO_TARGET_DIR/bench` if that is set).
 
+// The SVG chart writer of the benchmarks' reports.
+#[path = "../../benches/common/chart.rs"]
+mod chart;
 mod cli;
 mod model;
 mod report;

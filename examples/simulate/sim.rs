@@ -53,18 +53,6 @@ impl Policy {
         }
     }
 
-    pub fn color(self) -> &'static str {
-        match self {
-            Policy::Hash => "#d62728",
-            Policy::Race => "#ff7f0e",
-            Policy::Exact => "#8c564b",
-            Policy::Dlb => "#9467bd",
-            Policy::DlbRescue => "#2ca02c",
-            Policy::Stealing => "#1f77b4",
-            Policy::Pooled => "#000000",
-        }
-    }
-
     fn is_dlb(self) -> bool {
         matches!(self, Policy::Dlb | Policy::DlbRescue)
     }
