@@ -60,8 +60,9 @@
 //! * `pooled`: the ideal reference, M/G/c: one shared FIFO of requests, any
 //!   idle worker.
 //!
-//! Everything is driven by one xoshiro256** stream per workload and per
-//! policy run, seeded from `--seed`, so a seed gives bit-identical results.
+//! Everything is driven by one seeded `fastrand` stream
+//! (`fulcrum_test_support::rng`) per workload and per policy run, seeded
+//! from `--seed`, so a seed gives bit-identical results.
 //!
 //! Output: a markdown table on stdout, `target/bench/sim.json` and the chart
 //! `target/bench/sim_p99.svg` (`$CARGO_TARGET_DIR/bench` if that is set).

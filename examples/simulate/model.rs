@@ -1,69 +1,43 @@
 //! The model's inputs: the seeded randomness, the request cost
 //! distributions, and the pre-generated workloads every policy replays.
 
-/// xoshiro256** seeded through splitmix64.
-#[derive(Clone)]
-pub struct Rng {
-    s: [u64; 4],
-}
+use fulcrum_test_support::fastrand::Rng;
 
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        Rng {
-            s: [next(), next(), next(), next()],
-        }
-    }
+/// The distributions the model draws from, on the workspace's seeded PRNG
+/// (`fulcrum_test_support::rng`).
+pub trait Draw {
+    /// Uniform in (0, 1]: never 0, so its logarithm and negative powers
+    /// are finite.
+    fn open_unit(&mut self) -> f64;
 
-    pub fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in (0, 1].
-    pub fn open(&mut self) -> f64 {
-        1.0 - self.unit()
-    }
-
-    /// Uniform in 0..n.
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
-
-    pub fn exp(&mut self, mean: f64) -> f64 {
-        -self.open().ln() * mean
-    }
+    /// Exponential with the given mean.
+    fn exp(&mut self, mean: f64) -> f64;
 
     /// Pareto with shape `alpha` (> 1) and the given mean.
-    pub fn pareto(&mut self, mean: f64, alpha: f64) -> f64 {
-        let xm = mean * (alpha - 1.0) / alpha;
-        xm * self.open().powf(-1.0 / alpha)
-    }
+    fn pareto(&mut self, mean: f64, alpha: f64) -> f64;
 
     /// The equilibrium (residual life) distribution of a Pareto(mean, alpha)
     /// lifetime: density P(L > x) / E[L]. Inverse CDF, piecewise.
-    pub fn pareto_residual(&mut self, mean: f64, alpha: f64) -> f64 {
+    fn pareto_residual(&mut self, mean: f64, alpha: f64) -> f64;
+}
+
+impl Draw for Rng {
+    fn open_unit(&mut self) -> f64 {
+        1.0 - self.f64()
+    }
+
+    fn exp(&mut self, mean: f64) -> f64 {
+        -self.open_unit().ln() * mean
+    }
+
+    fn pareto(&mut self, mean: f64, alpha: f64) -> f64 {
         let xm = mean * (alpha - 1.0) / alpha;
-        let u = self.unit();
+        xm * self.open_unit().powf(-1.0 / alpha)
+    }
+
+    fn pareto_residual(&mut self, mean: f64, alpha: f64) -> f64 {
+        let xm = mean * (alpha - 1.0) / alpha;
+        let u = self.f64();
         let knee = (alpha - 1.0) / alpha;
         if u < knee {
             u * mean
@@ -134,7 +108,7 @@ impl Workload {
     /// The heavy-tailed connection workload for `workers` workers with about
     /// `requests` measured requests.
     pub fn connections(shape: &Shape, workers: usize, requests: usize, seed: u64) -> Self {
-        let mut rng = Rng::new(seed);
+        let mut rng = fulcrum_test_support::rng(seed);
         let cost = Dist::Pareto {
             mean: shape.mean_us,
             alpha: shape.alpha,
@@ -192,7 +166,7 @@ impl Workload {
     /// the textbook M/G/c input, for checking against closed forms.
     #[cfg(test)]
     pub fn poisson(n: usize, lambda: f64, cost: Dist, seed: u64) -> Self {
-        let mut rng = Rng::new(seed);
+        let mut rng = fulcrum_test_support::rng(seed);
         let mut t = 0.0;
         let (mut conn_at, mut reqs) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for k in 0..n {

@@ -3,7 +3,9 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use crate::model::{Rng, Workload};
+use fulcrum_test_support::fastrand::Rng;
+
+use crate::model::Workload;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
@@ -153,7 +155,7 @@ impl<'a> Sim<'a> {
             policy,
             knobs,
             wl,
-            rng: Rng::new(seed),
+            rng: fulcrum_test_support::rng(seed),
             now: 0.0,
             heap: BinaryHeap::new(),
             seq: 0,
@@ -213,7 +215,7 @@ impl<'a> Sim<'a> {
         if self.idle.is_empty() {
             return None;
         }
-        let w = self.idle[self.rng.below(self.idle.len())] as usize;
+        let w = self.idle[self.rng.usize(..self.idle.len())] as usize;
         self.remove_idle(w);
         Some(w)
     }
@@ -263,14 +265,14 @@ impl<'a> Sim<'a> {
         let c = self.workers();
         match self.policy {
             Policy::Hash | Policy::Stealing => {
-                let w = self.rng.below(c);
+                let w = self.rng.usize(..c);
                 self.adopt(k, w);
             }
             Policy::Race => {
                 let w = if self.idle.is_empty() {
-                    self.rng.below(c)
+                    self.rng.usize(..c)
                 } else {
-                    self.idle[self.rng.below(self.idle.len())] as usize
+                    self.idle[self.rng.usize(..self.idle.len())] as usize
                 };
                 self.adopt(k, w);
             }
@@ -532,13 +534,14 @@ pub fn simulate(policy: Policy, knobs: Knobs, wl: &Workload, workers: usize, see
 
 /// A per-run seed from the global seed and the run's coordinates.
 pub fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    Rng::new(seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.rotate_left(32)).next_u64()
+    fulcrum_test_support::rng(seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.rotate_left(32))
+        .u64(..)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Dist, Shape};
+    use crate::model::{Dist, Draw, Shape};
 
     fn rel_err(sim: f64, theory: f64) -> f64 {
         (sim - theory).abs() / theory
@@ -683,7 +686,7 @@ mod tests {
 
     #[test]
     fn pareto_and_residual_means() {
-        let mut rng = Rng::new(1);
+        let mut rng = fulcrum_test_support::rng(1);
         let n = 400_000;
         // alpha 2.5 has finite variance, so the sample mean converges.
         let m: f64 = (0..n).map(|_| rng.pareto(50.0, 2.5)).sum::<f64>() / n as f64;
