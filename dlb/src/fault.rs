@@ -9,7 +9,7 @@
 //! domain and port of the process is affected.
 //!
 //! # The faults
-//! Each is drawn independently, per mille, from a per-thread xorshift
+//! Each is drawn independently, per mille, from a per-thread `fastrand`
 //! generator seeded from [`FaultConfig::seed`] and the order in which
 //! threads first draw (so a run is reproducible per thread only as far as
 //! the threads' work is).
@@ -52,7 +52,7 @@
 //! # Ok::<(), fulcrum_dlb::DlbError>(())
 //! ```
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::str::FromStr;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
@@ -222,15 +222,10 @@ pub fn reset_stats() {
 }
 
 thread_local! {
-    /// `(generation, xorshift state)` of this thread's generator.
-    static RNG: Cell<(u64, u64)> = const { Cell::new((u64::MAX, 0)) };
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    /// This thread's generator and the configuration generation it was
+    /// seeded for.
+    static RNG: RefCell<(u64, fastrand::Rng)> =
+        const { RefCell::new((u64::MAX, fastrand::Rng::with_seed(0))) };
 }
 
 /// Draws with a chance of `per_mille` / 1000.
@@ -239,17 +234,20 @@ fn roll(per_mille: u32) -> bool {
         return false;
     }
     let generation = GENERATION.load(Acquire);
-    RNG.with(|rng| {
-        let (g, mut x) = rng.get();
-        if g != generation {
+    RNG.with(|cell| {
+        let mut state = cell.borrow_mut();
+        let (seeded_for, rng) = &mut *state;
+        if *seeded_for != generation {
+            // The n-th thread to draw since the configuration changed gets
+            // the seed with n spread over its bits by the golden-ratio
+            // multiplier, so that threads do not share a stream.
             let thread = THREADS.fetch_add(1, Relaxed);
-            x = splitmix(SEED.load(Relaxed) ^ splitmix(thread)) | 1;
+            *rng = fastrand::Rng::with_seed(
+                SEED.load(Relaxed) ^ thread.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
+            *seeded_for = generation;
         }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        rng.set((generation, x));
-        (x % 1000) < u64::from(per_mille)
+        rng.u32(..1000) < per_mille
     })
 }
 

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use fulcrum_dlb::fault::{self, FaultConfig};
 use fulcrum_dlb::{Backend, DlbError, Domain, Event, Port};
+// The fault switch is process-wide: tests that set it run one at a time.
+use fulcrum_test_support::serial;
 
 /// Takes a port, retrying transient (injected) refusals.
 fn take(domain: &Domain, id: usize) -> Port {
@@ -25,13 +27,6 @@ fn take(domain: &Domain, id: usize) -> Port {
 }
 
 const STOP: u64 = u64::MAX;
-
-/// The fault switch is process-wide: tests that set it run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn recv_all(port: &mut Port) -> Vec<u64> {
     let mut buf = [Event::default(); 16];

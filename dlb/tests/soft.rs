@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use fulcrum_dlb::{Backend, BackendKind, DlbError, Domain, DomainBuilder, Event, Port, Sched};
+use fulcrum_test_support::serial;
 
 fn soft() -> DomainBuilder {
     Domain::builder().backend(Backend::Software).ignore_env()
@@ -300,9 +301,8 @@ extern "C" {
 const STOP: u64 = u64::MAX;
 
 /// Payloads consumed by all `consume` calls of the running test binary.
-/// Tests that use it hold `SERIAL` so that their counts do not mix.
+/// Tests that use it hold `serial()` so that their counts do not mix.
 static CONSUMED: AtomicU64 = AtomicU64::new(0);
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Waits until `total` payloads were consumed, then stops the consumers.
 /// (Stopping earlier would strand events that still wait in the queue.)
@@ -367,7 +367,7 @@ fn produce(port: &mut Port, events: &[Event]) {
 
 #[test]
 fn million_events_four_by_four_each_exactly_once() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     CONSUMED.store(0, SeqCst);
     const PRODUCERS: usize = 4;
     const CONSUMERS: usize = 4;
@@ -422,7 +422,7 @@ fn million_events_four_by_four_each_exactly_once() {
 
 #[test]
 fn slow_consumer_gets_few_events() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     CONSUMED.store(0, SeqCst);
     const TOTAL: u64 = 4_000;
     let d = split(1, 4, 8, 1024);
@@ -457,7 +457,7 @@ fn slow_consumer_gets_few_events() {
 
 #[test]
 fn concurrent_spread_is_even_for_equal_consumers() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     CONSUMED.store(0, SeqCst);
     const TOTAL: u64 = 40_000;
     let d = split(1, 4, 8, 1024);

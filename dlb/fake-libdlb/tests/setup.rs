@@ -4,16 +4,10 @@
 
 mod common;
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
 use common::{hw_builder, DevDir, Hooks};
 use fulcrum_dlb::DlbError;
-
-/// The fake's hooks are process-wide: one test at a time here.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
-}
+// The fake's hooks are process-wide: one test at a time here.
+use fulcrum_test_support::serial;
 
 fn port_setup(links: usize) -> Vec<&'static str> {
     let mut v = vec!["dlb_create_ldb_port", "dlb_attach_ldb_port"];
