@@ -627,3 +627,68 @@ fn a_bad_config_fails_at_start_with_file_field_and_reason() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/gw.toml: No such file"));
 }
+
+/// What the upstream sees: X-Forwarded-For with the client's address
+/// appended, X-Forwarded-Proto set to the scheme the client used (whatever
+/// it claimed), and an X-Request-Id kept when the client sent one sane id,
+/// generated (a UUID v4, new per request) otherwise.
+#[test]
+fn forwarding_headers_reach_the_upstream() {
+    let rec = common::recorder::Recorder::start();
+    let gw = Gw::start(&format!(
+        "{}
+[[routes]]
+prefix = \"/\"
+cluster = \"rec\"
+[[clusters]]
+name = \"rec\"
+endpoints = [\"{}\"]
+",
+        listener(2, ""),
+        rec.addr
+    ));
+    let header = |f: &common::recorder::Forwarded, name: &str| -> Vec<String> {
+        f.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let is_uuid_v4 = |id: &str| {
+        let parts: Vec<&str> = id.split('-').collect();
+        parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
+            && id.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
+            && parts[2].starts_with('4')
+            && parts[3].starts_with(['8', '9', 'a', 'b'])
+    };
+
+    assert_eq!(get(gw.addr, "/a", &[]).0, 200);
+    assert_eq!(get(gw.addr, "/b", &[]).0, 200);
+    assert_eq!(
+        get(
+            gw.addr,
+            "/c",
+            &[
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-forwarded-proto", "https"),
+                ("x-request-id", "client-chosen-42"),
+            ],
+        )
+        .0,
+        200
+    );
+    let got = rec.take();
+    assert_eq!(got.len(), 3, "{got:#?}");
+    rec.assert_no_problem();
+    let (a, b, c) = (&got[0], &got[1], &got[2]);
+    for f in [a, b] {
+        assert_eq!(header(f, "x-forwarded-for"), ["127.0.0.1"], "{f:#?}");
+        assert_eq!(header(f, "x-forwarded-proto"), ["http"], "{f:#?}");
+        let id = header(f, "x-request-id");
+        assert!(id.len() == 1 && is_uuid_v4(&id[0]), "{f:#?}");
+    }
+    assert_ne!(header(a, "x-request-id"), header(b, "x-request-id"));
+    assert_eq!(header(c, "x-forwarded-for"), ["203.0.113.7, 127.0.0.1"]);
+    assert_eq!(header(c, "x-forwarded-proto"), ["http"]);
+    assert_eq!(header(c, "x-request-id"), ["client-chosen-42"]);
+}

@@ -85,7 +85,9 @@ thread_local! {
     });
 }
 
-fn random() -> u64 {
+/// A fast per-thread pseudo-random number (xorshift64; not for secrets):
+/// the power-of-two choices and request ids.
+pub fn random() -> u64 {
     RNG.with(|r| {
         let mut x = r.get();
         x ^= x << 13;

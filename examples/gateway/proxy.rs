@@ -106,6 +106,47 @@ pub struct Gateway {
     pool: Arc<Pool>,
 }
 
+/// The longest `X-Request-Id` a client may send that the gateway keeps.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Keeps the client's `X-Request-Id` if there is exactly one and it is
+/// 1–128 visible ASCII characters, else sets a new random UUID (version 4)
+/// in its place, as Envoy generates one for each request it receives;
+/// returns the id, which the upstream request and the access log carry.
+fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    const NAME: &str = "x-request-id";
+    let mut given = headers.get_all(NAME).iter();
+    if let (Some(id), None) = (given.next(), given.next()) {
+        let bytes = id.as_bytes();
+        if !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID
+            && bytes.iter().all(u8::is_ascii_graphic)
+        {
+            return id.clone();
+        }
+    }
+    let id = new_request_id();
+    headers.insert(NAME, id.clone());
+    id
+}
+
+/// A random version-4 UUID, lowercase hex.
+fn new_request_id() -> HeaderValue {
+    let (hi, lo) = (crate::cluster::random(), crate::cluster::random());
+    // Version 4 in the 13th hex digit, variant 10xx in the 17th.
+    let hi = (hi & !0xf000) | 0x4000;
+    let lo = (lo & !(0xc << 60)) | (0x8 << 60);
+    let text = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    );
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
 /// Headers that describe one hop, not the message (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -232,6 +273,8 @@ impl Gateway {
         let started = Instant::now();
         let worker = self.worker();
         self.workers[worker].requests.fetch_add(1, Relaxed);
+        let mut req = req;
+        let request_id = ensure_request_id(req.headers_mut());
         let method = req.method().clone();
         let uri = req.uri().clone();
         let (mut resp, upstream) = self.forward(req, peer).await;
@@ -251,6 +294,7 @@ impl Gateway {
                 %method,
                 %uri,
                 status = resp.status().as_u16(),
+                request_id = request_id.to_str().unwrap_or("-"),
                 upstream = upstream.as_ref().map_or("-", |e| e.name.as_str()),
                 worker,
                 micros = started.elapsed().as_micros() as u64,
@@ -394,6 +438,11 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&xff) {
             parts.headers.insert("x-forwarded-for", v);
         }
+        // The scheme the client used to reach the gateway, whatever the
+        // client claimed (as Envoy does at the edge).
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
         let req = Request::from_parts(parts, Full::new(body));
 
         let flight = InFlight::new(endpoint.clone());
@@ -616,5 +665,46 @@ impl hyper::body::Body for PooledBody {
             hint.set_upper(upper + ahead);
         }
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_uuid_v4(id: &str) -> bool {
+        let b = id.as_bytes();
+        b.len() == 36
+            && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+            && b.iter().enumerate().all(|(i, c)| {
+                [8, 13, 18, 23].contains(&i) || matches!(c, b'0'..=b'9' | b'a'..=b'f')
+            })
+            && b[14] == b'4'
+            && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_generated_otherwise() {
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        assert!(is_uuid_v4(id.to_str().unwrap()), "{id:?}");
+        assert_eq!(h.get("x-request-id"), Some(&id));
+        assert_ne!(ensure_request_id(&mut HeaderMap::new()), id, "ids repeat");
+
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(ensure_request_id(&mut h), "abc-123");
+
+        // Two ids, an empty one, a space, or an over-long one: replaced.
+        let long = "x".repeat(MAX_REQUEST_ID + 1);
+        for bad in [vec!["a", "b"], vec![""], vec!["a b"], vec![long.as_str()]] {
+            let mut h = HeaderMap::new();
+            for v in &bad {
+                h.append("x-request-id", HeaderValue::from_str(v).unwrap());
+            }
+            let id = ensure_request_id(&mut h);
+            assert!(is_uuid_v4(id.to_str().unwrap()), "{bad:?} kept as {id:?}");
+            assert_eq!(h.get_all("x-request-id").iter().count(), 1, "{bad:?}");
+        }
     }
 }
