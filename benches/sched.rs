@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fulcrum_test_support::median_duration;
 use tokio::sync::{mpsc, oneshot};
 
 mod common;
@@ -300,11 +301,6 @@ fn remote_spawn_8<R: Rt>(rt: &R) {
     remote_spawn(rt, 8);
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn time<R: Rt>(rt: &R, f: fn(&R)) -> Duration {
     let t = Instant::now();
     f(rt);
@@ -389,7 +385,11 @@ fn main() -> std::io::Result<()> {
             st.push(time(&stealing, f));
             tt.push(time(&tokio, t));
         }
-        let (fm, sm, tm) = (median(ft), median(st), median(tt));
+        let (fm, sm, tm) = (
+            median_duration(ft),
+            median_duration(st),
+            median_duration(tt),
+        );
         println!(
             "| {name} | {fm:.2?} | {sm:.2?} | {tm:.2?} | {:.2} | {:.2} |",
             fm.as_secs_f64() / tm.as_secs_f64(),

@@ -18,6 +18,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fulcrum_test_support::median;
+
 const PATH: &str = "/api/items/1";
 
 fn main() {
@@ -290,15 +292,6 @@ fn read_response(stream: &mut TcpStream, buf: &mut [u8]) -> bool {
 /// Reads one figure of a sample.
 type Metric = fn(&Sample) -> f64;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn run(
     workers: usize,
     duration: u64,
@@ -340,8 +333,7 @@ fn run(
             samples
                 .iter()
                 .filter(|(r, _, _)| r == rt)
-                .map(|(_, _, s)| f(s))
-                .collect(),
+                .map(|(_, _, s)| f(s)),
         )
     };
     let metrics: [(&str, Metric); 4] = [
