@@ -2,7 +2,7 @@
 # Sweeps the DLB scheduler's thresholds one at a time around their defaults
 # over the workloads they are meant for: tokio's scheduler workloads
 # (benches/sched.rs), the skewed connection scenario, and two saturated
-# scenarios (benches/balance.rs, the tokio-style accept loop on the DLB
+# scenarios (benches/balance/, the tokio-style accept loop on the DLB
 # scheduler). About 25 minutes on 2 cores.
 #
 #   bash scripts/sweep.sh              # every setting
