@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 pub struct WrkResult {
     /// Responses received.
     pub requests: u64,
+    /// Responses per second.
     pub rps: f64,
+    /// Latency percentiles, ms.
     pub p50_ms: f64,
     pub p99_ms: f64,
     /// Socket errors (connect, read, write, timeout) plus answers that
@@ -111,9 +113,13 @@ fn parse_wrk_duration(v: &str) -> Option<f64> {
 /// over `connections` keep-alive connections, for `duration`.
 #[derive(Clone, Debug)]
 pub struct OpenLoop {
+    /// Requests per second, all connections together.
     pub rate: f64,
+    /// Keep-alive connections, one thread each.
     pub connections: usize,
+    /// How long requests are scheduled for.
     pub duration: Duration,
+    /// The request target (`GET <path>`, `Host: bench`).
     pub path: String,
 }
 
@@ -223,6 +229,7 @@ fn one_connection(
 
 /// A client connection and the bytes read past the last response.
 pub struct Conn {
+    /// The socket, for writing requests.
     pub stream: TcpStream,
     buf: Vec<u8>,
 }

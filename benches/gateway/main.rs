@@ -87,6 +87,30 @@ fn target_dir() -> PathBuf {
 
 impl Options {
     fn parse(args: &[String]) -> Result<Self> {
+        const KNOWN: [&str; 12] = [
+            "--workers",
+            "--upstream-workers",
+            "--rounds",
+            "--duration",
+            "--warmup",
+            "--wrk-threads",
+            "--connections",
+            "--rate",
+            "--open-connections",
+            "--systems",
+            "--gateway-bin",
+            "--out",
+        ];
+        for pair in args.chunks(2) {
+            if !KNOWN.contains(&pair[0].as_str()) || pair.len() < 2 {
+                return Err(format!(
+                    "unexpected argument {:?}: options are {} (each with a value)",
+                    pair[0],
+                    KNOWN.join(" ")
+                )
+                .into());
+            }
+        }
         let opt = |name: &str| -> Option<&str> {
             args.iter()
                 .position(|a| a == name)
