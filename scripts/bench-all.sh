@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates every benchmark behind BENCHMARKS.md, in one go, on this
-# machine: about 20 minutes on 2 cores after the builds.
+# machine: about 40 minutes on 2 cores after the builds (the balance
+# bench alone takes 28).
 #
 #   bash scripts/bench-all.sh            # everything
 #   SKIP_GATEWAY=1 bash scripts/bench-all.sh
