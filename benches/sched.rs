@@ -507,14 +507,7 @@ fn main() -> std::io::Result<()> {
     }
     // `cargo bench` passes `--bench`; other words filter (see the top).
     let words: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let systems: Vec<&'static str> = if words.iter().any(|w| SYSTEMS.contains(&w.as_str())) {
-        SYSTEMS
-            .into_iter()
-            .filter(|s| words.iter().any(|w| w == s))
-            .collect()
-    } else {
-        SYSTEMS.to_vec()
-    };
+    let systems = common::named_systems(&words, &SYSTEMS);
     let filters: Vec<&String> = words
         .into_iter()
         .filter(|w| !SYSTEMS.contains(&w.as_str()))

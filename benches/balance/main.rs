@@ -187,15 +187,7 @@ fn pick(
             .filter(|s| scenario_args.iter().any(|a| names_scenario(a, s)))
             .collect()
     };
-    let systems: Vec<&'static str> = if args.iter().any(|a| SYSTEMS.contains(&a.as_str())) {
-        SYSTEMS
-            .into_iter()
-            .filter(|s| args.iter().any(|a| a == s))
-            .collect()
-    } else {
-        SYSTEMS.to_vec()
-    };
-    Ok((scenarios, systems))
+    Ok((scenarios, common::named_systems(args, &SYSTEMS)))
 }
 
 fn main() -> std::io::Result<()> {

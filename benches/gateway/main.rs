@@ -161,10 +161,9 @@ impl Options {
     }
 }
 
-/// One system's figures in one round.
-#[derive(Clone, Debug, Serialize)]
-struct Run {
-    round: usize,
+/// What one load of one system measured (or the medians of them).
+#[derive(Clone, Debug, Default, Serialize)]
+struct Figures {
     /// wrk's closed loop.
     rps: f64,
     p50_us: f64,
@@ -182,40 +181,63 @@ struct Run {
     open_cpu_us_per_req: f64,
 }
 
-/// A system's medians over the rounds (errors: summed).
+impl Figures {
+    /// The table's cells from requests/s on.
+    fn cells(&self) -> String {
+        format!(
+            "{:.0} | {:.0} | {:.0} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {:.1}",
+            self.rps,
+            self.p50_us,
+            self.p99_us,
+            self.errors,
+            self.cpu_us_per_req,
+            self.open_p50_us,
+            self.open_p99_us,
+            self.open_p999_us,
+            self.open_errors,
+            self.open_cpu_us_per_req
+        )
+    }
+}
+
+/// One system's figures in one round.
+#[derive(Clone, Debug, Serialize)]
+struct Run {
+    round: usize,
+    #[serde(flatten)]
+    figures: Figures,
+}
+
+/// A system's medians over the rounds (error counts summed), and the runs.
 #[derive(Debug, Serialize)]
 struct Summary {
     system: &'static str,
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    errors: u64,
-    cpu_us_per_req: f64,
-    upstream_cpu_us_per_req: f64,
-    open_p50_us: f64,
-    open_p99_us: f64,
-    open_p999_us: f64,
-    open_errors: u64,
-    open_cpu_us_per_req: f64,
+    #[serde(flatten)]
+    median: Figures,
     runs: Vec<Run>,
 }
 
 impl Summary {
     fn new(system: &'static str, runs: Vec<Run>) -> Self {
-        let m = |f: fn(&Run) -> f64| median(runs.iter().map(f));
+        let m = |f: fn(&Figures) -> f64| median(runs.iter().map(|r| f(&r.figures)));
+        let sum = |f: fn(&Figures) -> u64| runs.iter().map(|r| f(&r.figures)).sum();
+        let median = Figures {
+            rps: m(|f| f.rps),
+            p50_us: m(|f| f.p50_us),
+            p99_us: m(|f| f.p99_us),
+            errors: sum(|f| f.errors),
+            cpu_us_per_req: m(|f| f.cpu_us_per_req),
+            upstream_cpu_us_per_req: m(|f| f.upstream_cpu_us_per_req),
+            open_ok: m(|f| f.open_ok as f64) as u64,
+            open_p50_us: m(|f| f.open_p50_us),
+            open_p99_us: m(|f| f.open_p99_us),
+            open_p999_us: m(|f| f.open_p999_us),
+            open_errors: sum(|f| f.open_errors),
+            open_cpu_us_per_req: m(|f| f.open_cpu_us_per_req),
+        };
         Self {
             system,
-            rps: m(|r| r.rps),
-            p50_us: m(|r| r.p50_us),
-            p99_us: m(|r| r.p99_us),
-            errors: runs.iter().map(|r| r.errors).sum(),
-            cpu_us_per_req: m(|r| r.cpu_us_per_req),
-            upstream_cpu_us_per_req: m(|r| r.upstream_cpu_us_per_req),
-            open_p50_us: m(|r| r.open_p50_us),
-            open_p99_us: m(|r| r.open_p99_us),
-            open_p999_us: m(|r| r.open_p999_us),
-            open_errors: runs.iter().map(|r| r.open_errors).sum(),
-            open_cpu_us_per_req: m(|r| r.open_cpu_us_per_req),
+            median,
             runs,
         }
     }
@@ -369,8 +391,7 @@ fn run(o: &Options) -> Result<()> {
             let ol = open.run(p.addr);
             let cpu2 = p.cpu();
             let per_req = |cpu: Duration, n: u64| cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
-            let r = Run {
-                round,
+            let r = Figures {
                 rps: w.rps,
                 p50_us: w.p50_ms * 1e3,
                 p99_us: w.p99_ms * 1e3,
@@ -385,24 +406,13 @@ fn run(o: &Options) -> Result<()> {
                 open_cpu_us_per_req: per_req(cpu2.saturating_sub(cpu1), ol.ok),
             };
             eprintln!(
-                "round {}/{} {:15} wrk {:.0} req/s p50 {:.0} p99 {:.0} µs, errors {}, cpu {:.1} µs/req | \
-                 open {} ok, p50 {:.0} p99 {:.0} p999 {:.0} µs, errors {}, cpu {:.1} µs/req",
+                "round {}/{} | {} | {} |",
                 round + 1,
                 o.rounds,
                 p.name,
-                r.rps,
-                r.p50_us,
-                r.p99_us,
-                r.errors,
-                r.cpu_us_per_req,
-                r.open_ok,
-                r.open_p50_us,
-                r.open_p99_us,
-                r.open_p999_us,
-                r.open_errors,
-                r.open_cpu_us_per_req
+                r.cells()
             );
-            runs[i].push(r);
+            runs[i].push(Run { round, figures: r });
         }
     }
     eprintln!("load phase took {:.0?}", started.elapsed());
@@ -484,22 +494,9 @@ fn print_table(o: &Options, s: &[Summary]) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for x in s {
-        println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {:.1} |",
-            x.system,
-            x.rps,
-            x.p50_us,
-            x.p99_us,
-            x.errors,
-            x.cpu_us_per_req,
-            x.open_p50_us,
-            x.open_p99_us,
-            x.open_p999_us,
-            x.open_errors,
-            x.open_cpu_us_per_req
-        );
+        println!("| {} | {} |", x.system, x.median.cells());
     }
-    let find = |name: &str| s.iter().find(|x| x.system == name);
+    let find = |name: &str| s.iter().find(|x| x.system == name).map(|x| &x.median);
     let Some(g) = find("fulcrum-gateway") else {
         return;
     };
