@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates every benchmark behind BENCHMARKS.md, in one go, on this
-# machine: about 15 minutes on 2 cores after the release build.
+# machine: about 40 minutes on 2 cores after the builds (the balance
+# bench alone takes 28).
 #
 #   bash scripts/bench-all.sh            # everything
 #   SKIP_GATEWAY=1 bash scripts/bench-all.sh
@@ -36,11 +37,11 @@ cargo bench -q -p fulcrum-dlb 2>&1 | tee "$out/dlb.txt"
 stamp "scheduler: tokio's workloads (benches/sched.rs)"
 cargo bench -q --bench sched 2>&1 | tee "$out/sched.txt"
 
-stamp "connection balance under skew (benches/balance.rs)"
+stamp "connection balance under skew (benches/balance/)"
 cargo bench -q --bench balance 2>&1 | tee "$out/balance.txt"
 
 if [ "${SKIP_GATEWAY:-0}" != 1 ]; then
-    stamp "the gateway against nginx (benches/gateway.sh)"
+    stamp "the gateway against nginx and a tokio proxy (benches/gateway/)"
     SKIP_BUILD=1 bash benches/gateway.sh 2>&1 | tee "$out/gateway.txt"
 fi
 

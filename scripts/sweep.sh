@@ -2,7 +2,7 @@
 # Sweeps the DLB scheduler's thresholds one at a time around their defaults
 # over the workloads they are meant for: tokio's scheduler workloads
 # (benches/sched.rs), the skewed connection scenario, and two saturated
-# scenarios (benches/balance.rs, the tokio-style accept loop on the DLB
+# scenarios (benches/balance/, the tokio-style accept loop on the DLB
 # scheduler). About 25 minutes on 2 cores.
 #
 #   bash scripts/sweep.sh              # every setting
@@ -10,7 +10,8 @@
 #
 # Output: target/bench/sweep/<setting>.{sched,balance}.txt, and a table on
 # stdout (medians; the sched columns are fulcrum-dlb ÷ tokio in the same
-# run, the balance columns the light-request p99 in µs). A benchmark that
+# run, 3 rounds × 5 runs each, the balance columns the light-request p99
+# in µs). A benchmark that
 # fails stops the sweep with its output shown.
 
 set -euo pipefail
@@ -29,7 +30,7 @@ run() { # name, env assignments...
         return
     fi
     echo "==> $name ($*)" >&2
-    if ! env "$@" CARGO_TARGET_DIR="$out/$name.target" FULCRUM_BENCH_RUNS=15 \
+    if ! env "$@" CARGO_TARGET_DIR="$out/$name.target" FULCRUM_BENCH_ROUNDS=3 FULCRUM_BENCH_RUNS=5 \
         "$SCHED" spawn_many_local busy1 ping_pong yield_many chained >"$out/$name.sched.txt" 2>&1; then
         cat "$out/$name.sched.txt" >&2
         exit 1

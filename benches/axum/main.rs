@@ -12,11 +12,15 @@
 #[path = "../../examples/axum/app.rs"]
 #[allow(dead_code)]
 mod app;
+#[path = "../common/http.rs"]
+mod http;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use fulcrum_test_support::median;
 
 const PATH: &str = "/api/items/1";
 
@@ -166,138 +170,34 @@ struct Sample {
     open_errors: u64,
 }
 
-/// wrk's closed loop: `connections` connections on one thread.
+/// wrk's closed loop: `connections` connections on one thread; req/s and
+/// p99 (ms).
 fn wrk(addr: SocketAddr, connections: usize, duration: u64) -> (f64, f64) {
-    let out = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{duration}s"),
-            "--latency",
-            &format!("http://{addr}{PATH}"),
-        ])
-        .output()
-        .expect("run wrk (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("wrk output: {text}"));
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| parse_wrk_duration(v.trim()))
-        .unwrap_or_else(|| panic!("wrk output: {text}"));
-    (rps, p99)
+    let (r, _) = http::wrk(&format!("http://{addr}{PATH}"), 1, connections, duration)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (r.rps, r.p99_ms)
 }
 
-/// "1.23ms", "870.00us", "1.02s" → milliseconds.
-fn parse_wrk_duration(v: &str) -> f64 {
-    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        (v, 1.0)
-    };
-    num.parse::<f64>().unwrap_or(f64::NAN) * scale
-}
-
-/// The open loop: `rate` requests a second over 16 keep-alive connections,
-/// each request sent at its scheduled time (or as soon as its connection
-/// is free), its latency counted from that scheduled time.
+/// The open loop: `rate` requests a second over 16 keep-alive connections
+/// (p50 and p99 in ms, answered, errors).
 fn open_loop(addr: SocketAddr, rate: u64, duration: u64) -> (f64, f64, u64, u64) {
-    const CONNS: u64 = 16;
-    let per_conn = Duration::from_secs_f64(CONNS as f64 / rate as f64);
-    let start = Instant::now() + Duration::from_millis(50);
-    let end = start + Duration::from_secs(duration);
-    let threads: Vec<_> = (0..CONNS)
-        .map(|c| {
-            std::thread::spawn(move || {
-                let mut lat = Vec::new();
-                let mut errors = 0;
-                let mut stream = TcpStream::connect(addr).expect("connect");
-                stream.set_nodelay(true).expect("nodelay");
-                let request = format!("GET {PATH} HTTP/1.1\r\nhost: bench\r\n\r\n");
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut next = start + per_conn.mul_f64(c as f64 / CONNS as f64);
-                while next < end {
-                    let now = Instant::now();
-                    if next > now {
-                        std::thread::sleep(next - now);
-                    }
-                    if stream.write_all(request.as_bytes()).is_err()
-                        || !read_response(&mut stream, &mut buf)
-                    {
-                        errors += 1;
-                        stream = TcpStream::connect(addr).expect("reconnect");
-                    } else {
-                        lat.push(next.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    next += per_conn;
-                }
-                (lat, errors)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in threads {
-        let (lat, e) = t.join().expect("load thread");
-        all.extend(lat);
-        errors += e;
+    let r = http::OpenLoop {
+        rate: rate as f64,
+        connections: 16,
+        duration: Duration::from_secs(duration),
+        path: PATH.into(),
     }
-    all.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    (pct(0.50), pct(0.99), all.len() as u64, errors)
-}
-
-/// Reads one HTTP/1.1 response with a `content-length` body.
-fn read_response(stream: &mut TcpStream, buf: &mut [u8]) -> bool {
-    let mut have = 0;
-    loop {
-        match stream.read(&mut buf[have..]) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => have += n,
-        }
-        let Some(head_end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        let total = head_end + 4 + len;
-        while have < total {
-            match stream.read(&mut buf[have..]) {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => have += n,
-            }
-        }
-        return true;
-    }
+    .run(addr);
+    (
+        r.percentile_ms(0.50),
+        r.percentile_ms(0.99),
+        r.latencies.len() as u64,
+        r.errors,
+    )
 }
 
 /// Reads one figure of a sample.
 type Metric = fn(&Sample) -> f64;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
 
 fn run(
     workers: usize,
@@ -340,8 +240,7 @@ fn run(
             samples
                 .iter()
                 .filter(|(r, _, _)| r == rt)
-                .map(|(_, _, s)| f(s))
-                .collect(),
+                .map(|(_, _, s)| f(s)),
         )
     };
     let metrics: [(&str, Metric); 4] = [

@@ -119,16 +119,10 @@ fn low_timer_slack() {
     }
 }
 
-/// splitmix64, for schedule phases.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
+/// A start offset in `[0, interval)` for a client's schedule, the same for
+/// the same `seed` on every run, so that clients do not send in lockstep.
 fn phase(seed: u64, interval: Duration) -> Duration {
-    interval.mul_f64((mix(seed) >> 11) as f64 / (1u64 << 53) as f64)
+    interval.mul_f64(fulcrum_test_support::rng(seed).f64())
 }
 
 fn connect(addr: SocketAddr) -> std::io::Result<std::net::TcpStream> {

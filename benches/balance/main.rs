@@ -162,17 +162,6 @@ fn run_once(
     })
 }
 
-fn raise_nofile() {
-    // SAFETY: get/setrlimit on a properly initialised `rlimit`.
-    unsafe {
-        let mut rl: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
-            rl.rlim_cur = rl.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        }
-    }
-}
-
 /// The scenarios and systems the arguments pick (all when none names one).
 fn pick(
     args: &[String],
@@ -198,20 +187,14 @@ fn pick(
             .filter(|s| scenario_args.iter().any(|a| names_scenario(a, s)))
             .collect()
     };
-    let systems: Vec<&'static str> = if args.iter().any(|a| SYSTEMS.contains(&a.as_str())) {
-        SYSTEMS
-            .into_iter()
-            .filter(|s| args.iter().any(|a| a == s))
-            .collect()
-    } else {
-        SYSTEMS.to_vec()
-    };
-    Ok((scenarios, systems))
+    Ok((scenarios, common::named_systems(args, &SYSTEMS)))
 }
 
 fn main() -> std::io::Result<()> {
     let started = Instant::now();
-    raise_nofile();
+    // Churn and the saturated family open thousands of sockets on both
+    // sides: take what the hard limit allows.
+    fulcrum_test_support::raise_fd_limit(u64::MAX);
     let default_workers = env("FULCRUM_BENCH_WORKERS", 4).max(1);
     let runs = env("FULCRUM_BENCH_RUNS", 3).max(1);
     let secs = Duration::from_secs(env("FULCRUM_BENCH_SECS", 4).max(1) as u64);

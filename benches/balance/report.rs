@@ -1,5 +1,7 @@
 //! One run's figures, their medians over runs, the goals, and the JSON.
 
+use fulcrum_test_support::median;
+
 use crate::loadgen::{GenResult, Kind};
 
 /// What one run of one system in one scenario measured.
@@ -129,23 +131,8 @@ pub struct Summary {
     pub busy_ms: Vec<u64>,
 }
 
-/// Median, ignoring NaN; NaN if nothing is left.
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| !x.is_nan());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 pub fn summarize(scenario: &str, system: &'static str, runs: &[RunResult]) -> Summary {
-    let m = |f: fn(&RunResult) -> f64| median(runs.iter().map(f).collect());
+    let m = |f: fn(&RunResult) -> f64| median(runs.iter().map(f));
     let mut by_p99: Vec<&RunResult> = runs.iter().collect();
     by_p99.sort_by(|a, b| a.light_p99_us.total_cmp(&b.light_p99_us));
     let mid = by_p99[by_p99.len() / 2];

@@ -40,3 +40,14 @@ pub fn env(name: &str, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// The systems that `args` name, in `all`'s order; all of them when no
+/// argument names one.
+pub fn named_systems<S: AsRef<str>>(args: &[S], all: &[&'static str]) -> Vec<&'static str> {
+    let named = |s: &&'static str| args.iter().any(|a| a.as_ref() == *s);
+    if all.iter().any(named) {
+        all.iter().filter(|s| named(s)).copied().collect()
+    } else {
+        all.to_vec()
+    }
+}
