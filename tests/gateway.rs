@@ -692,3 +692,111 @@ endpoints = [\"{}\"]
     assert_eq!(header(c, "x-forwarded-proto"), ["http"]);
     assert_eq!(header(c, "x-request-id"), ["client-chosen-42"]);
 }
+
+/// `curl --http2-prior-knowledge` is served as HTTP/2 (h2c), routing and
+/// status codes as over HTTP/1.1; with `http2 = false` it is not.
+#[test]
+fn curl_speaks_http2_with_prior_knowledge() {
+    let config = |extra: &str| {
+        format!(
+            "{}[[routes]]\nprefix = \"/status\"\ncluster = \"demo\"\n{DEMO}",
+            listener(2, extra)
+        )
+    };
+    let curl = |gw: &Gw, path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--http2-prior-knowledge",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                &format!("http://{}{path}", gw.addr),
+            ])
+            .output()
+            .expect("curl (`apt-get install curl`; `.ci/run` installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let gw = Gw::start(&config(""));
+    assert_eq!(curl(&gw, "/status/200"), "2 200");
+    assert_eq!(curl(&gw, "/status/503"), "2 503");
+    assert_eq!(curl(&gw, "/headers"), "2 404");
+    // HTTP/1.1 on the same listener still works.
+    assert_eq!(get(gw.addr, "/status/200", &[]).0, 200);
+    drop(gw);
+    let gw = Gw::start(&config("http2 = false\n"));
+    assert_ne!(curl(&gw, "/status/200"), "2 200");
+    assert_eq!(get(gw.addr, "/status/200", &[]).0, 200);
+}
+
+/// One HTTP/2 connection carries many concurrent streams; a client that
+/// opens and resets streams in a loop (rapid reset, CVE-2023-44487) is cut
+/// off after a bounded number of them, and other clients are served.
+#[test]
+fn http2_streams_are_concurrent_and_rapid_reset_is_cut_off() {
+    let gw = Gw::start(&format!(
+        "{}[[routes]]\nprefix = \"/\"\ncluster = \"demo\"\n{DEMO}",
+        listener(2, "http2_max_concurrent_streams = 100\n")
+    ));
+    let addr = gw.addr;
+    let rt = runtime();
+    rt.block_on(async move {
+        let request = |path: &str| {
+            hyper::Request::get(format!("http://{addr}{path}"))
+                .body(())
+                .unwrap()
+        };
+        // 50 requests at once on one connection.
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(io).await.expect("h2 handshake");
+        fulcrum::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut responses = Vec::new();
+        for i in 0..50 {
+            let mut c = client.clone().ready().await.expect("ready");
+            let (resp, _) = c
+                .send_request(request(&format!("/status/{}", 200 + i % 2)), true)
+                .expect("send");
+            responses.push(fulcrum::spawn(resp));
+        }
+        for (i, r) in responses.into_iter().enumerate() {
+            let resp = r.await.unwrap().expect("response");
+            assert_eq!(resp.status().as_u16(), 200 + (i as u16) % 2);
+        }
+
+        // Rapid reset: open a stream and reset it at once, in a loop.
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(io).await.expect("h2 handshake");
+        let conn = fulcrum::spawn(conn);
+        let mut opened = 0;
+        let cut_off = fulcrum::time::timeout(Duration::from_secs(20), async {
+            for _ in 0..10_000 {
+                client = match client.ready().await {
+                    Ok(c) => c,
+                    Err(_) => return true,
+                };
+                match client.send_request(request("/status/200"), false) {
+                    Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+                    Err(_) => return true,
+                }
+                opened += 1;
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        assert!(cut_off, "still connected after {opened} reset streams");
+        assert!(opened < 10_000, "{opened}");
+        // The gateway ended the connection (GOAWAY), not the client.
+        let end = fulcrum::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("the connection did not end")
+            .unwrap();
+        assert!(end.is_err(), "the connection ended cleanly: {end:?}");
+        println!("rapid reset: cut off after {opened} streams: {end:?}");
+    });
+    // Everyone else is still served.
+    assert_eq!(get(gw.addr, "/status/200", &[]).0, 200);
+}

@@ -82,6 +82,13 @@ pub struct Listener {
     /// One `tracing` line per request.
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// HTTP/2 with prior knowledge (h2c) beside HTTP/1.1: a connection that
+    /// opens with the HTTP/2 preface is served as HTTP/2.
+    #[serde(default = "default_true")]
+    pub http2: bool,
+    /// Streams one HTTP/2 connection may have open at once.
+    #[serde(default = "default_h2_streams")]
+    pub http2_max_concurrent_streams: u32,
 }
 
 /// `[admin]`.
@@ -197,6 +204,9 @@ fn default_body_timeout() -> u64 {
 fn default_drain_timeout() -> u64 {
     10_000
 }
+fn default_h2_streams() -> u32 {
+    100
+}
 fn default_true() -> bool {
     true
 }
@@ -307,6 +317,8 @@ pub struct Validated {
     pub body_timeout: Duration,
     pub drain_timeout: Duration,
     pub access_log: bool,
+    pub http2: bool,
+    pub http2_max_concurrent_streams: u32,
     pub admin: SocketAddr,
     pub routes: Vec<RouteSpec>,
     pub clusters: Vec<ClusterSpec>,
@@ -417,6 +429,10 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
     for (f, v) in [
         ("listener.header_timeout_ms", l.header_timeout_ms),
         ("listener.body_timeout_ms", l.body_timeout_ms),
+        (
+            "listener.http2_max_concurrent_streams",
+            u64::from(l.http2_max_concurrent_streams),
+        ),
     ] {
         if v == 0 {
             return Err(err(f.into(), "must be above 0".into()));
@@ -598,6 +614,8 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
         body_timeout: Duration::from_millis(l.body_timeout_ms),
         drain_timeout: Duration::from_millis(l.drain_timeout_ms),
         access_log: l.access_log,
+        http2: l.http2,
+        http2_max_concurrent_streams: l.http2_max_concurrent_streams,
         admin,
         routes,
         clusters,

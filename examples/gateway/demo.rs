@@ -83,6 +83,9 @@ pub async fn serve(addr: SocketAddr) -> io::Result<Serving> {
             let svc = hyper::service::service_fn(move |req| service(me, req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(FulcrumTimer::new())
+                // The gateway forwards up to hyper's 100 request headers
+                // and adds its own (X-Forwarded-For/-Proto, X-Request-Id).
+                .max_headers(128)
                 .serve_connection(HyperIo::new(stream), svc);
             if let Err(e) = conn.await {
                 tracing::debug!("demo backend {me}: {e}");

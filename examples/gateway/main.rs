@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulcrum::net::hyper::{FulcrumTimer, HyperIo};
+use fulcrum::net::hyper::{FulcrumExecutor, FulcrumTimer, HyperIo};
 use fulcrum::net::signal::unix::{signal, SignalKind};
 use fulcrum::net::{Server, TcpStream};
 use fulcrum::runtime::{Builder, Handle};
@@ -150,6 +150,81 @@ async fn clusters(
     Ok((clusters, demos))
 }
 
+/// The client connection preface of HTTP/2 with prior knowledge (RFC 9113
+/// section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Streams an HTTP/2 client may reset before the gateway has taken them
+/// up (hyper's default, said here): past it, the connection is closed.
+const H2_MAX_PENDING_RESETS: usize = 20;
+
+/// Streams the gateway may reset because of a client's protocol errors on
+/// one connection before it closes the connection.
+const H2_MAX_LOCAL_RESETS: Option<usize> = Some(64);
+
+/// Which protocol a new connection speaks: `Some(true)` for HTTP/2 with
+/// prior knowledge (it opens with the preface), `Some(false)` for HTTP/1.x,
+/// `None` to close it (a preface still incomplete after `limit`, the
+/// header timeout). Only peeks: hyper reads the bytes again.
+async fn protocol(stream: &TcpStream, http2: bool, limit: Duration) -> Option<bool> {
+    if !http2 {
+        return Some(false);
+    }
+    let check = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = match stream.peek(&mut buf).await {
+                Ok(n) => n,
+                // hyper meets the same error and reports it.
+                Err(_) => return Some(false),
+            };
+            if n == 0 || buf[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            // The preface came split over segments (rare): peek again
+            // shortly, since peeking sees the same bytes at once.
+            fulcrum::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    fulcrum::time::timeout(limit, check).await.unwrap_or(None)
+}
+
+/// Runs a client connection to its end; when the gateway starts draining,
+/// gives it `grace` to end by itself, then shuts it down gracefully (HTTP/1:
+/// after the response in flight; HTTP/2: GOAWAY, streams in flight finish).
+async fn drive<C, E>(
+    mut conn: std::pin::Pin<&mut C>,
+    shutdown: impl Fn(std::pin::Pin<&mut C>),
+    drain: &mut watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<(), E>
+where
+    C: std::future::Future<Output = Result<(), E>>,
+{
+    if *drain.borrow() {
+        shutdown(conn.as_mut());
+        return conn.await;
+    }
+    fulcrum::select! {
+        r = conn.as_mut() => r,
+        _ = drain.changed() => {
+            // Responses now carry `Connection: close` (HTTP/1); give busy
+            // connections a moment to end on their own, then close the
+            // idle ones.
+            match fulcrum::time::timeout(grace, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    shutdown(conn.as_mut());
+                    conn.await
+                }
+            }
+        }
+    }
+}
+
 /// Resolves on SIGTERM or ctrl-c.
 async fn shutdown_signal() -> io::Result<&'static str> {
     let mut term = signal(SignalKind::terminate())?;
@@ -177,6 +252,7 @@ async fn run(config: Validated) -> io::Result<()> {
     let header_timeout = config.header_timeout;
     let max_header = config.max_header_bytes;
     let grace = (config.drain_timeout / 4).min(Duration::from_secs(1));
+    let (http2, h2_streams) = (config.http2, config.http2_max_concurrent_streams);
     let serving = Server::bind(config.listen)
         .balance(config.balance)
         .serve(move |stream: TcpStream, peer: SocketAddr| {
@@ -184,32 +260,42 @@ async fn run(config: Validated) -> io::Result<()> {
             let mut drain = drain_rx.clone();
             async move {
                 let _ = stream.set_nodelay(true);
+                let Some(h2) = protocol(&stream, http2, header_timeout).await else {
+                    return;
+                };
                 let svc = hyper::service::service_fn(move |req| gw.clone().handle(req, peer));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(FulcrumTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .max_buf_size(max_header)
-                    .serve_connection(HyperIo::new(stream), svc);
-                let mut conn = std::pin::pin!(conn);
-                let result = if *drain.borrow() {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                let io = HyperIo::new(stream);
+                let result = if h2 {
+                    let conn = hyper::server::conn::http2::Builder::new(FulcrumExecutor::new())
+                        .timer(FulcrumTimer::new())
+                        .max_concurrent_streams(h2_streams)
+                        .max_header_list_size(max_header as u32)
+                        // Rapid reset (CVE-2023-44487): a client that opens
+                        // and resets streams faster than they are served
+                        // gets GOAWAY(ENHANCE_YOUR_CALM) and is disconnected.
+                        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+                        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+                        .serve_connection(io, svc);
+                    drive(
+                        std::pin::pin!(conn),
+                        |c| c.graceful_shutdown(),
+                        &mut drain,
+                        grace,
+                    )
+                    .await
                 } else {
-                    fulcrum::select! {
-                        r = conn.as_mut() => r,
-                        _ = drain.changed() => {
-                            // Responses now carry `Connection: close`; give
-                            // busy connections a moment to end on their own,
-                            // then close the idle ones.
-                            match fulcrum::time::timeout(grace, conn.as_mut()).await {
-                                Ok(r) => r,
-                                Err(_) => {
-                                    conn.as_mut().graceful_shutdown();
-                                    conn.await
-                                }
-                            }
-                        }
-                    }
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(FulcrumTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .max_buf_size(max_header)
+                        .serve_connection(io, svc);
+                    drive(
+                        std::pin::pin!(conn),
+                        |c| c.graceful_shutdown(),
+                        &mut drain,
+                        grace,
+                    )
+                    .await
                 };
                 if let Err(e) = result {
                     tracing::debug!(client = %peer, "connection: {e}");

@@ -210,8 +210,11 @@ fn refuse_head(parts: &hyper::http::request::Parts) -> Option<Response<Body>> {
     };
     refusal.map(|(status, text)| {
         let mut resp = reply(status, text);
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        // HTTP/2 has no `Connection` header: the refusal ends the stream.
+        if parts.version < hyper::Version::HTTP_2 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     })
 }
@@ -277,8 +280,9 @@ impl Gateway {
         let request_id = ensure_request_id(req.headers_mut());
         let method = req.method().clone();
         let uri = req.uri().clone();
+        let http1 = req.version() < hyper::Version::HTTP_2;
         let (mut resp, upstream) = self.forward(req, peer).await;
-        if self.draining.load(Relaxed) {
+        if self.draining.load(Relaxed) && http1 {
             // The client learns not to reuse the connection, so no request
             // races the close.
             resp.headers_mut()
