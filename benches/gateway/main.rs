@@ -17,13 +17,15 @@
 //!   no access log, one route `/` to the upstream, pooled keep-alive
 //!   (32 idle per worker), no health check.
 //! - `nginx`: `worker_processes --workers`, `keepalive 32`, HTTP/1.1
-//!   upstream, the client's `Host` and `X-Forwarded-For` appended, as the
-//!   gateway does.
+//!   upstream, the client's `Host`, `X-Forwarded-For` appended,
+//!   `X-Forwarded-Proto`, `X-Request-Id` kept or generated, as the gateway
+//!   does.
 //! - `tokio-proxy`: `--workers` tokio workers, the same header work
 //!   (this binary re-executed as `server tokio-proxy UPSTREAM WORKERS`).
 //!
 //! Before any load, each proxy must answer `/` with `ok` and forward
-//! `Host` and `X-Forwarded-For` identically (the upstream echoes them).
+//! `Host`, `X-Forwarded-For` and `X-Forwarded-Proto` identically, and a
+//! generated `X-Request-Id` (the upstream echoes them).
 //!
 //! Load, per system and round, the systems' order rotated each round:
 //! wrk's closed loop (`wrk -t<wrk-threads> -c<connections> -d<duration>s
@@ -354,7 +356,7 @@ fn run(o: &Options) -> Result<()> {
         procs.push(p);
     }
     eprintln!(
-        "upstream {} ({} worker); {} answer and forward Host and X-Forwarded-For alike ({} workers each)",
+        "upstream {} ({} worker); {} answer and forward Host, X-Forwarded-For/-Proto and X-Request-Id alike ({} workers each)",
         upstream.addr,
         o.upstream_workers,
         procs

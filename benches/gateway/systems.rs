@@ -13,13 +13,17 @@ use crate::http::Conn;
 /// The systems under test, in the order of the first round.
 pub const SYSTEMS: [&str; 3] = ["fulcrum-gateway", "nginx", "tokio-proxy"];
 
-/// Where the upstream echoes the two headers every proxy must set the
-/// same way: `Host` (the client's) and `X-Forwarded-For` (the peer).
+/// Where the upstream echoes the headers every proxy must set the same
+/// way: `Host` (the client's), `X-Forwarded-For` (the peer appended),
+/// `X-Forwarded-Proto` (`http`) and `X-Request-Id` (generated when the
+/// client sent none; its value differs by proxy).
 pub const HEADERS_PATH: &str = "/bench-headers";
 
 /// What every proxy must answer on [`HEADERS_PATH`] for a request with
-/// `Host: bench` from loopback and no `X-Forwarded-For` of its own.
-pub const HEADERS_EXPECTED: &str = "host=bench xff=127.0.0.1\n";
+/// `Host: bench` from loopback and no forwarding headers of its own,
+/// followed by a generated request id (at least 32 characters) and a
+/// newline.
+pub const HEADERS_EXPECTED: &str = "host=bench xff=127.0.0.1 xfp=http rid=";
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -100,18 +104,20 @@ pub fn upstream_conf(scratch: &Path, port: u16, workers: usize) -> String {
     format!(
         "{}    server {{\n        listen 127.0.0.1:{port} reuseport backlog=4096;\n\
          \x20       default_type text/plain;\n\
-         \x20       location = {HEADERS_PATH} {{ return 200 \"host=$http_host xff=$http_x_forwarded_for\\n\"; }}\n\
+         \x20       location = {HEADERS_PATH} {{ return 200 \"host=$http_host xff=$http_x_forwarded_for xfp=$http_x_forwarded_proto rid=$http_x_request_id\\n\"; }}\n\
          \x20       location / {{ return 200 \"ok\\n\"; }}\n    }}\n}}\n",
         nginx_common(scratch, "upstream", workers)
     )
 }
 
 /// nginx as a reverse proxy doing the gateway's header work: the client's
-/// `Host`, `X-Forwarded-For` appended, HTTP/1.1 keep-alive upstream
+/// `Host`, `X-Forwarded-For` appended, `X-Forwarded-Proto`, the client's
+/// `X-Request-Id` or a generated one, HTTP/1.1 keep-alive upstream
 /// (`keepalive 32` per worker, as the gateway's `max_idle_per_endpoint`).
 pub fn nginx_proxy_conf(scratch: &Path, port: u16, upstream: u16, workers: usize) -> String {
     format!(
-        "{}    upstream fulcrum_bench_upstream {{\n        server 127.0.0.1:{upstream};\n\
+        "{}    map $http_x_request_id $fulcrum_bench_rid {{\n        default $http_x_request_id;\n        \"\" $request_id;\n    }}\n\
+         \x20   upstream fulcrum_bench_upstream {{\n        server 127.0.0.1:{upstream};\n\
          \x20       keepalive 32;\n        keepalive_requests 10000000;\n    }}\n\
          \x20   server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        location / {{\n\
          \x20           proxy_pass http://fulcrum_bench_upstream;\n\
@@ -119,6 +125,8 @@ pub fn nginx_proxy_conf(scratch: &Path, port: u16, upstream: u16, workers: usize
          \x20           proxy_set_header Connection \"\";\n\
          \x20           proxy_set_header Host $http_host;\n\
          \x20           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+         \x20           proxy_set_header X-Forwarded-Proto $scheme;\n\
+         \x20           proxy_set_header X-Request-Id $fulcrum_bench_rid;\n\
          \x20       }}\n    }}\n}}\n",
         nginx_common(scratch, "nginx", workers)
     )
@@ -266,7 +274,10 @@ impl Proc {
             return Err(format!("{}: / answered {ok:?}", self.name).into());
         }
         let headers = ask(HEADERS_PATH)?;
-        if headers != HEADERS_EXPECTED {
+        let id = headers
+            .strip_prefix(HEADERS_EXPECTED)
+            .and_then(|rest| rest.strip_suffix('\n'));
+        if !id.is_some_and(|id| id.len() >= 32 && !id.contains(' ')) {
             return Err(format!(
                 "{} forwarded {headers:?}, the others {HEADERS_EXPECTED:?}",
                 self.name

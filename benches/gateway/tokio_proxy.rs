@@ -2,8 +2,9 @@
 //! multi-thread runtime, hyper's HTTP/1 server, and hyper-util's pooled
 //! client to one upstream, keep-alive. It does the header work the gateway
 //! does (`examples/gateway/proxy.rs`): drops hop-by-hop headers both ways,
-//! keeps the client's `Host`, appends the peer to `X-Forwarded-For`, and
-//! speaks HTTP/1.1 upstream. Bodies stream through (the gateway buffers a
+//! keeps the client's `Host`, appends the peer to `X-Forwarded-For`, sets
+//! `X-Forwarded-Proto`, keeps the client's `X-Request-Id` or sets a random
+//! UUID, and speaks HTTP/1.1 upstream. Bodies stream through (the gateway buffers a
 //! request body; the benchmark's GETs have none).
 //!
 //! Runs in its own process: the benchmark binary re-executed as
@@ -14,6 +15,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use fulcrum_test_support::fastrand;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -123,6 +125,23 @@ async fn forward(
     };
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         req.headers_mut().insert("x-forwarded-for", v);
+    }
+    req.headers_mut()
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !req.headers().contains_key("x-request-id") {
+        let (hi, lo) = (fastrand::u64(..), fastrand::u64(..));
+        let (hi, lo) = ((hi & !0xf000) | 0x4000, (lo & !(0xc << 60)) | (0x8 << 60));
+        let id = format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            hi >> 32,
+            (hi >> 16) & 0xffff,
+            hi & 0xffff,
+            lo >> 48,
+            lo & 0xffff_ffff_ffff
+        );
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            req.headers_mut().insert("x-request-id", v);
+        }
     }
     let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     *req.uri_mut() = match format!("http://{upstream}{path}").parse() {
