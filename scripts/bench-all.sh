@@ -45,7 +45,7 @@ if [ "${SKIP_GATEWAY:-0}" != 1 ]; then
     SKIP_BUILD=1 bash benches/gateway.sh 2>&1 | tee "$out/gateway.txt"
 fi
 
-stamp "simulation past this machine (examples/simulate.rs)"
+stamp "simulation past this machine (examples/simulate/)"
 cargo run -q --release --example simulate 2>&1 | tee "$out/sim.txt"
 
 cp "$out"/*.svg docs/bench/ 2>/dev/null || true
