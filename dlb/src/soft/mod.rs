@@ -571,8 +571,10 @@ impl Shared {
     /// unordered events, and one credit return per batch.
     fn dispatch_queue(&self, queue: usize) {
         let q = &self.queues[queue];
-        let mut buf = [Event::default(); DISPATCH_BATCH];
         while !q.waiting.is_empty() && self.any_eligible_or_mark(queue) {
+            // Here, not above the loop: a dispatch that finds every port
+            // full (the common case while events wait) fills no buffer.
+            let mut buf = [Event::default(); DISPATCH_BATCH];
             // Take no more than the eligible ports have room for now, so
             // that little is pushed back.
             let room = self.room(queue).clamp(1, DISPATCH_BATCH as u64) as usize;

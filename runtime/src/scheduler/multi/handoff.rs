@@ -97,6 +97,46 @@ impl Worker {
         }
     }
 
+    /// Hands all of `tasks` off unordered with one send (the arbiter
+    /// spreads a batch as it would spread its events one by one), leaving
+    /// `tasks` empty. What the send does not take (no credits left), and
+    /// everything during shutdown or while the port is in use further up
+    /// this stack, queues here.
+    fn hand_off_all(&self, tasks: &mut Vec<TaskRef>) {
+        if self.shared.shutdown.load(Relaxed) {
+            self.queue.borrow_mut().extend(tasks.drain(..));
+            return;
+        }
+        let Ok(mut port) = self.port.try_borrow_mut() else {
+            WorkerCounters::add(&self.counters().fallbacks, tasks.len() as u64);
+            self.queue.borrow_mut().extend(tasks.drain(..));
+            return;
+        };
+        let mut events = self.batch.take();
+        events.clear();
+        events.extend(tasks.drain(..).map(|t| Event::unordered(0, t.into_raw())));
+        let sent = port.send(&events).unwrap_or(0);
+        drop(port);
+        WorkerCounters::add(&self.counters().dlb_sent, sent as u64);
+        if sent < events.len() {
+            WorkerCounters::add(&self.counters().fallbacks, (events.len() - sent) as u64);
+            tracing::debug!(
+                worker = self.index,
+                kept = events.len() - sent,
+                "dlb send short"
+            );
+            let mut queue = self.queue.borrow_mut();
+            for event in &events[sent..] {
+                // SAFETY: not sent: each payload is still ours, taken back
+                // once.
+                queue.push_back(unsafe { Notified::from_raw(event.udata) });
+            }
+        }
+        tracing::debug!(worker = self.index, sent, "dlb send of spawned tasks");
+        events.clear();
+        self.batch.set(events);
+    }
+
     /// As [`hand_off_or_queue`](Self::hand_off_or_queue), without the
     /// shutdown check (an explicit route of `Handle::spawn_on_worker` or
     /// `spawn_balanced`).
@@ -194,9 +234,7 @@ impl Worker {
                 self.queue.borrow_mut().push_front(t);
             }
         } else if self.shared.sleepers.any_idle() {
-            for t in pending.drain(..) {
-                self.hand_off_or_queue(t, None);
-            }
+            self.hand_off_all(&mut pending);
         } else {
             self.queue.borrow_mut().extend(pending.drain(..));
         }

@@ -104,6 +104,9 @@ pub(super) struct Worker {
     /// Tasks spawned during the current poll, to hand off when it ends
     /// (see [`end_poll`](Self::end_poll)).
     pub(super) pending: RefCell<Vec<TaskRef>>,
+    /// The events of a batch handoff (`Worker::hand_off_all`), kept for
+    /// their allocation.
+    pub(super) batch: Cell<Vec<Event>>,
     /// Wakers of tasks that yielded (`yield_now`, or a spent cooperative
     /// budget) during a poll here: woken once this worker has run out of
     /// other work or reaches its maintenance step, as tokio defers them, so
@@ -496,6 +499,7 @@ pub(super) fn run(
         io_interval_ns: ns(shared.threads.tuning.io_poll_interval),
         slice_ns: shared.threads.tuning.poll_time_slice.map(ns),
         pending: RefCell::new(Vec::with_capacity(16)),
+        batch: Cell::new(Vec::new()),
         deferred: RefCell::new(Vec::new()),
     };
     {
