@@ -24,6 +24,16 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use crate::event::Event;
 use crate::loom::{AtomicUsize, CachePadded, UnsafeCell};
 
+/// What [`Ring::run_from`] found.
+enum Run {
+    /// This many consecutive slots are ready.
+    Slots(usize),
+    /// The first slot is not ready.
+    Empty,
+    /// The first slot was claimed by another thread: reload the position.
+    Stale,
+}
+
 struct Slot {
     /// Whose turn it is; see the module docs.
     seq: AtomicUsize,
@@ -118,6 +128,36 @@ impl Ring {
         }
     }
 
+    /// The run of consecutive slots from `pos` (at most `max`) whose `seq`
+    /// is `p + offset` for their position `p`: 0 for a producer (free
+    /// slots), 1 for a consumer (published ones). [`Run::Stale`] if the
+    /// first slot is already past that (another thread claimed `pos`).
+    fn run_from(&self, pos: usize, offset: usize, max: usize) -> Run {
+        let mut n = 0;
+        while n < max && n <= self.mask {
+            let p = pos.wrapping_add(n);
+            let diff = self
+                .slot(p)
+                .seq
+                .load(Acquire)
+                .wrapping_sub(p.wrapping_add(offset)) as isize;
+            if diff != 0 {
+                // Ahead on a later slot: a claim raced ours; the claiming
+                // CAS will fail and look again.
+                if n == 0 && diff > 0 {
+                    return Run::Stale;
+                }
+                break;
+            }
+            n += 1;
+        }
+        if n == 0 {
+            Run::Empty
+        } else {
+            Run::Slots(n)
+        }
+    }
+
     /// Appends a prefix of `events` with one claim of consecutive positions,
     /// and returns how many it appended: all of them, unless a slot of the
     /// range still holds an event of the previous lap (then the free slots
@@ -127,28 +167,16 @@ impl Ring {
         loop {
             // Free slots from `pos` on: a slot whose `seq == p` stays free
             // until the producer that claims `p` writes it, and a claim of
-            // the range below makes this thread that producer.
-            let mut n = 0;
-            let mut stale = false;
-            while n < events.len() && n <= self.mask {
-                let p = pos.wrapping_add(n);
-                let diff = self.slot(p).seq.load(Acquire).wrapping_sub(p) as isize;
-                if diff != 0 {
-                    // Ahead: another producer claimed `p` (our `pos` is
-                    // stale). Behind: the previous lap's event is still
-                    // there; stop before it.
-                    stale = diff > 0;
-                    break;
+            // the range below makes this thread that producer. A slot
+            // still holding the previous lap's event ends the run.
+            let n = match self.run_from(pos, 0, events.len()) {
+                Run::Slots(n) => n,
+                Run::Empty => return 0,
+                Run::Stale => {
+                    pos = self.tail.load(Relaxed);
+                    continue;
                 }
-                n += 1;
-            }
-            if n == 0 && !stale {
-                return 0;
-            }
-            if n == 0 {
-                pos = self.tail.load(Relaxed);
-                continue;
-            }
+            };
             match self
                 .tail
                 .compare_exchange_weak(pos, pos.wrapping_add(n), Relaxed, Relaxed)
@@ -179,29 +207,16 @@ impl Ring {
         let mut pos = self.head.load(Relaxed);
         loop {
             // Published slots from `pos` on: once `seq == p + 1`, only the
-            // consumer that claims `p` changes it again.
-            let mut n = 0;
-            let mut stale = false;
-            while n < out.len() && n <= self.mask {
-                let p = pos.wrapping_add(n);
-                let diff = self
-                    .slot(p)
-                    .seq
-                    .load(Acquire)
-                    .wrapping_sub(p.wrapping_add(1)) as isize;
-                if diff != 0 {
-                    stale = diff > 0;
-                    break;
+            // consumer that claims `p` changes it again. An unpublished
+            // slot ends the run.
+            let n = match self.run_from(pos, 1, out.len()) {
+                Run::Slots(n) => n,
+                Run::Empty => return 0,
+                Run::Stale => {
+                    pos = self.head.load(Relaxed);
+                    continue;
                 }
-                n += 1;
-            }
-            if n == 0 && !stale {
-                return 0;
-            }
-            if n == 0 {
-                pos = self.head.load(Relaxed);
-                continue;
-            }
+            };
             match self
                 .head
                 .compare_exchange_weak(pos, pos.wrapping_add(n), Relaxed, Relaxed)
