@@ -1,7 +1,6 @@
 //! Upstream clusters: endpoints, their health, and the load-balancing
 //! policies (round robin, least request, Maglev).
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -75,27 +74,11 @@ pub struct Cluster {
     maglev: Mutex<MaglevState>,
 }
 
-thread_local! {
-    static RNG: Cell<u64> = Cell::new({
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        let here = &t as *const u64 as u64;
-        (t ^ here.rotate_left(32)) | 1
-    });
-}
-
-/// A fast per-thread pseudo-random number (xorshift64; not for secrets):
-/// the power-of-two choices and request ids.
+/// A fast per-thread pseudo-random number (fastrand's thread-local
+/// generator, seeded by the OS; not for secrets): the power-of-two choices
+/// and request ids.
 pub fn random() -> u64 {
-    RNG.with(|r| {
-        let mut x = r.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        r.set(x);
-        x
-    })
+    fastrand::u64(..)
 }
 
 impl Cluster {
