@@ -7,6 +7,7 @@
 #   bash scripts/profile.sh sched:ping_pong:tokio sched:yield_many:fulcrum-stealing
 #   bash scripts/profile.sh gateway                          # the gateway under wrk
 #   bash scripts/profile.sh gateway:nginx gateway:tokio-proxy
+#   bash scripts/profile.sh queue:threads_2x2::dlb           # the DLB queue bench
 #
 # Workloads:
 #   sched:WORKLOAD[:SYSTEM]   one process of benches/sched.rs
@@ -21,6 +22,10 @@
 #                             `--systems SYSTEM --rounds 1 --warmup 2
 #                             --duration SECS` (default 10), about
 #                             2 x SECS + 5 seconds.
+#   queue:FILTER              the DLB queue's bench (`cargo bench -p
+#                             fulcrum-dlb`, dlb/benches/dlb.rs) running the
+#                             divan benchmarks FILTER names, such as
+#                             threads_2x2::dlb or one::dlb_send_recv_release.
 #
 # Output: target/profile/<name>.data (perf's record, for `perf report -i`)
 # and target/profile/<name>.txt (the report: its header, the TOP entries,
@@ -90,6 +95,16 @@ profile_sched() { # workload system
     report "$name"
 }
 
+profile_queue() { # divan filter
+    local bin name=queue-${1//::/-}
+    bin=$(cargo bench -q -p fulcrum-dlb --no-run --bench dlb --message-format=json \
+        | grep -o '"executable":"[^"]*/deps/dlb-[0-9a-f]*"' | tail -1 | cut -d'"' -f4)
+    [ -x "$bin" ] || { echo "profile.sh: no dlb bench binary" >&2; exit 1; }
+    echo "==> $name: dlb --bench $1" >&2
+    record -o "$out/$name.data" -- "$bin" --bench "$1" >/dev/null
+    report "$name"
+}
+
 profile_gateway() { # system
     local bin driver pids="" name=gateway-$1 log=$out/gateway-$1.driver.log
     command -v wrk >/dev/null 2>&1 && { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } \
@@ -129,6 +144,9 @@ for w in "$@"; do
         sched) [ -n "${a:-}" ] || { echo "profile.sh: sched:WORKLOAD[:SYSTEM]" >&2; exit 2; }
             profile_sched "$a" "${b:-fulcrum-dlb}" ;;
         gateway) profile_gateway "${a:-fulcrum-gateway}" ;;
-        *) echo "profile.sh: unknown workload $w (sched:WORKLOAD[:SYSTEM] or gateway[:SYSTEM])" >&2; exit 2 ;;
+        queue) [ -n "${a:-}" ] || { echo "profile.sh: queue:FILTER" >&2; exit 2; }
+            # `queue:threads_2x2::dlb` splits at every colon: join the rest.
+            profile_queue "${w#queue:}" ;;
+        *) echo "profile.sh: unknown workload $w (sched:WORKLOAD[:SYSTEM], gateway[:SYSTEM] or queue:FILTER)" >&2; exit 2 ;;
     esac
 done
