@@ -8,9 +8,9 @@
 //! slot: no hashing, and no reallocation once the slab has grown to the
 //! shard's peak. Never on the DLB handoff path.
 
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+use std::sync::atomic::Ordering::{Acquire, Release};
 
-use crate::loom::{lock, AtomicBool, AtomicU64, Mutex};
+use crate::loom::{lock, AtomicBool, Mutex};
 use crate::task::{Schedule, Task};
 
 const SHARDS: usize = 16;
@@ -49,6 +49,11 @@ impl<S: 'static> Slab<S> {
         self.inserted += 1;
     }
 
+    /// Tasks in this shard.
+    fn live(&self) -> u64 {
+        (self.slots.len() - self.free.len()) as u64
+    }
+
     /// Takes `task`'s entry out, if this shard holds it (a task removed
     /// twice, or never inserted, is not confused with the slot's next
     /// tenant).
@@ -81,23 +86,28 @@ impl<S: 'static> Slab<S> {
     }
 }
 
+/// A shard on cache lines of its own: workers that lock neighbouring
+/// shards (consecutive task ids) do not contend for one line.
+#[repr(align(128))]
+struct Shard<S: 'static>(Mutex<Slab<S>>);
+
 pub(crate) struct OwnedTasks<S: 'static> {
-    shards: Box<[Mutex<Slab<S>>]>,
+    shards: Box<[Shard<S>]>,
     closed: AtomicBool,
-    alive: AtomicU64,
 }
 
 impl<S: Schedule> OwnedTasks<S> {
     pub(crate) fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Slab::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Shard(Mutex::new(Slab::new())))
+                .collect(),
             closed: AtomicBool::new(false),
-            alive: AtomicU64::new(0),
         }
     }
 
     fn shard(&self, task: &Task<S>) -> &Mutex<Slab<S>> {
-        &self.shards[(task.id().as_u64() as usize) % SHARDS]
+        &self.shards[(task.id().as_u64() as usize) % SHARDS].0
     }
 
     /// Adds a new task. If the list is closed (shutdown), the task is
@@ -112,28 +122,25 @@ impl<S: Schedule> OwnedTasks<S> {
             task.shutdown();
             return false;
         }
-        self.alive.fetch_add(1, AcqRel);
         shard.insert(task);
         true
     }
 
     /// Removes a completed task; returns the list's reference.
     pub(crate) fn remove(&self, task: &Task<S>) -> Option<Task<S>> {
-        let removed = lock(self.shard(task)).remove(task);
-        if removed.is_some() {
-            self.alive.fetch_sub(1, AcqRel);
-        }
-        removed
+        lock(self.shard(task)).remove(task)
     }
 
     /// Tasks ever added (takes every shard's lock in turn: for metrics).
     pub(crate) fn spawned(&self) -> u64 {
-        self.shards.iter().map(|s| lock(s).inserted).sum()
+        self.shards.iter().map(|s| lock(&s.0).inserted).sum()
     }
 
-    /// Tasks spawned and not completed.
+    /// Tasks spawned and not completed (takes every shard's lock in turn,
+    /// so that spawns and completions update no counter shared by all
+    /// workers).
     pub(crate) fn alive(&self) -> u64 {
-        self.alive.load(Acquire)
+        self.shards.iter().map(|s| lock(&s.0).live()).sum()
     }
 
     /// Closes the list and cancels every task in it (dropping the futures of
@@ -144,11 +151,10 @@ impl<S: Schedule> OwnedTasks<S> {
             loop {
                 // Take a batch out of the lock: cancelling runs user drop
                 // code, which may spawn (and so lock a shard).
-                let batch = lock(shard).drain(SHUTDOWN_BATCH);
+                let batch = lock(&shard.0).drain(SHUTDOWN_BATCH);
                 if batch.is_empty() {
                     break;
                 }
-                self.alive.fetch_sub(batch.len() as u64, AcqRel);
                 for task in batch {
                     task.shutdown();
                 }
