@@ -3,8 +3,8 @@
 //! client to one upstream, keep-alive. It does the header work the gateway
 //! does (`examples/gateway/proxy.rs`): drops hop-by-hop headers both ways,
 //! keeps the client's `Host`, appends the peer to `X-Forwarded-For`, sets
-//! `X-Forwarded-Proto`, keeps the client's `X-Request-Id` or sets a random
-//! UUID, and speaks HTTP/1.1 upstream. Bodies stream through (the gateway buffers a
+//! `X-Forwarded-Proto`, keeps the client's `X-Request-Id` or sets 128
+//! random bits in hex, and speaks HTTP/1.1 upstream. Bodies stream through (the gateway buffers a
 //! request body; the benchmark's GETs have none).
 //!
 //! Runs in its own process: the benchmark binary re-executed as
@@ -129,16 +129,8 @@ async fn forward(
     req.headers_mut()
         .insert("x-forwarded-proto", HeaderValue::from_static("http"));
     if !req.headers().contains_key("x-request-id") {
-        let (hi, lo) = (fastrand::u64(..), fastrand::u64(..));
-        let (hi, lo) = ((hi & !0xf000) | 0x4000, (lo & !(0xc << 60)) | (0x8 << 60));
-        let id = format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            hi >> 32,
-            (hi >> 16) & 0xffff,
-            hi & 0xffff,
-            lo >> 48,
-            lo & 0xffff_ffff_ffff
-        );
+        // 128 random bits in hex, as nginx's `$request_id`.
+        let id = format!("{:032x}", fastrand::u128(..));
         if let Ok(v) = HeaderValue::from_str(&id) {
             req.headers_mut().insert("x-request-id", v);
         }
