@@ -309,7 +309,16 @@ fn shutdown_with_moves_in_flight_leaks_no_fd_and_no_task() {
     let _serial = serial();
     let before = open_fds();
     let token = Arc::new(());
-    let rt = runtime(4);
+    // A 2 ms I/O poll interval (100 µs by default) so that the echo
+    // handlers stay light under valgrind, which runs this in CI and makes
+    // every poll 20-50x longer: heavy tasks stay where they are, and only
+    // light ones move off the blocked worker.
+    let rt = Builder::new_multi_thread()
+        .worker_threads(4)
+        .dlb_backend(Backend::Software)
+        .io_poll_interval(Duration::from_millis(2))
+        .build()
+        .expect("runtime");
     let addr = {
         let token = token.clone();
         rt.block_on(async move {
@@ -328,33 +337,58 @@ fn shutdown_with_moves_in_flight_leaks_no_fd_and_no_task() {
         })
     };
     let stop_clients = Arc::new(AtomicBool::new(false));
+    let (served_by, first_answers) = std::sync::mpsc::channel();
     let clients: Vec<_> = (0..64)
         .map(|_| {
             let stop = stop_clients.clone();
+            let served_by = served_by.clone();
             std::thread::spawn(move || {
                 let mut c = client(addr);
                 c.set_read_timeout(Some(Duration::from_secs(2)))
                     .expect("timeout");
+                let mut first = true;
                 while !stop.load(SeqCst) {
                     let mut w = [0u8; 1];
                     if c.write_all(b"L").is_err() || c.read_exact(&mut w).is_err() {
                         break;
                     }
+                    if std::mem::take(&mut first) {
+                        let _ = served_by.send(usize::from(w[0]));
+                    }
                 }
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(100));
+    // Block the worker serving the most connections, so that there are
+    // connections to rescue and move wherever the arbiter placed them.
+    let mut per_worker = [0usize; 4];
+    for _ in 0..64 {
+        let w = first_answers
+            .recv_timeout(Duration::from_secs(30))
+            .expect("every client got an answer");
+        per_worker[w.min(3)] += 1;
+    }
+    let busiest = (0..4).max_by_key(|&w| per_worker[w]).unwrap_or(0);
+    println!("connections per worker {per_worker:?}; blocking worker {busiest}");
     let stop = Arc::new(AtomicBool::new(false));
-    block_worker(&rt, 0, Duration::from_millis(5), stop);
-    std::thread::sleep(Duration::from_millis(300));
-    let moved: u64 = rt
-        .handle()
-        .metrics()
-        .workers
-        .iter()
-        .map(|w| w.io_moved_in)
-        .sum();
+    block_worker(&rt, busiest, Duration::from_millis(20), stop);
+    // Until registrations are moving (about 300 ms natively; valgrind,
+    // which runs this in CI, is 20-50x slower), then a little longer so
+    // that moves are in flight when the runtime drops.
+    let moved_in = || -> u64 {
+        rt.handle()
+            .metrics()
+            .workers
+            .iter()
+            .map(|w| w.io_moved_in)
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while moved_in() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let moved = moved_in();
     drop(rt);
     assert_eq!(
         Arc::strong_count(&token),
