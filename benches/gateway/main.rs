@@ -25,15 +25,21 @@
 //!
 //! Before any load, each proxy must answer `/` with `ok` and forward
 //! `Host`, `X-Forwarded-For` and `X-Forwarded-Proto` identically, and a
-//! generated `X-Request-Id` (the upstream echoes them).
+//! generated `X-Request-Id` (the upstream echoes them); those that speak
+//! HTTP/2 must answer 20 requests of h2load with 2xx.
 //!
 //! Load, per system and round, the systems' order rotated each round:
 //! wrk's closed loop (`wrk -t<wrk-threads> -c<connections> -d<duration>s
 //! --latency`), then an open loop (`--rate` requests/s over
 //! `--open-connections` keep-alive connections for `--duration` s, latency
 //! from each request's scheduled send time: no coordinated omission;
-//! `benches/common/http.rs`). One wrk warm-up of `--warmup` s per system
-//! first. CPU is read from `/proc/<pid>/stat` of the proxy's processes
+//! `benches/common/http.rs`), then, for the systems that speak cleartext
+//! HTTP/2 with prior knowledge (the gateway on its one listener, nginx on
+//! a second `listen ... http2` server; not the tokio proxy), `h2load
+//! -t<wrk-threads> -c<h2-connections> -m<h2-streams> -D<duration>`
+//! (`h2load.rs`; p50/p99 from its per-request log). Every proxy speaks
+//! HTTP/1.1 keep-alive to the upstream. One wrk warm-up of `--warmup` s
+//! per system first. CPU is read from `/proc/<pid>/stat` of the proxy's processes
 //! (nginx: master and workers) around each load.
 //!
 //! Output: a markdown table (medians over the rounds, ratios to nginx and
@@ -43,19 +49,23 @@
 //!
 //! Options (defaults): `--workers 2 --upstream-workers 1 --rounds 3
 //! --duration 10 --warmup 3 --wrk-threads 2 --connections 64 --rate 4000
-//! --open-connections 16 --systems fulcrum-gateway,nginx,tokio-proxy
-//! --gateway-bin <target>/release/examples/gateway`. The defaults take
-//! about 3.5 minutes. On the 2-core reference machine wrk, the proxy and
+//! --open-connections 16 --h2-connections 16 --h2-streams 10 --systems
+//! fulcrum-gateway,nginx,tokio-proxy --gateway-bin
+//! <target>/release/examples/gateway`. The defaults take about 4.5
+//! minutes. On the 2-core reference machine wrk, the proxy and
 //! the upstream share the cores: compare the ratios, not the absolute
 //! figures.
 //!
-//! Goal (issue 7): gateway requests/s ≥ 1.2 × nginx, gateway p99 ≤ nginx.
+//! Goals (issues 7 and 18): gateway requests/s ≥ 1.2 × nginx, gateway p99
+//! ≤ nginx; over HTTP/2, requests/s ≥ 1.0 × nginx.
 
+mod h2load;
 #[path = "../common/http.rs"]
 mod http;
 mod systems;
 mod tokio_proxy;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -78,6 +88,8 @@ struct Options {
     connections: usize,
     rate: f64,
     open_connections: usize,
+    h2_connections: usize,
+    h2_streams: usize,
     systems: Vec<&'static str>,
     gateway_bin: PathBuf,
     out: PathBuf,
@@ -89,7 +101,7 @@ fn target_dir() -> PathBuf {
 
 impl Options {
     fn parse(args: &[String]) -> Result<Self> {
-        const KNOWN: [&str; 12] = [
+        const KNOWN: [&str; 14] = [
             "--workers",
             "--upstream-workers",
             "--rounds",
@@ -99,6 +111,8 @@ impl Options {
             "--connections",
             "--rate",
             "--open-connections",
+            "--h2-connections",
+            "--h2-streams",
             "--systems",
             "--gateway-bin",
             "--out",
@@ -155,6 +169,8 @@ impl Options {
             connections: num(opt("--connections"), "--connections", 64)?,
             rate: num(opt("--rate"), "--rate", 4000.0)?,
             open_connections: num(opt("--open-connections"), "--open-connections", 16)?,
+            h2_connections: num(opt("--h2-connections"), "--h2-connections", 16usize)?.max(1),
+            h2_streams: num(opt("--h2-streams"), "--h2-streams", 10usize)?.max(1),
             systems,
             gateway_bin: opt("--gateway-bin").map_or(default_bin, PathBuf::from),
             out: opt("--out")
@@ -181,9 +197,27 @@ struct Figures {
     open_p999_us: f64,
     open_errors: u64,
     open_cpu_us_per_req: f64,
+    /// h2load's HTTP/2 load (all zero for a system that does not speak
+    /// HTTP/2 with prior knowledge).
+    h2_rps: f64,
+    h2_p50_us: f64,
+    h2_p99_us: f64,
+    h2_errors: u64,
+    h2_cpu_us_per_req: f64,
 }
 
 impl Figures {
+    /// The HTTP/2 table's cells from requests/s on.
+    fn h2_cells(&self) -> String {
+        if self.h2_rps == 0.0 {
+            return "— | — | — | — | —".into();
+        }
+        format!(
+            "{:.0} | {:.0} | {:.0} | {} | {:.1}",
+            self.h2_rps, self.h2_p50_us, self.h2_p99_us, self.h2_errors, self.h2_cpu_us_per_req
+        )
+    }
+
     /// The table's cells from requests/s on.
     fn cells(&self) -> String {
         format!(
@@ -236,6 +270,11 @@ impl Summary {
             open_p999_us: m(|f| f.open_p999_us),
             open_errors: sum(|f| f.open_errors),
             open_cpu_us_per_req: m(|f| f.open_cpu_us_per_req),
+            h2_rps: m(|f| f.h2_rps),
+            h2_p50_us: m(|f| f.h2_p50_us),
+            h2_p99_us: m(|f| f.h2_p99_us),
+            h2_errors: sum(|f| f.h2_errors),
+            h2_cpu_us_per_req: m(|f| f.h2_cpu_us_per_req),
         };
         Self {
             system,
@@ -259,6 +298,8 @@ struct Report {
     wrk_connections: usize,
     open_rate: f64,
     open_connections: usize,
+    h2_connections: usize,
+    h2_streams: usize,
     systems: Vec<Summary>,
 }
 
@@ -283,7 +324,9 @@ fn run(o: &Options) -> Result<()> {
     let raw_dir = o.out.with_extension("");
     std::fs::create_dir_all(&raw_dir)?;
     for old in std::fs::read_dir(&raw_dir)?.flatten() {
-        if old.file_name().to_string_lossy().starts_with("wrk-") {
+        let name = old.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("wrk-") || name.starts_with("h2load-") {
             std::fs::remove_file(old.path())?;
         }
     }
@@ -320,6 +363,18 @@ fn run(o: &Options) -> Result<()> {
     )?;
     let mut procs: Vec<Proc> = Vec::new();
     let mut admin_port = None;
+    let h2_check = h2load::H2Load {
+        threads: 1,
+        connections: 1,
+        streams: 4,
+        secs: 0,
+    };
+    let h2 = h2load::H2Load {
+        threads: o.wrk_threads,
+        connections: o.h2_connections,
+        streams: o.h2_streams,
+        secs: o.duration,
+    };
     for &s in &o.systems {
         let p = match s {
             "fulcrum-gateway" => {
@@ -335,12 +390,18 @@ fn run(o: &Options) -> Result<()> {
                 if std::env::var_os("RUST_LOG").is_none() {
                     cmd.env("RUST_LOG", "warn");
                 }
-                Proc::spawn(s, cmd, &dir, port, false)?
+                let mut p = Proc::spawn(s, cmd, &dir, port, false)?;
+                // HTTP/2 with prior knowledge on the same listener.
+                p.h2_addr = Some(p.addr);
+                p
             }
             "nginx" => {
-                let port = systems::free_port()?;
-                let conf = systems::nginx_proxy_conf(&dir, port, up_port, o.workers);
-                Proc::spawn(s, nginx_cmd("nginx", conf)?, &dir, port, true)?
+                let (port, h2_port) = (systems::free_port()?, systems::free_port()?);
+                let conf = systems::nginx_proxy_conf(&dir, port, h2_port, up_port, o.workers);
+                let mut p = Proc::spawn(s, nginx_cmd("nginx", conf)?, &dir, port, true)?;
+                // nginx speaks cleartext HTTP/2 only on a listener of its own.
+                p.h2_addr = Some(SocketAddr::from(([127, 0, 0, 1], h2_port)));
+                p
             }
             _ => Proc::spawn_self(
                 s,
@@ -353,6 +414,13 @@ fn run(o: &Options) -> Result<()> {
             )?,
         };
         p.check()?;
+        if let Some(h2) = p.h2_addr {
+            let log = dir.join(format!("h2load-check-{s}.log"));
+            let (r, text) = h2_check.count(20, &format!("http://{h2}/"), &log)?;
+            if (r.ok, r.errors) != (20, 0) {
+                return Err(format!("{s}: 20 HTTP/2 requests gave {r:?}: {text}").into());
+            }
+        }
         procs.push(p);
     }
     eprintln!(
@@ -393,6 +461,15 @@ fn run(o: &Options) -> Result<()> {
             let ol = open.run(p.addr);
             let cpu2 = p.cpu();
             let per_req = |cpu: Duration, n: u64| cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
+            let mut h2r = h2load::H2Result::default();
+            let mut h2_cpu = 0.0;
+            if let Some(addr) = p.h2_addr {
+                let log = dir.join(format!("h2load-{}.log", p.name));
+                let (r, text) = h2.run(&format!("http://{addr}/"), &log)?;
+                std::fs::write(raw_dir.join(format!("h2load-{}-{round}.txt", p.name)), text)?;
+                h2_cpu = per_req(p.cpu().saturating_sub(cpu2), r.ok);
+                h2r = r;
+            }
             let r = Figures {
                 rps: w.rps,
                 p50_us: w.p50_ms * 1e3,
@@ -406,13 +483,19 @@ fn run(o: &Options) -> Result<()> {
                 open_p999_us: ol.percentile_ms(0.999) * 1e3,
                 open_errors: ol.errors,
                 open_cpu_us_per_req: per_req(cpu2.saturating_sub(cpu1), ol.ok),
+                h2_rps: h2r.rps,
+                h2_p50_us: h2r.p50_ms * 1e3,
+                h2_p99_us: h2r.p99_ms * 1e3,
+                h2_errors: h2r.errors,
+                h2_cpu_us_per_req: h2_cpu,
             };
             eprintln!(
-                "round {}/{} | {} | {} |",
+                "round {}/{} | {} | {} | h2: {} |",
                 round + 1,
                 o.rounds,
                 p.name,
-                r.cells()
+                r.cells(),
+                r.h2_cells()
             );
             runs[i].push(Run { round, figures: r });
         }
@@ -440,6 +523,8 @@ fn run(o: &Options) -> Result<()> {
         wrk_connections: o.connections,
         open_rate: o.rate,
         open_connections: o.open_connections,
+        h2_connections: o.h2_connections,
+        h2_streams: o.h2_streams,
         systems: summaries,
     };
     if let Some(parent) = o.out.parent() {
@@ -516,14 +601,41 @@ fn print_table(o: &Options, s: &[Summary]) {
             g.open_cpu_us_per_req / b.open_cpu_us_per_req
         );
     }
+    let verdict = |ok: bool| if ok { "met" } else { "missed" };
     if let Some(n) = find("nginx") {
         let (rps, p99) = (g.rps / n.rps, g.p99_us / n.p99_us);
-        let verdict = |ok: bool| if ok { "met" } else { "missed" };
         println!();
         println!(
             "Goal (issue 7): requests/s ≥ 1.20 × nginx: {rps:.2}× ({}); p99 ≤ nginx: {p99:.2}× ({}).",
             verdict(rps >= 1.2),
             verdict(p99 <= 1.0)
+        );
+    }
+
+    println!();
+    println!(
+        "HTTP/2 with prior knowledge (h2c): h2load -t{} -c{} -m{} -D{}, same rounds and order; \
+         each proxy speaks HTTP/1.1 to the upstream; medians (the tokio proxy serves HTTP/1 only)",
+        o.wrk_threads, o.h2_connections, o.h2_streams, o.duration
+    );
+    println!();
+    println!("| system | req/s | p50 µs | p99 µs | errors | CPU µs/req |");
+    println!("|---|---|---|---|---|---|");
+    for x in s {
+        println!("| {} | {} |", x.system, x.median.h2_cells());
+    }
+    if let Some(n) = find("nginx").filter(|n| n.h2_rps > 0.0 && g.h2_rps > 0.0) {
+        let rps = g.h2_rps / n.h2_rps;
+        println!(
+            "| **gateway ÷ nginx** | **{rps:.2}×** | {:.2}× | **{:.2}×** | | {:.2}× |",
+            g.h2_p50_us / n.h2_p50_us,
+            g.h2_p99_us / n.h2_p99_us,
+            g.h2_cpu_us_per_req / n.h2_cpu_us_per_req
+        );
+        println!();
+        println!(
+            "Goal (issue 18): HTTP/2 requests/s ≥ 1.0 × nginx: {rps:.2}× ({}).",
+            verdict(rps >= 1.0)
         );
     }
 }

@@ -114,12 +114,16 @@ pub fn upstream_conf(scratch: &Path, port: u16, workers: usize) -> String {
 /// `Host`, `X-Forwarded-For` appended, `X-Forwarded-Proto`, the client's
 /// `X-Request-Id` or a generated one, HTTP/1.1 keep-alive upstream
 /// (`keepalive 32` per worker, as the gateway's `max_idle_per_endpoint`).
-pub fn nginx_proxy_conf(scratch: &Path, port: u16, upstream: u16, workers: usize) -> String {
-    format!(
-        "{}    map $http_x_request_id $fulcrum_bench_rid {{\n        default $http_x_request_id;\n        \"\" $request_id;\n    }}\n\
-         \x20   upstream fulcrum_bench_upstream {{\n        server 127.0.0.1:{upstream};\n\
-         \x20       keepalive 32;\n        keepalive_requests 10000000;\n    }}\n\
-         \x20   server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        location / {{\n\
+/// HTTP/1.1 on `port`, and the same proxying over cleartext HTTP/2 with
+/// prior knowledge on `h2_port` (nginx cannot serve both on one listener).
+pub fn nginx_proxy_conf(
+    scratch: &Path,
+    port: u16,
+    h2_port: u16,
+    upstream: u16,
+    workers: usize,
+) -> String {
+    let location = "        location / {\n\
          \x20           proxy_pass http://fulcrum_bench_upstream;\n\
          \x20           proxy_http_version 1.1;\n\
          \x20           proxy_set_header Connection \"\";\n\
@@ -127,7 +131,14 @@ pub fn nginx_proxy_conf(scratch: &Path, port: u16, upstream: u16, workers: usize
          \x20           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
          \x20           proxy_set_header X-Forwarded-Proto $scheme;\n\
          \x20           proxy_set_header X-Request-Id $fulcrum_bench_rid;\n\
-         \x20       }}\n    }}\n}}\n",
+         \x20       }\n";
+    format!(
+        "{}    map $http_x_request_id $fulcrum_bench_rid {{\n        default $http_x_request_id;\n        \"\" $request_id;\n    }}\n\
+         \x20   upstream fulcrum_bench_upstream {{\n        server 127.0.0.1:{upstream};\n\
+         \x20       keepalive 32;\n        keepalive_requests 10000000;\n    }}\n\
+         \x20   server {{\n        listen 127.0.0.1:{port} backlog=4096;\n{location}    }}\n\
+         \x20   server {{\n        listen 127.0.0.1:{h2_port} http2 backlog=4096;\n\
+         \x20       http2_max_concurrent_streams 100;\n{location}    }}\n}}\n",
         nginx_common(scratch, "nginx", workers)
     )
 }
@@ -151,6 +162,8 @@ pub struct Proc {
     pub addr: SocketAddr,
     /// nginx: the master's workers are its children; their CPU counts.
     pub with_children: bool,
+    /// Where it serves cleartext HTTP/2 with prior knowledge, if it does.
+    pub h2_addr: Option<SocketAddr>,
     log: PathBuf,
 }
 
@@ -177,6 +190,7 @@ impl Proc {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             with_children,
+            h2_addr: None,
             log,
         };
         p.wait_listening()?;
@@ -206,6 +220,7 @@ impl Proc {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             with_children: false,
+            h2_addr: None,
             log,
         };
         p.addr = parsed.ok_or_else(|| format!("{name} said {line:?}: {}", p.log_tail()))?;
