@@ -18,7 +18,9 @@
 //! Arguments filter: a system name (`fulcrum-dlb`, `fulcrum-stealing`,
 //! `tokio`) selects systems; any other word selects the workloads whose
 //! name contains it. `sched --run SYSTEM WORKLOAD` alone runs one
-//! process's share (what `scripts/profile.sh` records).
+//! process's share (what `scripts/profile.sh` records); with
+//! `FULCRUM_BENCH_METRICS=1` it also prints, for each run on Fulcrum, the
+//! time and each worker's parks, polls, DLB events and steals during it.
 //!
 //! Prints a markdown table of medians and ratios, and writes
 //! `target/bench/sched.json` (under `$CARGO_TARGET_DIR` if set): one object
@@ -433,11 +435,11 @@ fn run_one(system: &str, workload: &str) -> std::io::Result<()> {
     let mut timed: Box<dyn FnMut() -> Duration> = match system {
         "fulcrum-dlb" => {
             let rt = fulcrum(fulcrum::runtime::Scheduler::Dlb)?;
-            Box::new(move || on_fulcrum(&rt))
+            Box::new(move || with_metrics(&rt, on_fulcrum))
         }
         "fulcrum-stealing" => {
             let rt = fulcrum(fulcrum::runtime::Scheduler::WorkStealing)?;
-            Box::new(move || on_fulcrum(&rt))
+            Box::new(move || with_metrics(&rt, on_fulcrum))
         }
         "tokio" => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -457,6 +459,38 @@ fn run_one(system: &str, workload: &str) -> std::io::Result<()> {
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
+}
+
+/// Runs `workload` once; with `FULCRUM_BENCH_METRICS` set, prints to
+/// stderr what each worker did during the run (parks, polls, DLB events,
+/// steals), next to the time, to tell the modes of a workload apart.
+fn with_metrics(rt: &Fulcrum, workload: fn(&Fulcrum) -> Duration) -> Duration {
+    if std::env::var_os("FULCRUM_BENCH_METRICS").is_none() {
+        return workload(rt);
+    }
+    let before = rt.0.handle().metrics();
+    let took = workload(rt);
+    let after = rt.0.handle().metrics();
+    let per_worker = |field: fn(&fulcrum::runtime::WorkerMetrics) -> u64| -> Vec<u64> {
+        after
+            .workers
+            .iter()
+            .zip(&before.workers)
+            .map(|(a, b)| field(a).saturating_sub(field(b)))
+            .collect()
+    };
+    eprintln!(
+        "metrics: {} µs; per worker: parks {:?} polled {:?} dlb_received {:?} dlb_sent {:?} \
+         fallbacks {:?} steals {:?}",
+        took.as_micros(),
+        per_worker(|w| w.parks),
+        per_worker(|w| w.tasks_polled),
+        per_worker(|w| w.dlb_received),
+        per_worker(|w| w.dlb_sent),
+        per_worker(|w| w.fallbacks),
+        per_worker(|w| w.steals),
+    );
+    took
 }
 
 /// One process's share, run by the parent.
