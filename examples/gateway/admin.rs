@@ -73,7 +73,7 @@ impl State {
                     .collect();
                 json!({
                     "name": c.spec.name,
-                    "active": c.active.load(Relaxed),
+                    "active": c.active(),
                     "retries": c.retries.load(Relaxed),
                     "retries_active": c.retries_active.load(Relaxed),
                     "retries_over_budget": c.retries_over_budget.load(Relaxed),
@@ -161,7 +161,7 @@ impl State {
             (
                 "active",
                 "gauge",
-                "Client requests in flight to the cluster (the retry budget's base).",
+                "Upstream requests in flight to the cluster (the retry budget's base).",
             ),
             (
                 "retries",

@@ -57,16 +57,6 @@ impl Drop for InFlight {
     }
 }
 
-/// A client request in flight to a cluster (see [`Cluster::active`]);
-/// uncounted when dropped.
-pub struct ActiveRequest<'a>(&'a Cluster);
-
-impl Drop for ActiveRequest<'_> {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
-    }
-}
-
 /// A retry in flight within a cluster's budget; gives its place back when
 /// dropped.
 pub struct RetryInFlight<'a>(&'a Cluster);
@@ -89,10 +79,6 @@ pub struct Cluster {
     pub spec: ClusterSpec,
     pub endpoints: Vec<Arc<Endpoint>>,
     rr: AtomicUsize,
-    /// Client requests in flight to the cluster, each counted once over
-    /// all its attempts, until its response head or its last failure: the
-    /// base of the retry budget.
-    pub active: AtomicUsize,
     /// Retries in flight (an attempt after the first, until it ends).
     pub retries_active: AtomicUsize,
     /// Retries made.
@@ -120,7 +106,6 @@ impl Cluster {
                 .map(|a| Arc::new(Endpoint::new(a)))
                 .collect(),
             rr: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
             retries_active: AtomicUsize::new(0),
             retries: AtomicU64::new(0),
             retries_over_budget: AtomicU64::new(0),
@@ -255,17 +240,19 @@ impl Cluster {
         }
     }
 
-    /// Counts a client request in flight to the cluster until dropped.
-    pub fn start_request(&self) -> ActiveRequest<'_> {
-        self.active.fetch_add(1, Relaxed);
-        ActiveRequest(self)
+    /// Upstream requests in flight to the cluster: the sum of its
+    /// endpoints' `active` counts (Envoy's `upstream_rq_active`, the base of
+    /// its retry budget). Read only when a retry is considered, so the
+    /// request path keeps no cluster-wide counter that every worker writes.
+    pub fn active(&self) -> usize {
+        self.endpoints.iter().map(|e| e.active.load(Relaxed)).sum()
     }
 
     /// The concurrent retries the budget allows now: the configured
-    /// percentage of the requests in flight, rounded down, but at least
-    /// `retry_min_concurrency` (Envoy's `retry_budget`).
+    /// percentage of the upstream requests in flight, rounded down, but at
+    /// least `retry_min_concurrency` (Envoy's `retry_budget`).
     pub fn retry_budget(&self) -> usize {
-        let active = self.active.load(Relaxed) as f64;
+        let active = self.active() as f64;
         let share = (active * self.spec.retry_budget_percent / 100.0) as usize;
         share.max(self.spec.retry_min_concurrency as usize)
     }
@@ -378,7 +365,9 @@ mod tests {
         let mut c = cluster(Policy::RoundRobin, 2);
         c.spec.retry_min_concurrency = 1;
         c.spec.retry_budget_percent = 50.0;
-        let reqs: Vec<ActiveRequest> = (0..4).map(|_| c.start_request()).collect();
+        let reqs: Vec<InFlight> = (0..4)
+            .map(|i| InFlight::new(c.endpoints[i % 2].clone()))
+            .collect();
         assert_eq!(c.retry_budget(), 2, "50% of 4");
         let a = c.start_retry().expect("first retry");
         let b = c.start_retry().expect("second retry");

@@ -529,7 +529,6 @@ impl Gateway {
         let idempotent = is_idempotent(&parts.method);
         let max_retries = cluster.spec.max_retries;
         let deadline = deadline_after(route.timeout.unwrap_or(cluster.spec.request_timeout));
-        let _active = cluster.start_request();
         let mut parts = Some(parts);
         let mut endpoint = endpoint;
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
