@@ -71,7 +71,14 @@ impl State {
                         })
                     })
                     .collect();
-                json!({"name": c.spec.name, "endpoints": endpoints})
+                json!({
+                    "name": c.spec.name,
+                    "active": c.active(),
+                    "retries": c.retries.load(Relaxed),
+                    "retries_active": c.retries_active.load(Relaxed),
+                    "retries_over_budget": c.retries_over_budget.load(Relaxed),
+                    "endpoints": endpoints,
+                })
             })
             .collect();
         json!({
@@ -150,6 +157,35 @@ impl State {
             ),
         ];
         let clusters = v["clusters"].as_array().unwrap_or(&empty);
+        let cluster_metrics = [
+            (
+                "active",
+                "gauge",
+                "Upstream requests in flight to the cluster (the retry budget's base).",
+            ),
+            (
+                "retries",
+                "counter",
+                "Failed attempts retried on another endpoint.",
+            ),
+            ("retries_active", "gauge", "Retries in flight."),
+            (
+                "retries_over_budget",
+                "counter",
+                "Retries not made because the retry budget was spent.",
+            ),
+        ];
+        for (name, kind, help) in cluster_metrics {
+            let _ = writeln!(out, "# HELP fulcrum_gateway_cluster_{name} {help}");
+            let _ = writeln!(out, "# TYPE fulcrum_gateway_cluster_{name} {kind}");
+            for c in clusters {
+                let _ = writeln!(
+                    out,
+                    "fulcrum_gateway_cluster_{name}{{cluster={}}} {}",
+                    c["name"], c[name]
+                );
+            }
+        }
         for (name, kind, help) in endpoint_metrics {
             let _ = writeln!(out, "# HELP fulcrum_gateway_endpoint_{name} {help}");
             let _ = writeln!(out, "# TYPE fulcrum_gateway_endpoint_{name} {kind}");

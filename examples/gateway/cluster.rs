@@ -57,6 +57,16 @@ impl Drop for InFlight {
     }
 }
 
+/// A retry in flight within a cluster's budget; gives its place back when
+/// dropped.
+pub struct RetryInFlight<'a>(&'a Cluster);
+
+impl Drop for RetryInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.retries_active.fetch_sub(1, Relaxed);
+    }
+}
+
 /// The Maglev table of the current healthy set.
 struct MaglevState {
     generation: u64,
@@ -69,6 +79,12 @@ pub struct Cluster {
     pub spec: ClusterSpec,
     pub endpoints: Vec<Arc<Endpoint>>,
     rr: AtomicUsize,
+    /// Retries in flight (an attempt after the first, until it ends).
+    pub retries_active: AtomicUsize,
+    /// Retries made.
+    pub retries: AtomicU64,
+    /// Retries not made because the retry budget was spent.
+    pub retries_over_budget: AtomicU64,
     /// Bumped whenever an endpoint's health flips.
     generation: AtomicU64,
     maglev: Mutex<MaglevState>,
@@ -90,6 +106,9 @@ impl Cluster {
                 .map(|a| Arc::new(Endpoint::new(a)))
                 .collect(),
             rr: AtomicUsize::new(0),
+            retries_active: AtomicUsize::new(0),
+            retries: AtomicU64::new(0),
+            retries_over_budget: AtomicU64::new(0),
             generation: AtomicU64::new(1),
             maglev: Mutex::new(MaglevState {
                 generation: 0,
@@ -190,6 +209,77 @@ impl Cluster {
         Some(self.endpoints[healthy[table.pick(key)]].clone())
     }
 
+    /// Picks an endpoint for a retry: a healthy one not in `tried`, or
+    /// `None` if none is left. Least request compares two random ones of
+    /// those left; the other policies take one at random (a retry has no
+    /// place in the round-robin order, and the hashed endpoint failed).
+    pub fn pick_retry(&self, tried: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
+        let left: Vec<&Arc<Endpoint>> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.healthy.load(Relaxed) && !tried.iter().any(|t| Arc::ptr_eq(t, e)))
+            .collect();
+        let n = left.len() as u64;
+        match n {
+            0 => None,
+            1 => Some(left[0].clone()),
+            _ => {
+                let r = random();
+                let a = (r % n) as usize;
+                if self.spec.policy != Policy::LeastRequest {
+                    return Some(left[a].clone());
+                }
+                let b = (a + 1 + ((r >> 32) % (n - 1)) as usize) % n as usize;
+                let pick = if left[b].active.load(Relaxed) < left[a].active.load(Relaxed) {
+                    left[b]
+                } else {
+                    left[a]
+                };
+                Some(pick.clone())
+            }
+        }
+    }
+
+    /// Upstream requests in flight to the cluster: the sum of its
+    /// endpoints' `active` counts (Envoy's `upstream_rq_active`, the base of
+    /// its retry budget). Read only when a retry is considered, so the
+    /// request path keeps no cluster-wide counter that every worker writes.
+    pub fn active(&self) -> usize {
+        self.endpoints.iter().map(|e| e.active.load(Relaxed)).sum()
+    }
+
+    /// The concurrent retries the budget allows now: the configured
+    /// percentage of the upstream requests in flight, rounded down, but at
+    /// least `retry_min_concurrency` (Envoy's `retry_budget`).
+    pub fn retry_budget(&self) -> usize {
+        let active = self.active() as f64;
+        let share = (active * self.spec.retry_budget_percent / 100.0) as usize;
+        share.max(self.spec.retry_min_concurrency as usize)
+    }
+
+    /// Takes a place for a retry within the budget, counting it in
+    /// `retries`; `None` (counted in `retries_over_budget`) if the retries
+    /// in flight already fill the budget.
+    pub fn start_retry(&self) -> Option<RetryInFlight<'_>> {
+        let budget = self.retry_budget();
+        let mut now = self.retries_active.load(Relaxed);
+        loop {
+            if now >= budget {
+                self.retries_over_budget.fetch_add(1, Relaxed);
+                return None;
+            }
+            match self
+                .retries_active
+                .compare_exchange_weak(now, now + 1, Relaxed, Relaxed)
+            {
+                Ok(_) => break,
+                Err(v) => now = v,
+            }
+        }
+        self.retries.fetch_add(1, Relaxed);
+        Some(RetryInFlight(self))
+    }
+
     /// The hash key of a request for this cluster's policy.
     pub fn key<'a>(&self, headers: &'a hyper::HeaderMap, client: &'a [u8]) -> Option<&'a [u8]> {
         if self.spec.policy != Policy::Maglev {
@@ -220,6 +310,9 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             max_idle: 4,
             max_response_head: 60 * 1024,
+            max_retries: 1,
+            retry_budget_percent: 20.0,
+            retry_min_concurrency: 3,
             health: Some(HealthSpec {
                 path: "/".into(),
                 interval: Duration::from_secs(1),
@@ -246,6 +339,48 @@ mod tests {
         for _ in 0..10 {
             assert_ne!(c.pick(None).unwrap().addr.port(), 1001);
         }
+    }
+
+    #[test]
+    fn retries_pick_untried_healthy_endpoints() {
+        let c = cluster(Policy::RoundRobin, 3);
+        let first = c.endpoints[0].clone();
+        for _ in 0..20 {
+            let e = c.pick_retry(std::slice::from_ref(&first)).unwrap();
+            assert!(!Arc::ptr_eq(&e, &first));
+        }
+        for _ in 0..3 {
+            c.record_check(&c.endpoints[1], false);
+        }
+        let tried = [first.clone()];
+        for _ in 0..20 {
+            assert_eq!(c.pick_retry(&tried).unwrap().addr.port(), 1002);
+        }
+        let tried = [first, c.endpoints[2].clone()];
+        assert!(c.pick_retry(&tried).is_none(), "nothing left to try");
+    }
+
+    #[test]
+    fn the_retry_budget_is_a_share_of_active_requests_with_a_floor() {
+        let mut c = cluster(Policy::RoundRobin, 2);
+        c.spec.retry_min_concurrency = 1;
+        c.spec.retry_budget_percent = 50.0;
+        let reqs: Vec<InFlight> = (0..4)
+            .map(|i| InFlight::new(c.endpoints[i % 2].clone()))
+            .collect();
+        assert_eq!(c.retry_budget(), 2, "50% of 4");
+        let a = c.start_retry().expect("first retry");
+        let b = c.start_retry().expect("second retry");
+        assert!(c.start_retry().is_none(), "third is over budget");
+        assert_eq!(c.retries_over_budget.load(Relaxed), 1);
+        drop(a);
+        assert!(c.start_retry().is_some(), "a place came back");
+        drop(b);
+        assert_eq!(c.retries.load(Relaxed), 3);
+        drop(reqs);
+        assert_eq!(c.retry_budget(), 1, "the floor with nothing in flight");
+        c.spec.retry_min_concurrency = 0;
+        assert!(c.start_retry().is_none(), "0% and no floor: no retry");
     }
 
     #[test]

@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 /// header-size limit).
 const MIN_HEADER_BYTES: usize = 8192;
 
+/// The most retries a cluster may configure (more only multiplies the load
+/// on a failing cluster).
+const MAX_RETRIES: u32 = 10;
+
 /// A configuration error: which file, which field, and why.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -123,6 +127,10 @@ pub struct Route {
     pub rewrite: Option<String>,
     /// The cluster to send to.
     pub cluster: String,
+    /// Overrides the cluster's `request_timeout_ms` for this route: the
+    /// upper bound on waiting for the upstream's response head, over all
+    /// attempts (retries included).
+    pub timeout_ms: Option<u64>,
 }
 
 /// `[[clusters]]`.
@@ -159,6 +167,17 @@ pub struct Cluster {
     /// 60 KiB); a larger one is a 502 and its connection is closed.
     #[serde(default = "default_response_head")]
     pub max_response_head_bytes: usize,
+    /// Retries of a failed attempt on another endpoint (0: none; at most
+    /// 10).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Envoy's retry budget: retries in flight may be at most this percent
+    /// of the cluster's requests in flight (0–100)...
+    #[serde(default = "default_retry_budget_percent")]
+    pub retry_budget_percent: f64,
+    /// ...but this many concurrent retries are always allowed.
+    #[serde(default = "default_retry_min_concurrency")]
+    pub retry_min_concurrency: u32,
     /// The active health check (none: every endpoint is always healthy).
     pub health_check: Option<HealthCheck>,
 }
@@ -238,6 +257,15 @@ fn default_request_timeout() -> u64 {
 fn default_idle() -> usize {
     32
 }
+fn default_max_retries() -> u32 {
+    1
+}
+fn default_retry_budget_percent() -> f64 {
+    20.0
+}
+fn default_retry_min_concurrency() -> u32 {
+    3
+}
 fn default_hc_interval() -> u64 {
     1_000
 }
@@ -282,6 +310,12 @@ pub struct ClusterSpec {
     pub request_timeout: Duration,
     pub max_idle: usize,
     pub max_response_head: usize,
+    /// Retries on another endpoint after a failed attempt.
+    pub max_retries: u32,
+    /// The retry budget: percent of the cluster's requests in flight...
+    pub retry_budget_percent: f64,
+    /// ...with this many concurrent retries always allowed.
+    pub retry_min_concurrency: u32,
     pub health: Option<HealthSpec>,
 }
 
@@ -302,6 +336,9 @@ pub struct RouteSpec {
     pub prefix: String,
     pub rewrite: Option<String>,
     pub cluster: usize,
+    /// The route's bound on the upstream response head (none: the
+    /// cluster's `request_timeout`).
+    pub timeout: Option<Duration>,
 }
 
 /// The configuration, checked and in the types the gateway uses.
@@ -527,6 +564,21 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
                 ),
             ));
         }
+        if c.max_retries > MAX_RETRIES {
+            return Err(err(
+                at("max_retries"),
+                format!("{} is more than {MAX_RETRIES}", c.max_retries),
+            ));
+        }
+        if !(0.0..=100.0).contains(&c.retry_budget_percent) {
+            return Err(err(
+                at("retry_budget_percent"),
+                format!(
+                    "{} is not a percentage from 0 to 100",
+                    c.retry_budget_percent
+                ),
+            ));
+        }
         let health = match &c.health_check {
             None => None,
             Some(h) => {
@@ -565,6 +617,9 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
             request_timeout: Duration::from_millis(c.request_timeout_ms),
             max_idle: c.max_idle_per_endpoint,
             max_response_head: c.max_response_head_bytes,
+            max_retries: c.max_retries,
+            retry_budget_percent: c.retry_budget_percent,
+            retry_min_concurrency: c.retry_min_concurrency,
             health,
         });
     }
@@ -590,6 +645,9 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
                 format!("{:?}: expected a host name, *.suffix or *", r.host),
             ));
         }
+        if r.timeout_ms == Some(0) {
+            return Err(err(at("timeout_ms"), "must be above 0".into()));
+        }
         let cluster = raw
             .clusters
             .iter()
@@ -600,6 +658,7 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
             prefix: r.prefix.clone(),
             rewrite: r.rewrite.clone(),
             cluster,
+            timeout: r.timeout_ms.map(Duration::from_millis),
         });
     }
 
@@ -704,6 +763,46 @@ mod tests {
         assert!(e.starts_with("bad.toml: "), "{e}");
         let e = error_of("[listener\n");
         assert!(e.starts_with("bad.toml: line 1"), "{e}");
+    }
+
+    #[test]
+    fn retry_settings_default_and_bounds() {
+        let base = "[listener]\naddress = \"127.0.0.1:0\"\n[[routes]]\ncluster = \"a\"\ntimeout_ms = 250\n[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n";
+        let v = parse("ok.toml", base).unwrap();
+        let c = &v.clusters[0];
+        assert_eq!(
+            (
+                c.max_retries,
+                c.retry_budget_percent,
+                c.retry_min_concurrency
+            ),
+            (1, 20.0, 3)
+        );
+        assert_eq!(v.routes[0].timeout, Some(Duration::from_millis(250)));
+        let v = parse("ok.toml", &format!("{base}retry_budget_percent = 100\n")).unwrap();
+        assert_eq!(
+            v.clusters[0].retry_budget_percent, 100.0,
+            "an integer is a float"
+        );
+        for (extra, want) in [
+            (
+                "max_retries = 11",
+                "clusters[0] (a).max_retries: 11 is more than 10",
+            ),
+            (
+                "retry_budget_percent = -0.5",
+                "retry_budget_percent: -0.5 is not a percentage",
+            ),
+            (
+                "retry_budget_percent = inf",
+                "retry_budget_percent: inf is not a percentage",
+            ),
+        ] {
+            let e = error_of(&format!("{base}{extra}\n"));
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        let e = error_of(&base.replace("timeout_ms = 250", "timeout_ms = 0"));
+        assert!(e.contains("routes[0].timeout_ms: must be above 0"), "{e}");
     }
 
     #[test]

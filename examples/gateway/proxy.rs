@@ -228,6 +228,75 @@ enum Failure {
     Refused(io::Error),
     Timeout(&'static str),
     Upstream(hyper::Error),
+    /// The connection failed before it took the request (the request
+    /// never left the gateway).
+    Unsent(hyper::Error),
+    /// The response head came, but its body failed at once (see
+    /// `Gateway::send`).
+    BodyStart(hyper::Error),
+}
+
+/// Whether a failed attempt may be retried on another endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RetryOn {
+    /// The request never reached the upstream (Envoy's `connect-failure`
+    /// and `reset-before-request`): any method.
+    Always,
+    /// The upstream may have received the request, but failed before any
+    /// byte of a response (Envoy's `reset`): idempotent methods only.
+    Idempotent,
+    /// Never: the response-head timeout (the upstream may still be
+    /// processing the request), or the upstream answered something.
+    Never,
+}
+
+impl Failure {
+    fn retry_on(&self) -> RetryOn {
+        match self {
+            Failure::Refused(_) | Failure::Unsent(_) | Failure::Timeout("connect") => {
+                RetryOn::Always
+            }
+            Failure::Timeout(_) | Failure::BodyStart(_) => RetryOn::Never,
+            // A malformed or oversized head: the upstream answered.
+            Failure::Upstream(e) if e.is_parse() || e.is_user() => RetryOn::Never,
+            Failure::Upstream(_) => RetryOn::Idempotent,
+        }
+    }
+}
+
+/// Idempotent methods (RFC 9110 section 9.2.2), which may be retried
+/// after the upstream may have received them.
+fn is_idempotent(method: &hyper::Method) -> bool {
+    use hyper::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+/// The upstream side of one request, for the access log.
+#[derive(Debug, Default)]
+pub struct UpstreamLog {
+    /// Attempts made: 1 + retries (0: the request never went upstream).
+    pub attempts: u32,
+    /// Of the last attempt: time to get a connection (0 when pooled).
+    pub connect_micros: u64,
+    /// Of the last attempt: time from sending the request to the response
+    /// head (or to the failure; 0 if it was never sent).
+    pub upstream_micros: u64,
+}
+
+/// `now + d`, or a year from now if that overflows (a huge configured
+/// timeout).
+fn deadline_after(d: std::time::Duration) -> fulcrum::time::Instant {
+    let now = fulcrum::time::Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(365 * 24 * 3600))
 }
 
 impl Gateway {
@@ -281,7 +350,8 @@ impl Gateway {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let http1 = req.version() < hyper::Version::HTTP_2;
-        let (mut resp, upstream) = self.forward(req, peer).await;
+        let mut up = UpstreamLog::default();
+        let (mut resp, upstream) = self.forward(req, peer, &mut up).await;
         if self.draining.load(Relaxed) && http1 {
             // The client learns not to reuse the connection, so no request
             // races the close.
@@ -301,6 +371,9 @@ impl Gateway {
                 request_id = request_id.to_str().unwrap_or("-"),
                 upstream = upstream.as_ref().map_or("-", |e| e.name.as_str()),
                 worker,
+                attempts = up.attempts,
+                upstream_connect_micros = up.connect_micros,
+                upstream_micros = up.upstream_micros,
                 micros = started.elapsed().as_micros() as u64,
             );
         }
@@ -311,6 +384,7 @@ impl Gateway {
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        up: &mut UpstreamLog,
     ) -> (Response<Body>, Option<Arc<Endpoint>>) {
         let (mut parts, body) = req.into_parts();
         if let Some(refusal) = refuse_head(&parts) {
@@ -447,55 +521,120 @@ impl Gateway {
         parts
             .headers
             .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        let req = Request::from_parts(parts, Full::new(body));
 
-        let flight = InFlight::new(endpoint.clone());
-        let resp = match self.send(cluster, &endpoint, req).await {
-            Ok(resp) => resp,
-            Err(f) => {
-                endpoint.failures.fetch_add(1, Relaxed);
-                let resp = match f {
-                    Failure::Refused(e) => {
-                        tracing::debug!(upstream = %endpoint.name, "connect: {e}");
-                        reply(StatusCode::BAD_GATEWAY, "upstream connect error")
+        // Attempts: the first on the picked endpoint, then up to
+        // `max_retries` on endpoints not tried yet, while the failure
+        // allows it, the deadline is ahead and the retry budget has room.
+        // The route's timeout (or the cluster's) bounds them all.
+        let idempotent = is_idempotent(&parts.method);
+        let max_retries = cluster.spec.max_retries;
+        let deadline = deadline_after(route.timeout.unwrap_or(cluster.spec.request_timeout));
+        let mut parts = Some(parts);
+        let mut endpoint = endpoint;
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut retry = None;
+        loop {
+            up.attempts += 1;
+            // The request is kept for a retry while one may follow; the
+            // last possible attempt takes it.
+            let head = if up.attempts <= max_retries {
+                parts.clone()
+            } else {
+                parts.take()
+            };
+            let Some(head) = head else {
+                // Unreachable: the head is taken only by the last attempt.
+                return (
+                    reply(StatusCode::INTERNAL_SERVER_ERROR, "request lost"),
+                    Some(endpoint),
+                );
+            };
+            let req = Request::from_parts(head, Full::new(body.clone()));
+            let flight = InFlight::new(endpoint.clone());
+            let failure = match self.send(cluster, &endpoint, req, deadline, up).await {
+                Ok(resp) => return (resp, Some(endpoint)),
+                Err(f) => f,
+            };
+            drop(flight);
+            // This attempt is over: its place in the retry budget is free.
+            drop(retry.take());
+            endpoint.failures.fetch_add(1, Relaxed);
+            let allowed = match failure.retry_on() {
+                RetryOn::Always => true,
+                RetryOn::Idempotent => idempotent,
+                RetryOn::Never => false,
+            };
+            if allowed && up.attempts <= max_retries && fulcrum::time::Instant::now() < deadline {
+                tried.push(endpoint.clone());
+                if let Some(next) = cluster.pick_retry(&tried) {
+                    if let Some(place) = cluster.start_retry() {
+                        tracing::debug!(
+                            upstream = %endpoint.name,
+                            next = %next.name,
+                            "attempt {} failed; retrying",
+                            up.attempts
+                        );
+                        retry = Some(place);
+                        endpoint = next;
+                        continue;
                     }
-                    Failure::Timeout(what) => reply(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        &format!("upstream {what} timeout"),
-                    ),
-                    Failure::Upstream(e) => {
-                        tracing::debug!(upstream = %endpoint.name, "upstream: {e}");
-                        reply(StatusCode::BAD_GATEWAY, "upstream reset or bad response")
-                    }
-                };
-                return (resp, Some(endpoint));
+                }
             }
-        };
-        drop(flight);
-        (resp, Some(endpoint))
+            let resp = match failure {
+                Failure::Refused(e) => {
+                    tracing::debug!(upstream = %endpoint.name, "connect: {e}");
+                    reply(StatusCode::BAD_GATEWAY, "upstream connect error")
+                }
+                Failure::Timeout(what) => reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("upstream {what} timeout"),
+                ),
+                Failure::Upstream(e) | Failure::Unsent(e) | Failure::BodyStart(e) => {
+                    tracing::debug!(upstream = %endpoint.name, "upstream: {e}");
+                    reply(StatusCode::BAD_GATEWAY, "upstream reset or bad response")
+                }
+            };
+            return (resp, Some(endpoint));
+        }
     }
 
     /// Sends `req` on a pooled connection (retrying once on a fresh one if
-    /// the pooled one closed before taking it) or a new one.
+    /// the pooled one closed before taking it) or a new one, with the
+    /// response head due by `deadline` (the connection too); records the
+    /// attempt's timing in `up`.
     async fn send(
         &self,
         cluster: &Cluster,
         endpoint: &Arc<Endpoint>,
         mut req: Request<Full<Bytes>>,
+        deadline: fulcrum::time::Instant,
+        up: &mut UpstreamLog,
     ) -> Result<Response<Body>, Failure> {
         let spec = &cluster.spec;
-        let deadline = fulcrum::time::Instant::now() + spec.request_timeout;
         let worker = self.worker();
+        up.connect_micros = 0;
+        up.upstream_micros = 0;
         loop {
             let (mut sender, pooled) = match self.pool.take(worker, endpoint.addr) {
                 Some(s) => (s, true),
-                None => (connect(endpoint.addr, spec, worker).await?, false),
+                None => {
+                    let started = Instant::now();
+                    let got = connect(endpoint.addr, spec, worker, deadline).await;
+                    up.connect_micros = started.elapsed().as_micros() as u64;
+                    (got?, false)
+                }
             };
-            if timeout(spec.request_timeout, sender.ready()).await.is_err() {
+            if fulcrum::time::timeout_at(deadline, sender.ready())
+                .await
+                .is_err()
+            {
                 return Err(Failure::Timeout("connection"));
             }
+            let sent_at = Instant::now();
             let sent = sender.try_send_request(req);
-            let result = match fulcrum::time::timeout_at(deadline, sent).await {
+            let result = fulcrum::time::timeout_at(deadline, sent).await;
+            up.upstream_micros = sent_at.elapsed().as_micros() as u64;
+            let result = match result {
                 Ok(r) => r,
                 Err(_) => return Err(Failure::Timeout("response")),
             };
@@ -534,7 +673,7 @@ impl Gateway {
                     };
                     let first = match next {
                         Some(Ok(frame)) => Some(frame),
-                        Some(Err(e)) => return Err(Failure::Upstream(e)),
+                        Some(Err(e)) => return Err(Failure::BodyStart(e)),
                         None => None,
                     };
                     let body = PooledBody::new(
@@ -554,7 +693,8 @@ impl Gateway {
                     // Never sent on a connection the upstream had closed:
                     // safe to retry on a new one.
                     Some(unsent) if pooled => req = unsent,
-                    _ => return Err(Failure::Upstream(e.into_error())),
+                    Some(_) => return Err(Failure::Unsent(e.into_error())),
+                    None => return Err(Failure::Upstream(e.into_error())),
                 },
             }
         }
@@ -562,13 +702,16 @@ impl Gateway {
 }
 
 /// Opens an upstream connection and drives it on `worker`, where its
-/// socket registers.
+/// socket registers; gives up at the connect timeout or at `deadline`,
+/// whichever comes first.
 async fn connect(
     addr: SocketAddr,
     spec: &crate::config::ClusterSpec,
     worker: usize,
+    deadline: fulcrum::time::Instant,
 ) -> Result<SendRequest<Full<Bytes>>, Failure> {
-    let stream = match timeout(spec.connect_timeout, TcpStream::connect(addr)).await {
+    let limit = deadline_after(spec.connect_timeout).min(deadline);
+    let stream = match fulcrum::time::timeout_at(limit, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(Failure::Refused(e)),
         Err(_) => return Err(Failure::Timeout("connect")),
@@ -578,7 +721,7 @@ async fn connect(
         .max_header_size(spec.max_response_head)
         .handshake(HyperIo::new(stream))
         .await
-        .map_err(Failure::Upstream)?;
+        .map_err(Failure::Unsent)?;
     let drive = async move {
         if let Err(e) = conn.await {
             tracing::debug!(upstream = %addr, "upstream connection: {e}");

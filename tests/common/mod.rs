@@ -142,11 +142,18 @@ pub struct Gw {
 impl Gw {
     /// Starts the gateway on `config` and waits for its addresses.
     pub fn start(config: &str) -> Gw {
+        Gw::start_logging(config, "warn")
+    }
+
+    /// Starts the gateway on `config` with `RUST_LOG=rust_log` (its log
+    /// lines come on [`Gw::stdout`]) and waits for its addresses.
+    pub fn start_logging(config: &str, rust_log: &str) -> Gw {
         let path = temp_path("gw");
         std::fs::write(&path, config).expect("write config");
         let mut child = Command::new(gateway_binary())
             .args(["--config".as_ref(), path.as_os_str()])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
