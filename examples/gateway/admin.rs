@@ -45,6 +45,7 @@ impl State {
                     "connections": handled.get(i).copied().unwrap_or(0),
                     "requests": w.requests.load(Relaxed),
                     "responses_5xx": w.responses_5xx.load(Relaxed),
+                    "tls_handshake_failures": w.tls_handshake_failures.load(Relaxed),
                     "dlb_handoffs_sent": m.dlb_sent,
                     "dlb_handoffs_received": m.dlb_received,
                     "dlb_fallbacks": m.fallbacks,
@@ -111,6 +112,11 @@ impl State {
                 "responses_5xx",
                 "counter",
                 "5xx responses sent from the worker.",
+            ),
+            (
+                "tls_handshake_failures",
+                "counter",
+                "Client connections closed because their TLS handshake failed or timed out.",
             ),
             (
                 "dlb_handoffs_sent",

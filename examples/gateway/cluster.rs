@@ -320,6 +320,7 @@ mod tests {
                 healthy_threshold: 2,
                 unhealthy_threshold: 3,
             }),
+            tls: None,
         };
         let addrs = (0..n)
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))

@@ -8,8 +8,11 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 
 /// The smallest value hyper accepts for its read buffer (and so for the
@@ -93,6 +96,14 @@ pub struct Listener {
     /// Streams one HTTP/2 connection may have open at once.
     #[serde(default = "default_h2_streams")]
     pub http2_max_concurrent_streams: u32,
+    /// TLS termination: the certificate chain (PEM), leaf first. Set
+    /// together with `tls_key`, or neither (plain HTTP).
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    /// TLS termination: the private key (PEM: PKCS#8, PKCS#1 or SEC1) of
+    /// the certificate in `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<String>,
 }
 
 /// `[admin]`.
@@ -180,6 +191,17 @@ pub struct Cluster {
     pub retry_min_concurrency: u32,
     /// The active health check (none: every endpoint is always healthy).
     pub health_check: Option<HealthCheck>,
+    /// Speak TLS to the endpoints (and in the health checks).
+    #[serde(default)]
+    pub tls: bool,
+    /// The trust anchors (PEM certificates) an endpoint's certificate is
+    /// verified against; required with `tls = true`.
+    #[serde(default)]
+    pub tls_ca: Option<String>,
+    /// The name sent as SNI and verified in the endpoint's certificate;
+    /// default: the host part of each endpoint.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 /// `[clusters.health_check]`.
@@ -317,6 +339,35 @@ pub struct ClusterSpec {
     /// ...with this many concurrent retries always allowed.
     pub retry_min_concurrency: u32,
     pub health: Option<HealthSpec>,
+    /// TLS to the endpoints (`tls = true`), or none: plain TCP.
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+/// A cluster's validated upstream TLS settings.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    /// Tells this cluster's TLS connections apart from other clusters' in
+    /// the connection pool (its index among the clusters, plus one; plain
+    /// connections are 0).
+    pub id: usize,
+    /// The client configuration: the cluster's trust anchors, ALPN
+    /// `http/1.1`.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name to send and verify for each configured endpoint, in the
+    /// order of `endpoints`.
+    pub names: Vec<ServerName<'static>>,
+}
+
+impl UpstreamTls {
+    /// The server name for endpoint number `index` of the cluster.
+    pub fn name(&self, index: usize) -> Option<ServerName<'static>> {
+        self.names.get(index).cloned()
+    }
+
+    /// A connector for a handshake with this cluster's settings.
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(self.config.clone())
+    }
 }
 
 /// A validated health check.
@@ -356,6 +407,9 @@ pub struct Validated {
     pub access_log: bool,
     pub http2: bool,
     pub http2_max_concurrent_streams: u32,
+    /// TLS termination on the listener (`tls_cert` and `tls_key`), with
+    /// ALPN `h2` (if `http2`) and `http/1.1`; none: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub admin: SocketAddr,
     pub routes: Vec<RouteSpec>,
     pub clusters: Vec<ClusterSpec>,
@@ -411,6 +465,115 @@ fn host_port(addr: &str) -> Result<(), String> {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
         _ => Err(format!("{addr:?} is not a host:port address")),
     }
+}
+
+/// The rustls crypto provider of the gateway (ring), given explicitly so
+/// that no process-wide default is needed.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The largest PEM file the gateway reads: a certificate chain or a
+/// bundle of trust anchors is far smaller; a larger file (`/dev/zero`, a
+/// wrong path) is refused rather than read without end.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// Reads the PEM file `path` (at most [`MAX_PEM_BYTES`]), with its name in
+/// the error.
+fn read_pem(path: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{path}: {e}"))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(format!("{path}: larger than {MAX_PEM_BYTES} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// The certificates in PEM file `path`, at least one.
+fn certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{path}: not a valid PEM file ({e})"))?;
+    if certs.is_empty() {
+        return Err(format!("{path}: no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+/// The listener's TLS configuration: the chain in `cert`, the key in
+/// `key`, checked against each other; ALPN `h2` (if `http2`), `http/1.1`.
+/// An error names the field at fault and says why.
+fn server_tls(
+    cert: &str,
+    key: &str,
+    http2: bool,
+) -> Result<rustls::ServerConfig, (&'static str, String)> {
+    let chain = certificates(cert).map_err(|r| ("listener.tls_cert", r))?;
+    let key_field = |r| ("listener.tls_key", r);
+    let pem = read_pem(key).map_err(key_field)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                format!("{key}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it")
+            }
+            e => format!("{key}: not a valid PEM private key ({e})"),
+        })
+        .map_err(key_field)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| key_field(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => {
+                format!("{key}: the private key does not match the certificate in {cert}")
+            }
+            e => format!("{key} with {cert}: {e}"),
+        })
+        .map_err(key_field)?;
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(config)
+}
+
+/// A cluster's client TLS configuration: trust anchors from `ca`, ALPN
+/// `http/1.1` (upstream connections are HTTP/1.1).
+fn client_tls(ca: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certificates(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{ca}: not a usable trust anchor ({e})"))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The host part of `host:port` (an IPv6 address without its brackets).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// `name` as a TLS server name (a DNS name or an IP address).
+fn server_name(name: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(name.to_owned())
+        .map_err(|_| format!("{name:?} is not a DNS name or IP address"))
 }
 
 fn is_prime(n: usize) -> bool {
@@ -475,6 +638,24 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
             return Err(err(f.into(), "must be above 0".into()));
         }
     }
+    let tls = match (&l.tls_cert, &l.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(Arc::new(
+            server_tls(cert, key, l.http2).map_err(|(f, r)| err(f.into(), r))?,
+        )),
+        (Some(_), None) => {
+            return Err(err(
+                "listener.tls_key".into(),
+                "tls_cert is set without tls_key".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "listener.tls_cert".into(),
+                "tls_key is set without tls_cert".into(),
+            ))
+        }
+    };
     let admin = socket_addr(&raw.admin.address).map_err(|r| err("admin.address".into(), r))?;
 
     let mut clusters = Vec::new();
@@ -606,6 +787,50 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
                 })
             }
         };
+        let tls = if c.tls {
+            let Some(ca) = &c.tls_ca else {
+                return Err(err(
+                    at("tls_ca"),
+                    "required with tls = true (there is no system trust store)".into(),
+                ));
+            };
+            if c.demo_backends > 0 {
+                return Err(err(
+                    at("tls"),
+                    "the demo backends speak plain HTTP; use endpoints".into(),
+                ));
+            }
+            let config = client_tls(ca).map_err(|r| err(at("tls_ca"), r))?;
+            let names = match &c.tls_server_name {
+                Some(n) => {
+                    let n = server_name(n).map_err(|r| err(at("tls_server_name"), r))?;
+                    vec![n; c.endpoints.len()]
+                }
+                None => c
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(j, e)| {
+                        server_name(host_of(e)).map_err(|r| err(at(&format!("endpoints[{j}]")), r))
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            Some(Arc::new(UpstreamTls {
+                id: i + 1,
+                config: Arc::new(config),
+                names,
+            }))
+        } else {
+            for (f, set) in [
+                ("tls_ca", c.tls_ca.is_some()),
+                ("tls_server_name", c.tls_server_name.is_some()),
+            ] {
+                if set {
+                    return Err(err(at(f), "only with tls = true".into()));
+                }
+            }
+            None
+        };
         clusters.push(ClusterSpec {
             name: c.name.clone(),
             endpoints: c.endpoints.clone(),
@@ -621,6 +846,7 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
             retry_budget_percent: c.retry_budget_percent,
             retry_min_concurrency: c.retry_min_concurrency,
             health,
+            tls,
         });
     }
 
@@ -675,6 +901,7 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
         access_log: l.access_log,
         http2: l.http2,
         http2_max_concurrent_streams: l.http2_max_concurrent_streams,
+        tls,
         admin,
         routes,
         clusters,
@@ -803,6 +1030,46 @@ mod tests {
         }
         let e = error_of(&base.replace("timeout_ms = 250", "timeout_ms = 0"));
         assert!(e.contains("routes[0].timeout_ms: must be above 0"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let base = "[listener]\naddress = \"127.0.0.1:0\"\n";
+        let e = error_of(&format!("{base}tls_key = \"k.pem\"\n"));
+        assert!(
+            e.contains("listener.tls_cert: tls_key is set without tls_cert"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{base}tls_cert = \"/dev/zero\"\ntls_key = \"k.pem\"\n"
+        ));
+        assert!(
+            e.contains("listener.tls_cert: /dev/zero: larger than"),
+            "{e}"
+        );
+        let e = error_of(&format!("{base}tls_cert = \"/\"\ntls_key = \"k.pem\"\n"));
+        assert!(e.contains("listener.tls_cert: /: "), "{e}");
+        let cluster = format!("{base}[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n");
+        let e = error_of(&format!("{cluster}tls = true\n"));
+        assert!(
+            e.contains("clusters[0] (a).tls_ca: required with tls = true"),
+            "{e}"
+        );
+        let e = error_of(&format!("{cluster}tls_ca = \"ca.pem\"\n"));
+        assert!(
+            e.contains("clusters[0] (a).tls_ca: only with tls = true"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{cluster}tls = true\ntls_ca = \"/nonexistent/ca.pem\"\n"
+        ));
+        assert!(
+            e.contains("clusters[0] (a).tls_ca: /nonexistent/ca.pem: No such file"),
+            "{e}"
+        );
+        assert_eq!(host_of("[::1]:443"), "::1");
+        assert_eq!(host_of("api.example.com:443"), "api.example.com");
+        assert!(server_name("not a name").is_err());
     }
 
     #[test]

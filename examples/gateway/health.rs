@@ -2,7 +2,8 @@
 //! `health_check` is probed every interval with `GET <path>`; a 2xx within
 //! the timeout is a pass. Consecutive failures past the unhealthy threshold
 //! eject the endpoint; consecutive passes past the healthy threshold put it
-//! back.
+//! back. The probes of a cluster with `tls = true` go over TLS, verified
+//! as the cluster's requests are.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,10 +18,28 @@ use hyper::Request;
 
 use crate::cluster::{Cluster, Endpoint};
 
-/// One probe: connect, GET, read the whole answer.
-async fn probe(addr: SocketAddr, path: &str) -> Result<bool, String> {
+/// One probe: connect (and the TLS handshake if the cluster has TLS),
+/// GET, read the whole answer.
+async fn probe(cluster: &Cluster, endpoint: &Endpoint, path: &str) -> Result<bool, String> {
+    let addr = endpoint.addr;
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(HyperIo::new(stream))
+    match &cluster.spec.tls {
+        None => probe_on(HyperIo::new(stream), addr, path).await,
+        Some(tls) => {
+            let stream = crate::proxy::tls_handshake(cluster, tls, endpoint, stream)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            probe_on(HyperIo::new(stream), addr, path).await
+        }
+    }
+}
+
+/// The GET of a probe on a connected stream.
+async fn probe_on<T>(io: T, addr: SocketAddr, path: &str) -> Result<bool, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
     let driver = fulcrum::spawn(conn);
@@ -42,7 +61,9 @@ async fn check_loop(cluster: Arc<Cluster>, endpoint: Arc<Endpoint>) {
         return;
     };
     loop {
-        let pass = match fulcrum::time::timeout(hc.timeout, probe(endpoint.addr, &hc.path)).await {
+        let pass = match fulcrum::time::timeout(hc.timeout, probe(&cluster, &endpoint, &hc.path))
+            .await
+        {
             Ok(Ok(ok)) => ok,
             Ok(Err(e)) => {
                 tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.name, "health check: {e}");

@@ -1,4 +1,5 @@
-//! The Fulcrum gateway: an HTTP/1.1 reverse proxy on Fulcrum and hyper.
+//! The Fulcrum gateway: an HTTP/1.1 and HTTP/2 reverse proxy on Fulcrum
+//! and hyper, with optional TLS termination (rustls) and TLS upstreams.
 //!
 //! ```text
 //! cargo run --release --example gateway                       # the built-in default
@@ -225,6 +226,82 @@ where
     }
 }
 
+/// The limits every client connection is served with.
+#[derive(Clone, Copy)]
+struct ConnSettings {
+    /// Time for the TLS handshake, and for each HTTP/1 request head.
+    header_timeout: Duration,
+    /// Largest request head (and HTTP/2 header list), in bytes.
+    max_header: usize,
+    /// Time a connection gets to end by itself once draining starts.
+    grace: Duration,
+    /// Streams one HTTP/2 connection may have open at once.
+    h2_streams: u32,
+}
+
+/// Serves HTTP on a client connection, plain or TLS (`https`), as HTTP/2
+/// if `h2` (prior knowledge or ALPN) and HTTP/1.x otherwise, to its end or
+/// until the drain closes it.
+async fn serve_http<T>(
+    io: T,
+    h2: bool,
+    https: bool,
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    mut drain: watch::Receiver<bool>,
+    settings: ConnSettings,
+) where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if https {
+            req.extensions_mut().insert(proxy::ClientTls);
+        }
+        gw.clone().handle(req, peer)
+    });
+    let ConnSettings {
+        header_timeout,
+        max_header,
+        grace,
+        h2_streams,
+    } = settings;
+    let result = if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(FulcrumExecutor::new())
+            .timer(FulcrumTimer::new())
+            .max_concurrent_streams(h2_streams)
+            .max_header_list_size(max_header as u32)
+            // Rapid reset (CVE-2023-44487): a client that opens
+            // and resets streams faster than they are served
+            // gets GOAWAY(ENHANCE_YOUR_CALM) and is disconnected.
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+            .serve_connection(io, svc);
+        drive(
+            std::pin::pin!(conn),
+            |c| c.graceful_shutdown(),
+            &mut drain,
+            grace,
+        )
+        .await
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(FulcrumTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(max_header)
+            .serve_connection(io, svc);
+        drive(
+            std::pin::pin!(conn),
+            |c| c.graceful_shutdown(),
+            &mut drain,
+            grace,
+        )
+        .await
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, "connection: {e}");
+    }
+}
+
 /// Resolves on SIGTERM or ctrl-c.
 async fn shutdown_signal() -> io::Result<&'static str> {
     let mut term = signal(SignalKind::terminate())?;
@@ -249,57 +326,51 @@ async fn run(config: Validated) -> io::Result<()> {
     let (drain_tx, drain_rx) = watch::channel(false);
 
     let gw = gateway.clone();
-    let header_timeout = config.header_timeout;
-    let max_header = config.max_header_bytes;
-    let grace = (config.drain_timeout / 4).min(Duration::from_secs(1));
-    let (http2, h2_streams) = (config.http2, config.http2_max_concurrent_streams);
+    let settings = ConnSettings {
+        header_timeout: config.header_timeout,
+        max_header: config.max_header_bytes,
+        grace: (config.drain_timeout / 4).min(Duration::from_secs(1)),
+        h2_streams: config.http2_max_concurrent_streams,
+    };
+    let http2 = config.http2;
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let serving = Server::bind(config.listen)
         .balance(config.balance)
         .serve(move |stream: TcpStream, peer: SocketAddr| {
             let gw = gw.clone();
-            let mut drain = drain_rx.clone();
+            let drain = drain_rx.clone();
+            let tls = tls.clone();
             async move {
                 let _ = stream.set_nodelay(true);
-                let Some(h2) = protocol(&stream, http2, header_timeout).await else {
+                let Some(acceptor) = tls else {
+                    let Some(h2) = protocol(&stream, http2, settings.header_timeout).await else {
+                        return;
+                    };
+                    serve_http(HyperIo::new(stream), h2, false, gw, peer, drain, settings).await;
                     return;
                 };
-                let svc = hyper::service::service_fn(move |req| gw.clone().handle(req, peer));
-                let io = HyperIo::new(stream);
-                let result = if h2 {
-                    let conn = hyper::server::conn::http2::Builder::new(FulcrumExecutor::new())
-                        .timer(FulcrumTimer::new())
-                        .max_concurrent_streams(h2_streams)
-                        .max_header_list_size(max_header as u32)
-                        // Rapid reset (CVE-2023-44487): a client that opens
-                        // and resets streams faster than they are served
-                        // gets GOAWAY(ENHANCE_YOUR_CALM) and is disconnected.
-                        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-                        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
-                        .serve_connection(io, svc);
-                    drive(
-                        std::pin::pin!(conn),
-                        |c| c.graceful_shutdown(),
-                        &mut drain,
-                        grace,
-                    )
-                    .await
-                } else {
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(FulcrumTimer::new())
-                        .header_read_timeout(header_timeout)
-                        .max_buf_size(max_header)
-                        .serve_connection(io, svc);
-                    drive(
-                        std::pin::pin!(conn),
-                        |c| c.graceful_shutdown(),
-                        &mut drain,
-                        grace,
-                    )
-                    .await
+                // The handshake runs here, in the connection's task, within
+                // the header timeout: a client that sends nothing, or bytes
+                // that are not TLS, is closed and counted.
+                let shake =
+                    fulcrum::time::timeout(settings.header_timeout, acceptor.accept(stream));
+                let stream = match shake.await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %peer, "TLS handshake: {e}");
+                        gw.count_tls_failure();
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %peer, "TLS handshake: header timeout");
+                        gw.count_tls_failure();
+                        return;
+                    }
                 };
-                if let Err(e) = result {
-                    tracing::debug!(client = %peer, "connection: {e}");
-                }
+                // ALPN decides; a client that offered none gets HTTP/1.1.
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
+                serve_http(HyperIo::new(stream), h2, true, gw, peer, drain, settings).await;
             }
         })
         .await?;
@@ -317,7 +388,7 @@ async fn run(config: Validated) -> io::Result<()> {
         .dlb_backend()
         .map_or_else(|| "none".to_owned(), |b| b.to_string());
     println!(
-        "gateway: listening on http://{} ({} workers, balance {:?}, DLB backend: {backend})",
+        "gateway: listening on {scheme}://{} ({} workers, balance {:?}, DLB backend: {backend})",
         serving.local_addr(),
         handle.num_workers(),
         config.balance,
@@ -332,10 +403,16 @@ async fn run(config: Validated) -> io::Result<()> {
         );
     }
     println!("gateway: admin on http://{}/stats", admin.local_addr());
-    println!(
-        "gateway: try  curl -i http://{}/status/200",
-        serving.local_addr()
-    );
+    match &config.raw.listener.tls_cert {
+        Some(cert) => println!(
+            "gateway: try  curl -i --cacert {cert} https://NAME:{}/status/200 (NAME: a name in the certificate)",
+            serving.local_addr().port()
+        ),
+        None => println!(
+            "gateway: try  curl -i http://{}/status/200",
+            serving.local_addr()
+        ),
+    }
 
     let why = match stop.await {
         Ok(Ok(why)) => why,

@@ -22,9 +22,10 @@ use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
+use tokio_rustls::client::TlsStream;
 
 use crate::cluster::{Cluster, Endpoint, InFlight};
-use crate::config::{RouteSpec, Validated};
+use crate::config::{RouteSpec, UpstreamTls, Validated};
 
 /// The body of every response the gateway sends.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -50,9 +51,23 @@ pub fn reply(status: StatusCode, text: &str) -> Response<Body> {
 pub struct WorkerStats {
     pub requests: AtomicU64,
     pub responses_5xx: AtomicU64,
+    /// Client connections closed because their TLS handshake failed or
+    /// did not finish within the header timeout.
+    pub tls_handshake_failures: AtomicU64,
 }
 
-type Idle = HashMap<SocketAddr, Vec<SendRequest<Full<Bytes>>>>;
+/// Marks a request that came over a TLS connection (in its extensions):
+/// its `X-Forwarded-Proto` is `https`.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientTls;
+
+/// What an idle upstream connection is pooled under: the endpoint's
+/// address and the TLS id of its cluster (0 for plain TCP), so that a
+/// request never reuses a connection of the other kind, or one made with
+/// another cluster's trust anchors or server name.
+type PoolKey = (SocketAddr, usize);
+
+type Idle = HashMap<PoolKey, Vec<SendRequest<Full<Bytes>>>>;
 
 /// Idle keep-alive upstream connections, one pool per worker: a request
 /// reuses a connection of the worker it runs on, whose socket is
@@ -66,9 +81,9 @@ impl Pool {
         &self.slots[worker.min(self.slots.len() - 1)]
     }
 
-    fn take(&self, worker: usize, addr: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
+    fn take(&self, worker: usize, key: PoolKey) -> Option<SendRequest<Full<Bytes>>> {
         let mut idle = self.slot(worker).lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         while let Some(s) = list.pop() {
             if !s.is_closed() {
                 return Some(s);
@@ -77,12 +92,12 @@ impl Pool {
         None
     }
 
-    fn put(&self, worker: usize, addr: SocketAddr, s: SendRequest<Full<Bytes>>, max: usize) {
+    fn put(&self, worker: usize, key: PoolKey, s: SendRequest<Full<Bytes>>, max: usize) {
         if s.is_closed() {
             return;
         }
         let mut idle = self.slot(worker).lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() < max {
             list.push(s);
         }
@@ -228,6 +243,9 @@ enum Failure {
     Refused(io::Error),
     Timeout(&'static str),
     Upstream(hyper::Error),
+    /// The TLS handshake with the upstream failed (say, a certificate the
+    /// cluster's `tls_ca` does not trust).
+    Tls(io::Error),
     /// The connection failed before it took the request (the request
     /// never left the gateway).
     Unsent(hyper::Error),
@@ -253,9 +271,10 @@ enum RetryOn {
 impl Failure {
     fn retry_on(&self) -> RetryOn {
         match self {
-            Failure::Refused(_) | Failure::Unsent(_) | Failure::Timeout("connect") => {
-                RetryOn::Always
-            }
+            Failure::Refused(_)
+            | Failure::Unsent(_)
+            | Failure::Tls(_)
+            | Failure::Timeout("connect" | "TLS handshake") => RetryOn::Always,
             Failure::Timeout(_) | Failure::BodyStart(_) => RetryOn::Never,
             // A malformed or oversized head: the upstream answered.
             Failure::Upstream(e) if e.is_parse() || e.is_user() => RetryOn::Never,
@@ -315,6 +334,13 @@ impl Gateway {
     /// Drops the idle upstream connections.
     pub fn close_idle(&self) {
         self.pool.clear();
+    }
+
+    /// Counts a client connection whose TLS handshake failed.
+    pub fn count_tls_failure(&self) {
+        self.workers[self.worker()]
+            .tls_handshake_failures
+            .fetch_add(1, Relaxed);
     }
 
     fn worker(&self) -> usize {
@@ -518,9 +544,14 @@ impl Gateway {
         }
         // The scheme the client used to reach the gateway, whatever the
         // client claimed (as Envoy does at the edge).
+        let proto = if parts.extensions.get::<ClientTls>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
         parts
             .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            .insert("x-forwarded-proto", HeaderValue::from_static(proto));
 
         // Attempts: the first on the picked endpoint, then up to
         // `max_retries` on endpoints not tried yet, while the failure
@@ -593,6 +624,10 @@ impl Gateway {
                     tracing::debug!(upstream = %endpoint.name, "upstream: {e}");
                     reply(StatusCode::BAD_GATEWAY, "upstream reset or bad response")
                 }
+                Failure::Tls(e) => {
+                    tracing::debug!(upstream = %endpoint.name, "TLS handshake: {e}");
+                    reply(StatusCode::BAD_GATEWAY, "upstream TLS handshake failed")
+                }
             };
             return (resp, Some(endpoint));
         }
@@ -614,12 +649,13 @@ impl Gateway {
         let worker = self.worker();
         up.connect_micros = 0;
         up.upstream_micros = 0;
+        let key = (endpoint.addr, spec.tls.as_ref().map_or(0, |t| t.id));
         loop {
-            let (mut sender, pooled) = match self.pool.take(worker, endpoint.addr) {
+            let (mut sender, pooled) = match self.pool.take(worker, key) {
                 Some(s) => (s, true),
                 None => {
                     let started = Instant::now();
-                    let got = connect(endpoint.addr, spec, worker, deadline).await;
+                    let got = connect(cluster, endpoint, worker, deadline).await;
                     up.connect_micros = started.elapsed().as_micros() as u64;
                     (got?, false)
                 }
@@ -682,7 +718,7 @@ impl Gateway {
                         GiveBack {
                             pool: self.pool.clone(),
                             worker,
-                            addr: endpoint.addr,
+                            key,
                             max: spec.max_idle,
                             sender,
                         },
@@ -701,25 +737,69 @@ impl Gateway {
     }
 }
 
-/// Opens an upstream connection and drives it on `worker`, where its
-/// socket registers; gives up at the connect timeout or at `deadline`,
-/// whichever comes first.
+/// The TLS client handshake with `endpoint` of `cluster` over `tcp`,
+/// with the cluster's trust anchors and the endpoint's server name.
+pub async fn tls_handshake(
+    cluster: &Cluster,
+    tls: &UpstreamTls,
+    endpoint: &Endpoint,
+    tcp: TcpStream,
+) -> io::Result<TlsStream<TcpStream>> {
+    let name = cluster
+        .endpoints
+        .iter()
+        .position(|e| std::ptr::eq(&**e, endpoint))
+        .and_then(|i| tls.name(i))
+        .ok_or_else(|| io::Error::other(format!("{}: no TLS server name", endpoint.name)))?;
+    tls.connector().connect(name, tcp).await
+}
+
+/// Opens an upstream connection (TCP, then TLS if the cluster has it)
+/// and drives it on `worker`, where its socket registers; gives up at the
+/// connect timeout or at `deadline`, whichever comes first.
 async fn connect(
-    addr: SocketAddr,
-    spec: &crate::config::ClusterSpec,
+    cluster: &Cluster,
+    endpoint: &Endpoint,
     worker: usize,
     deadline: fulcrum::time::Instant,
 ) -> Result<SendRequest<Full<Bytes>>, Failure> {
-    let limit = deadline_after(spec.connect_timeout).min(deadline);
-    let stream = match fulcrum::time::timeout_at(limit, TcpStream::connect(addr)).await {
+    let spec = &cluster.spec;
+    let addr = endpoint.addr;
+    let deadline = deadline_after(spec.connect_timeout).min(deadline);
+    let stream = match fulcrum::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(Failure::Refused(e)),
         Err(_) => return Err(Failure::Timeout("connect")),
     };
     let _ = stream.set_nodelay(true);
+    match &spec.tls {
+        None => handshake(HyperIo::new(stream), spec, addr, worker).await,
+        Some(tls) => {
+            let shake = tls_handshake(cluster, tls, endpoint, stream);
+            let stream = match fulcrum::time::timeout_at(deadline, shake).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(Failure::Tls(e)),
+                Err(_) => return Err(Failure::Timeout("TLS handshake")),
+            };
+            handshake(HyperIo::new(stream), spec, addr, worker).await
+        }
+    }
+}
+
+/// Starts HTTP/1.1 on a connected upstream stream (TCP or TLS) and
+/// spawns its driver on `worker`.
+async fn handshake<T>(
+    io: T,
+    spec: &crate::config::ClusterSpec,
+    addr: SocketAddr,
+    worker: usize,
+) -> Result<SendRequest<Full<Bytes>>, Failure>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_header_size(spec.max_response_head)
-        .handshake(HyperIo::new(stream))
+        .handshake(io)
         .await
         .map_err(Failure::Unsent)?;
     let drive = async move {
@@ -749,7 +829,7 @@ struct PooledBody {
 struct GiveBack {
     pool: Arc<Pool>,
     worker: usize,
-    addr: SocketAddr,
+    key: PoolKey,
     max: usize,
     sender: SendRequest<Full<Bytes>>,
 }
@@ -769,7 +849,7 @@ impl PooledBody {
 
     fn give_back(&mut self) {
         if let Some(b) = self.back.take() {
-            b.pool.put(b.worker, b.addr, b.sender, b.max);
+            b.pool.put(b.worker, b.key, b.sender, b.max);
         }
     }
 }

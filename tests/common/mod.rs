@@ -164,7 +164,9 @@ impl Gw {
         while addr.is_none() || admin.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).expect("the gateway did not start");
-            if let Some(a) = addr_after(&line, "listening on http://") {
+            if let Some(a) = addr_after(&line, "listening on http://")
+                .or_else(|| addr_after(&line, "listening on https://"))
+            {
                 addr = Some(a);
             }
             if let Some(a) = addr_after(&line, "admin on http://") {
