@@ -263,7 +263,14 @@ async fn run(config: Validated) -> io::Result<()> {
                 let Some(h2) = protocol(&stream, http2, header_timeout).await else {
                     return;
                 };
-                let svc = hyper::service::service_fn(move |req| gw.clone().handle(req, peer));
+                // A protocol upgrade this connection's requests pass
+                // through, run below once hyper hands the connection over.
+                let tunnel = proxy::TunnelSlot::new();
+                let (slot, tunnel_gw) = (tunnel.clone(), gw.clone());
+                let svc = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                    req.extensions_mut().insert(slot.clone());
+                    gw.clone().handle(req, peer)
+                });
                 let io = HyperIo::new(stream);
                 let result = if h2 {
                     let conn = hyper::server::conn::http2::Builder::new(FulcrumExecutor::new())
@@ -288,7 +295,8 @@ async fn run(config: Validated) -> io::Result<()> {
                         .timer(FulcrumTimer::new())
                         .header_read_timeout(header_timeout)
                         .max_buf_size(max_header)
-                        .serve_connection(io, svc);
+                        .serve_connection(io, svc)
+                        .with_upgrades();
                     drive(
                         std::pin::pin!(conn),
                         |c| c.graceful_shutdown(),
@@ -299,6 +307,12 @@ async fn run(config: Validated) -> io::Result<()> {
                 };
                 if let Err(e) = result {
                     tracing::debug!(client = %peer, "connection: {e}");
+                }
+                // An upgraded connection lives on in this task, so that it
+                // counts as open (and the drain waits for it, up to the
+                // drain timeout).
+                if let Some(t) = tunnel.take() {
+                    tunnel_gw.run_tunnel(t).await;
                 }
             }
         })

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use fulcrum::io::{AsyncRead, AsyncWrite, ReadBuf};
 use fulcrum::net::hyper::HyperIo;
 use fulcrum::net::TcpStream;
 use fulcrum::runtime::Handle;
@@ -21,6 +22,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Uri};
 
 use crate::cluster::{Cluster, Endpoint, InFlight};
@@ -50,6 +52,49 @@ pub fn reply(status: StatusCode, text: &str) -> Response<Body> {
 pub struct WorkerStats {
     pub requests: AtomicU64,
     pub responses_5xx: AtomicU64,
+    /// Protocol upgrades the upstream accepted (`101 Switching Protocols`
+    /// passed to the client).
+    pub upgrades: AtomicU64,
+    /// Upgraded connections (tunnels) open on the worker.
+    pub tunnels_open: AtomicU64,
+    /// Bytes tunnelled from clients to upstreams.
+    pub tunnel_bytes_up: AtomicU64,
+    /// Bytes tunnelled from upstreams to clients.
+    pub tunnel_bytes_down: AtomicU64,
+}
+
+/// Where a request's protocol upgrade waits for its client connection: the
+/// connection task puts one in each HTTP/1 request's extensions and, once
+/// hyper has written the `101` and handed the connection over, takes the
+/// tunnel out and runs it (`Gateway::run_tunnel`) as the rest of the same
+/// task, so that an open tunnel counts as an open connection. A request
+/// without one (HTTP/2) cannot upgrade. Holds at most one tunnel: a
+/// connection upgrades once, after which hyper reads no more requests on it.
+#[derive(Default)]
+pub struct TunnelSlot(Mutex<Option<Tunnel>>);
+
+impl TunnelSlot {
+    /// An empty slot.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn put(&self, tunnel: Tunnel) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
+    }
+
+    /// The tunnel an upgraded request left, if any.
+    pub fn take(&self) -> Option<Tunnel> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The two halves of an accepted upgrade, to be joined by
+/// `Gateway::run_tunnel`.
+pub struct Tunnel {
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    upstream_name: String,
 }
 
 type Idle = HashMap<SocketAddr, Vec<SendRequest<Full<Bytes>>>>;
@@ -176,9 +221,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// connection closed afterwards (so that nothing pipelined behind them is
 /// read): RFC 9112 section 3.2 asks for 400 when an HTTP/1.1 request has no
 /// `Host` or several, or a `Host` that is not one valid value. `CONNECT`
-/// (a tunnel) and protocol upgrades other than `h2c` (which a server may
-/// ignore) are not supported: 501. An `Upgrade: h2c` offer is dropped with
-/// the other hop-by-hop headers, and the request is served over HTTP/1.1.
+/// (a tunnel) is not supported: 501. A protocol upgrade other than `h2c`
+/// (a WebSocket handshake, say) is passed through (see `upgrade_offer`)
+/// when it is a proper HTTP/1.1 one on a connection that can upgrade, and
+/// is otherwise a 501 (over HTTP/2, without `Connection: upgrade`, over
+/// HTTP/1.0). An `Upgrade: h2c` offer is dropped with the other hop-by-hop
+/// headers, and the request is served over HTTP/1.1.
 fn refuse_head(parts: &hyper::http::request::Parts) -> Option<Response<Body>> {
     let hosts = parts.headers.get_all(header::HOST).iter().count();
     let refusal = if hosts > 1 {
@@ -200,7 +248,8 @@ fn refuse_head(parts: &hyper::http::request::Parts) -> Option<Response<Body>> {
         v.to_str().map_or(true, |v| {
             v.split(',').any(|p| !p.trim().eq_ignore_ascii_case("h2c"))
         })
-    }) {
+    }) && upgrade_offer(parts).is_none()
+    {
         Some((
             StatusCode::NOT_IMPLEMENTED,
             "protocol upgrades are not supported",
@@ -217,6 +266,119 @@ fn refuse_head(parts: &hyper::http::request::Parts) -> Option<Response<Body>> {
         }
         resp
     })
+}
+
+/// The protocols (other than `h2c`) a request asks to upgrade to, as its
+/// `Upgrade` value to forward: only for an HTTP/1.1 request whose
+/// `Connection` names `upgrade` (RFC 9110 section 7.8), on a connection
+/// that can upgrade (it carries a `TunnelSlot`), and not `CONNECT`.
+fn upgrade_offer(parts: &hyper::http::request::Parts) -> Option<HeaderValue> {
+    if parts.version != hyper::Version::HTTP_11
+        || parts.method == hyper::Method::CONNECT
+        || parts.extensions.get::<Arc<TunnelSlot>>().is_none()
+    {
+        return None;
+    }
+    let asked = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !asked {
+        return None;
+    }
+    let mut protocols = Vec::new();
+    for v in parts.headers.get_all(header::UPGRADE) {
+        for p in v.to_str().ok()?.split(',') {
+            let p = p.trim();
+            if !p.is_empty() && !p.eq_ignore_ascii_case("h2c") {
+                protocols.push(p);
+            }
+        }
+    }
+    if protocols.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&protocols.join(", ")).ok()
+}
+
+/// Counts the bytes read through it into an atomic counter (the bytes a
+/// tunnel carries one way); writes pass through unchanged.
+struct Counted<'a, T> {
+    io: T,
+    read: &'a AtomicU64,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.read
+                .fetch_add((buf.filled().len() - before) as u64, Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// How long a tunnel stays half open: once one direction has ended, the
+/// other may carry bytes this long before both connections close.
+const HALF_CLOSED_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Copies `rd` into `wr` until EOF, then shuts `wr` down for writing.
+async fn one_way<R, W>(rd: &mut R, wr: &mut W) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use fulcrum::io::AsyncWriteExt;
+    fulcrum::io::copy(rd, wr).await?;
+    wr.shutdown().await
+}
+
+/// Takes one off a tunnel gauge when dropped, however the tunnel ends.
+struct OpenTunnel<'a>(&'a AtomicU64);
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// How long a response waits for the first bytes of its body before its
@@ -282,7 +444,10 @@ impl Gateway {
         let uri = req.uri().clone();
         let http1 = req.version() < hyper::Version::HTTP_2;
         let (mut resp, upstream) = self.forward(req, peer).await;
-        if self.draining.load(Relaxed) && http1 {
+        // A 101 keeps its `Connection: upgrade`: the tunnel it opens is cut
+        // at the drain timeout like any connection still open.
+        if self.draining.load(Relaxed) && http1 && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
             // The client learns not to reuse the connection, so no request
             // races the close.
             resp.headers_mut()
@@ -328,6 +493,26 @@ impl Gateway {
             .unwrap_or_default()
             .to_ascii_lowercase();
         let path = parts.uri.path().to_owned();
+        // A protocol upgrade to pass through: the client side of it, and
+        // the protocols to ask the upstream for.
+        let upgrade = match upgrade_offer(&parts) {
+            Some(protocols) => {
+                let slot = parts.extensions.remove::<Arc<TunnelSlot>>();
+                match (parts.extensions.remove::<OnUpgrade>(), slot) {
+                    (Some(client), Some(slot)) => Some((protocols, client, slot)),
+                    _ => {
+                        return (
+                            reply(
+                                StatusCode::NOT_IMPLEMENTED,
+                                "protocol upgrades are not supported here",
+                            ),
+                            None,
+                        )
+                    }
+                }
+            }
+            None => None,
+        };
         let Some(route) = self.route(&host, &path) else {
             return (reply(StatusCode::NOT_FOUND, "no route"), None);
         };
@@ -447,10 +632,24 @@ impl Gateway {
         parts
             .headers
             .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if let Some((protocols, ..)) = &upgrade {
+            // The two hop-by-hop headers an upgrade needs on the next hop.
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocols.clone());
+        }
         let req = Request::from_parts(parts, Full::new(body));
 
         let flight = InFlight::new(endpoint.clone());
-        let resp = match self.send(cluster, &endpoint, req).await {
+        let sent = match upgrade {
+            Some((_, client, slot)) => {
+                self.send_upgrade(cluster, &endpoint, req, client, &slot)
+                    .await
+            }
+            None => self.send(cluster, &endpoint, req).await,
+        };
+        let resp = match sent {
             Ok(resp) => resp,
             Err(f) => {
                 endpoint.failures.fetch_add(1, Relaxed);
@@ -559,6 +758,179 @@ impl Gateway {
             }
         }
     }
+}
+
+impl Gateway {
+    /// Sends an upgrade request on a fresh upstream connection of its own,
+    /// never pooled. A `101` goes back to the client with the upstream's
+    /// `Upgrade` (and `Connection: upgrade`), and leaves the two sides'
+    /// upgrades in `slot` for the client's connection task to join; any
+    /// other answer is passed back as a normal response, after which the
+    /// connection closes.
+    async fn send_upgrade(
+        &self,
+        cluster: &Cluster,
+        endpoint: &Arc<Endpoint>,
+        req: Request<Full<Bytes>>,
+        client: OnUpgrade,
+        slot: &TunnelSlot,
+    ) -> Result<Response<Body>, Failure> {
+        let spec = &cluster.spec;
+        let deadline = fulcrum::time::Instant::now() + spec.request_timeout;
+        let worker = self.worker();
+        let mut sender = connect_upgradable(endpoint.addr, spec, worker).await?;
+        if fulcrum::time::timeout_at(deadline, sender.ready())
+            .await
+            .is_err()
+        {
+            return Err(Failure::Timeout("connection"));
+        }
+        let resp = match fulcrum::time::timeout_at(deadline, sender.send_request(req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(Failure::Upstream(e)),
+            Err(_) => return Err(Failure::Timeout("response")),
+        };
+        let (mut parts, body) = resp.into_parts();
+        let upstream = parts.extensions.remove::<OnUpgrade>();
+        let upstream = match upstream {
+            Some(u) if parts.status == StatusCode::SWITCHING_PROTOCOLS => u,
+            _ => {
+                strip_hop_by_hop(&mut parts.headers);
+                let body = Unpooled {
+                    inner: body,
+                    _sender: sender,
+                };
+                return Ok(Response::from_parts(parts, body.boxed()));
+            }
+        };
+        let protocols: Vec<HeaderValue> = parts
+            .headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .cloned()
+            .collect();
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        for p in protocols {
+            parts.headers.append(header::UPGRADE, p);
+        }
+        self.workers[worker].upgrades.fetch_add(1, Relaxed);
+        slot.put(Tunnel {
+            client,
+            upstream,
+            upstream_name: endpoint.name.clone(),
+        });
+        let empty = Full::new(Bytes::new()).map_err(|never| match never {});
+        Ok(Response::from_parts(parts, empty.boxed()))
+    }
+
+    /// Runs an accepted upgrade: copies bytes both ways between the client's
+    /// and the upstream's upgraded connections. When one direction ends (its
+    /// reader's EOF or an error), the other side is shut down for writing,
+    /// and the other direction gets `HALF_CLOSED_LINGER` to end as well;
+    /// then both connections close.
+    pub async fn run_tunnel(&self, tunnel: Tunnel) {
+        let stats = &self.workers[self.worker()];
+        stats.tunnels_open.fetch_add(1, Relaxed);
+        let _open = OpenTunnel(&stats.tunnels_open);
+        let name = tunnel.upstream_name;
+        let (client, upstream) = match (tunnel.client.await, tunnel.upstream.await) {
+            (Ok(c), Ok(u)) => (c, u),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(upstream = %name, "upgrade: {e}");
+                return;
+            }
+        };
+        let mut client = Counted {
+            io: HyperIo::new(client),
+            read: &stats.tunnel_bytes_up,
+        };
+        let mut upstream = Counted {
+            io: HyperIo::new(upstream),
+            read: &stats.tunnel_bytes_down,
+        };
+        let (mut client_rd, mut client_wr) = fulcrum::io::split(&mut client);
+        let (mut upstream_rd, mut upstream_wr) = fulcrum::io::split(&mut upstream);
+        let mut up = std::pin::pin!(one_way(&mut client_rd, &mut upstream_wr));
+        let mut down = std::pin::pin!(one_way(&mut upstream_rd, &mut client_wr));
+        let (first, up_ended) = fulcrum::select! {
+            r = up.as_mut() => (r, true),
+            r = down.as_mut() => (r, false),
+        };
+        let rest = if up_ended { down } else { up };
+        if let Err(e) = first {
+            tracing::debug!(upstream = %name, "tunnel: {e}");
+        }
+        match timeout(HALF_CLOSED_LINGER, rest).await {
+            Ok(Err(e)) => tracing::debug!(upstream = %name, "tunnel: {e}"),
+            Ok(Ok(())) => {}
+            Err(_) => tracing::debug!(upstream = %name, "tunnel: closed after the linger"),
+        }
+    }
+}
+
+/// The body of a response from an unpooled upstream connection (a refused
+/// upgrade): keeps the connection's sender until the body is done, then
+/// the connection closes.
+struct Unpooled {
+    inner: Incoming,
+    _sender: SendRequest<Full<Bytes>>,
+}
+
+impl hyper::body::Body for Unpooled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Opens an upstream connection that can be upgraded (hyper's
+/// `with_upgrades`), for one upgrade request, and drives it on `worker`.
+async fn connect_upgradable(
+    addr: SocketAddr,
+    spec: &crate::config::ClusterSpec,
+    worker: usize,
+) -> Result<SendRequest<Full<Bytes>>, Failure> {
+    let stream = match timeout(spec.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(Failure::Refused(e)),
+        Err(_) => return Err(Failure::Timeout("connect")),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_header_size(spec.max_response_head)
+        .handshake(HyperIo::new(stream))
+        .await
+        .map_err(Failure::Upstream)?;
+    // After a 101 this future ends and hands the connection to the
+    // response's `OnUpgrade`.
+    let drive = async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(upstream = %addr, "upstream connection: {e}");
+        }
+    };
+    let handle = Handle::current();
+    if worker < handle.num_workers() {
+        drop(handle.spawn_on_worker(worker, drive));
+    } else {
+        drop(handle.spawn(drive));
+    }
+    Ok(sender)
 }
 
 /// Opens an upstream connection and drives it on `worker`, where its
