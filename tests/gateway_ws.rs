@@ -73,6 +73,8 @@ impl Upstream {
     }
 }
 
+// tungstenite's `Callback` returns its `ErrorResponse` by value.
+#[allow(clippy::result_large_err)]
 async fn serve_ws(mut s: TcpStream, seen: Arc<Mutex<Vec<Head>>>) {
     // tungstenite refuses only with an error status: `/plain` is answered
     // here, by hand.
