@@ -362,6 +362,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
 const HALF_CLOSED_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Copies `rd` into `wr` until EOF, then shuts `wr` down for writing.
+/// Through one buffer of `fulcrum::io::copy`'s (8 KiB): while `wr` cannot
+/// take more, nothing more is read from `rd`, so a slow side slows the
+/// other down instead of growing a queue.
 async fn one_way<R, W>(rd: &mut R, wr: &mut W) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -1057,6 +1060,61 @@ mod tests {
             })
             && b[14] == b'4'
             && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+    }
+
+    fn parts(
+        version: hyper::Version,
+        headers: &[(&str, &str)],
+        slot: bool,
+    ) -> hyper::http::request::Parts {
+        let mut req = Request::builder()
+            .uri("/ws")
+            .version(version)
+            .header("host", "a.example");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let (mut parts, ()) = req.body(()).unwrap().into_parts();
+        if slot {
+            parts.extensions.insert(TunnelSlot::new());
+        }
+        parts
+    }
+
+    #[test]
+    fn only_proper_http11_upgrades_are_passed_through() {
+        use hyper::Version;
+        let ws = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ];
+        let offer = |p: &hyper::http::request::Parts| {
+            upgrade_offer(p).map(|v| v.to_str().unwrap().to_owned())
+        };
+        let p = parts(Version::HTTP_11, &ws, true);
+        assert_eq!(offer(&p).as_deref(), Some("websocket"));
+        assert!(refuse_head(&p).is_none());
+        // h2c is taken out of the offer; an h2c-only offer is no upgrade.
+        let mixed = [("connection", "upgrade"), ("upgrade", "h2c, websocket")];
+        assert_eq!(
+            offer(&parts(Version::HTTP_11, &mixed, true)).as_deref(),
+            Some("websocket")
+        );
+        let h2c = [("connection", "upgrade"), ("upgrade", "h2c")];
+        assert_eq!(offer(&parts(Version::HTTP_11, &h2c, true)), None);
+        assert!(refuse_head(&parts(Version::HTTP_11, &h2c, true)).is_none());
+        // Refused with 501: no `Connection: upgrade`, HTTP/1.0, a
+        // connection that cannot upgrade (HTTP/2 has no slot either).
+        for p in [
+            parts(Version::HTTP_11, &[("upgrade", "websocket")], true),
+            parts(Version::HTTP_10, &ws, true),
+            parts(Version::HTTP_11, &ws, false),
+            parts(Version::HTTP_2, &[("upgrade", "websocket")], false),
+        ] {
+            assert_eq!(offer(&p), None, "{p:?}");
+            let refused = refuse_head(&p).map(|r| r.status());
+            assert_eq!(refused, Some(StatusCode::NOT_IMPLEMENTED), "{p:?}");
+        }
     }
 
     #[test]
