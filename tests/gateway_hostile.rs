@@ -9,9 +9,10 @@
 //! - an absolute-form target whose authority disagrees with `Host`:
 //!   routed by the authority and forwarded with it;
 //! - heads the gateway refuses (several `Host`s, none, a control character,
-//!   obs-fold, `CONNECT`, a WebSocket upgrade), each with a request
-//!   pipelined behind it that must never be forwarded; and the ones it
-//!   accepts (bare LF line endings, an `h2c` upgrade offer);
+//!   obs-fold, `CONNECT`, an `Upgrade` without `Connection: upgrade`),
+//!   each with a request pipelined behind it that must never be
+//!   forwarded; and the ones it accepts (bare LF line endings, an `h2c`
+//!   upgrade offer, a WebSocket handshake the upstream answers with 200);
 //! - a client that pipelines requests and never reads the answers: the
 //!   gateway stops reading from it, its memory stays bounded, and other
 //!   clients are served meanwhile.
@@ -300,8 +301,8 @@ fn refused_heads_close_the_connection_and_nothing_behind_them_is_forwarded() {
             501,
         ),
         (
-            "a WebSocket upgrade",
-            "GET /ws HTTP/1.1\r\nhost: a.example\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            "an Upgrade without Connection: upgrade",
+            "GET /ws HTTP/1.1\r\nhost: a.example\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
             501,
         ),
     ];
@@ -333,8 +334,15 @@ fn refused_heads_close_the_connection_and_nothing_behind_them_is_forwarded() {
         b"GET /h2c HTTP/1.1\r\nhost: a.example\r\nconnection: upgrade, http2-settings, close\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
     );
     assert_eq!((status, body.as_str()), (200, "scripted:/h2c"));
+    // A WebSocket handshake is forwarded (on a connection of its own); the
+    // upstream's answer without 101 comes back as it is.
+    let (status, body) = raw(
+        gw.addr,
+        b"GET /ws HTTP/1.1\r\nhost: a.example\r\nconnection: upgrade, close\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert_eq!((status, body.as_str()), (200, "scripted:/ws"));
     let seen = up.take();
-    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
 #[test]

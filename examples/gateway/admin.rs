@@ -46,6 +46,10 @@ impl State {
                     "requests": w.requests.load(Relaxed),
                     "responses_5xx": w.responses_5xx.load(Relaxed),
                     "tls_handshake_failures": w.tls_handshake_failures.load(Relaxed),
+                    "upgrades": w.upgrades.load(Relaxed),
+                    "tunnels_open": w.tunnels_open.load(Relaxed),
+                    "tunnel_bytes_up": w.tunnel_bytes_up.load(Relaxed),
+                    "tunnel_bytes_down": w.tunnel_bytes_down.load(Relaxed),
                     "dlb_handoffs_sent": m.dlb_sent,
                     "dlb_handoffs_received": m.dlb_received,
                     "dlb_fallbacks": m.fallbacks,
@@ -82,11 +86,26 @@ impl State {
                 })
             })
             .collect();
+        // Over every slot, the one off the workers included.
+        let total = |f: fn(&crate::proxy::WorkerStats) -> &std::sync::atomic::AtomicU64| {
+            self.gateway
+                .workers
+                .iter()
+                .map(|w| f(w).load(Relaxed))
+                .sum::<u64>()
+        };
+        let tunnels = json!({
+            "upgrades": total(|w| &w.upgrades),
+            "open": total(|w| &w.tunnels_open),
+            "bytes_up": total(|w| &w.tunnel_bytes_up),
+            "bytes_down": total(|w| &w.tunnel_bytes_down),
+        });
         json!({
             "dlb_backend": self.handle.dlb_backend().map(|b| b.to_string()),
             "balance": format!("{:?}", self.gateway.config.balance),
             "draining": self.draining.load(Relaxed),
             "remote_fallbacks": metrics.remote_fallbacks,
+            "tunnels": tunnels,
             "workers": workers,
             "clusters": clusters,
         })
@@ -117,6 +136,26 @@ impl State {
                 "tls_handshake_failures",
                 "counter",
                 "Client connections closed because their TLS handshake failed or timed out.",
+            ),
+            (
+                "upgrades",
+                "counter",
+                "Protocol upgrades (101 Switching Protocols) passed through on the worker.",
+            ),
+            (
+                "tunnels_open",
+                "gauge",
+                "Upgraded connections (tunnels) open on the worker.",
+            ),
+            (
+                "tunnel_bytes_up",
+                "counter",
+                "Bytes tunnelled from clients to upstreams on the worker.",
+            ),
+            (
+                "tunnel_bytes_down",
+                "counter",
+                "Bytes tunnelled from upstreams to clients on the worker.",
             ),
             (
                 "dlb_handoffs_sent",

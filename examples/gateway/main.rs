@@ -253,9 +253,16 @@ async fn serve_http<T>(
 ) where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // A protocol upgrade this connection's requests pass through (HTTP/1
+    // only), run below once hyper hands the connection over.
+    let tunnel = (!h2).then(proxy::TunnelSlot::new);
+    let (slot, tunnel_gw) = (tunnel.clone(), gw.clone());
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         if https {
             req.extensions_mut().insert(proxy::ClientTls);
+        }
+        if let Some(slot) = &slot {
+            req.extensions_mut().insert(slot.clone());
         }
         gw.clone().handle(req, peer)
     });
@@ -288,7 +295,8 @@ async fn serve_http<T>(
             .timer(FulcrumTimer::new())
             .header_read_timeout(header_timeout)
             .max_buf_size(max_header)
-            .serve_connection(io, svc);
+            .serve_connection(io, svc)
+            .with_upgrades();
         drive(
             std::pin::pin!(conn),
             |c| c.graceful_shutdown(),
@@ -299,6 +307,11 @@ async fn serve_http<T>(
     };
     if let Err(e) = result {
         tracing::debug!(client = %peer, "connection: {e}");
+    }
+    // An upgraded connection lives on in this task, so that it counts as
+    // open (and the drain waits for it, up to the drain timeout).
+    if let Some(t) = tunnel.and_then(|slot| slot.take()) {
+        tunnel_gw.run_tunnel(t).await;
     }
 }
 

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use fulcrum::io::{AsyncRead, AsyncWrite, ReadBuf};
 use fulcrum::net::hyper::HyperIo;
 use fulcrum::net::TcpStream;
 use fulcrum::runtime::Handle;
@@ -21,6 +22,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Uri};
 use tokio_rustls::client::TlsStream;
 
@@ -54,6 +56,49 @@ pub struct WorkerStats {
     /// Client connections closed because their TLS handshake failed or
     /// did not finish within the header timeout.
     pub tls_handshake_failures: AtomicU64,
+    /// Protocol upgrades the upstream accepted (`101 Switching Protocols`
+    /// passed to the client).
+    pub upgrades: AtomicU64,
+    /// Upgraded connections (tunnels) open on the worker.
+    pub tunnels_open: AtomicU64,
+    /// Bytes tunnelled from clients to upstreams.
+    pub tunnel_bytes_up: AtomicU64,
+    /// Bytes tunnelled from upstreams to clients.
+    pub tunnel_bytes_down: AtomicU64,
+}
+
+/// Where a request's protocol upgrade waits for its client connection: the
+/// connection task puts one in each HTTP/1 request's extensions and, once
+/// hyper has written the `101` and handed the connection over, takes the
+/// tunnel out and runs it (`Gateway::run_tunnel`) as the rest of the same
+/// task, so that an open tunnel counts as an open connection. A request
+/// without one (HTTP/2) cannot upgrade. Holds at most one tunnel: a
+/// connection upgrades once, after which hyper reads no more requests on it.
+#[derive(Default)]
+pub struct TunnelSlot(Mutex<Option<Tunnel>>);
+
+impl TunnelSlot {
+    /// An empty slot.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn put(&self, tunnel: Tunnel) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
+    }
+
+    /// The tunnel an upgraded request left, if any.
+    pub fn take(&self) -> Option<Tunnel> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The two halves of an accepted upgrade, to be joined by
+/// `Gateway::run_tunnel`.
+pub struct Tunnel {
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    upstream_name: String,
 }
 
 /// Marks a request that came over a TLS connection (in its extensions):
@@ -191,9 +236,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// connection closed afterwards (so that nothing pipelined behind them is
 /// read): RFC 9112 section 3.2 asks for 400 when an HTTP/1.1 request has no
 /// `Host` or several, or a `Host` that is not one valid value. `CONNECT`
-/// (a tunnel) and protocol upgrades other than `h2c` (which a server may
-/// ignore) are not supported: 501. An `Upgrade: h2c` offer is dropped with
-/// the other hop-by-hop headers, and the request is served over HTTP/1.1.
+/// (a tunnel) is not supported: 501. A protocol upgrade other than `h2c`
+/// (a WebSocket handshake, say) is passed through (see `upgrade_offer`)
+/// when it is a proper HTTP/1.1 one on a connection that can upgrade, and
+/// is otherwise a 501 (over HTTP/2, without `Connection: upgrade`, over
+/// HTTP/1.0). An `Upgrade: h2c` offer is dropped with the other hop-by-hop
+/// headers, and the request is served over HTTP/1.1.
 fn refuse_head(parts: &hyper::http::request::Parts) -> Option<Response<Body>> {
     let hosts = parts.headers.get_all(header::HOST).iter().count();
     let refusal = if hosts > 1 {
@@ -215,7 +263,8 @@ fn refuse_head(parts: &hyper::http::request::Parts) -> Option<Response<Body>> {
         v.to_str().map_or(true, |v| {
             v.split(',').any(|p| !p.trim().eq_ignore_ascii_case("h2c"))
         })
-    }) {
+    }) && upgrade_offer(parts).is_none()
+    {
         Some((
             StatusCode::NOT_IMPLEMENTED,
             "protocol upgrades are not supported",
@@ -232,6 +281,122 @@ fn refuse_head(parts: &hyper::http::request::Parts) -> Option<Response<Body>> {
         }
         resp
     })
+}
+
+/// The protocols (other than `h2c`) a request asks to upgrade to, as its
+/// `Upgrade` value to forward: only for an HTTP/1.1 request whose
+/// `Connection` names `upgrade` (RFC 9110 section 7.8), on a connection
+/// that can upgrade (it carries a `TunnelSlot`), and not `CONNECT`.
+fn upgrade_offer(parts: &hyper::http::request::Parts) -> Option<HeaderValue> {
+    if parts.version != hyper::Version::HTTP_11
+        || parts.method == hyper::Method::CONNECT
+        || parts.extensions.get::<Arc<TunnelSlot>>().is_none()
+    {
+        return None;
+    }
+    let asked = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !asked {
+        return None;
+    }
+    let mut protocols = Vec::new();
+    for v in parts.headers.get_all(header::UPGRADE) {
+        for p in v.to_str().ok()?.split(',') {
+            let p = p.trim();
+            if !p.is_empty() && !p.eq_ignore_ascii_case("h2c") {
+                protocols.push(p);
+            }
+        }
+    }
+    if protocols.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&protocols.join(", ")).ok()
+}
+
+/// Counts the bytes read through it into an atomic counter (the bytes a
+/// tunnel carries one way); writes pass through unchanged.
+struct Counted<'a, T> {
+    io: T,
+    read: &'a AtomicU64,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.read
+                .fetch_add((buf.filled().len() - before) as u64, Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// How long a tunnel stays half open: once one direction has ended, the
+/// other may carry bytes this long before both connections close.
+const HALF_CLOSED_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Copies `rd` into `wr` until EOF, then shuts `wr` down for writing.
+/// Through one buffer of `fulcrum::io::copy`'s (8 KiB): while `wr` cannot
+/// take more, nothing more is read from `rd`, so a slow side slows the
+/// other down instead of growing a queue.
+async fn one_way<R, W>(rd: &mut R, wr: &mut W) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use fulcrum::io::AsyncWriteExt;
+    fulcrum::io::copy(rd, wr).await?;
+    wr.shutdown().await
+}
+
+/// Takes one off a tunnel gauge when dropped, however the tunnel ends.
+struct OpenTunnel<'a>(&'a AtomicU64);
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// How long a response waits for the first bytes of its body before its
@@ -279,6 +444,28 @@ impl Failure {
             // A malformed or oversized head: the upstream answered.
             Failure::Upstream(e) if e.is_parse() || e.is_user() => RetryOn::Never,
             Failure::Upstream(_) => RetryOn::Idempotent,
+        }
+    }
+}
+
+/// The answer to a request whose last attempt failed with `failure`.
+fn failure_response(endpoint: &Endpoint, failure: Failure) -> Response<Body> {
+    match failure {
+        Failure::Refused(e) => {
+            tracing::debug!(upstream = %endpoint.name, "connect: {e}");
+            reply(StatusCode::BAD_GATEWAY, "upstream connect error")
+        }
+        Failure::Timeout(what) => reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!("upstream {what} timeout"),
+        ),
+        Failure::Upstream(e) | Failure::Unsent(e) | Failure::BodyStart(e) => {
+            tracing::debug!(upstream = %endpoint.name, "upstream: {e}");
+            reply(StatusCode::BAD_GATEWAY, "upstream reset or bad response")
+        }
+        Failure::Tls(e) => {
+            tracing::debug!(upstream = %endpoint.name, "TLS handshake: {e}");
+            reply(StatusCode::BAD_GATEWAY, "upstream TLS handshake failed")
         }
     }
 }
@@ -378,7 +565,10 @@ impl Gateway {
         let http1 = req.version() < hyper::Version::HTTP_2;
         let mut up = UpstreamLog::default();
         let (mut resp, upstream) = self.forward(req, peer, &mut up).await;
-        if self.draining.load(Relaxed) && http1 {
+        // A 101 keeps its `Connection: upgrade`: the tunnel it opens is cut
+        // at the drain timeout like any connection still open.
+        if self.draining.load(Relaxed) && http1 && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
             // The client learns not to reuse the connection, so no request
             // races the close.
             resp.headers_mut()
@@ -428,6 +618,26 @@ impl Gateway {
             .unwrap_or_default()
             .to_ascii_lowercase();
         let path = parts.uri.path().to_owned();
+        // A protocol upgrade to pass through: the client side of it, and
+        // the protocols to ask the upstream for.
+        let upgrade = match upgrade_offer(&parts) {
+            Some(protocols) => {
+                let slot = parts.extensions.remove::<Arc<TunnelSlot>>();
+                match (parts.extensions.remove::<OnUpgrade>(), slot) {
+                    (Some(client), Some(slot)) => Some((protocols, client, slot)),
+                    _ => {
+                        return (
+                            reply(
+                                StatusCode::NOT_IMPLEMENTED,
+                                "protocol upgrades are not supported here",
+                            ),
+                            None,
+                        )
+                    }
+                }
+            }
+            None => None,
+        };
         let Some(route) = self.route(&host, &path) else {
             return (reply(StatusCode::NOT_FOUND, "no route"), None);
         };
@@ -553,13 +763,36 @@ impl Gateway {
             .headers
             .insert("x-forwarded-proto", HeaderValue::from_static(proto));
 
+        let deadline = deadline_after(route.timeout.unwrap_or(cluster.spec.request_timeout));
+        if let Some((protocols, client, slot)) = upgrade {
+            // An upgrade is tried once, on a connection of its own: the
+            // upstream may have taken it over before failing.
+            // The two hop-by-hop headers an upgrade needs on the next hop.
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocols);
+            let req = Request::from_parts(parts, Full::new(body));
+            up.attempts = 1;
+            let flight = InFlight::new(endpoint.clone());
+            let sent = self
+                .send_upgrade(cluster, &endpoint, req, client, &slot, deadline, up)
+                .await;
+            drop(flight);
+            return match sent {
+                Ok(resp) => (resp, Some(endpoint)),
+                Err(f) => {
+                    endpoint.failures.fetch_add(1, Relaxed);
+                    (failure_response(&endpoint, f), Some(endpoint))
+                }
+            };
+        }
         // Attempts: the first on the picked endpoint, then up to
         // `max_retries` on endpoints not tried yet, while the failure
         // allows it, the deadline is ahead and the retry budget has room.
         // The route's timeout (or the cluster's) bounds them all.
         let idempotent = is_idempotent(&parts.method);
         let max_retries = cluster.spec.max_retries;
-        let deadline = deadline_after(route.timeout.unwrap_or(cluster.spec.request_timeout));
         let mut parts = Some(parts);
         let mut endpoint = endpoint;
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -611,24 +844,7 @@ impl Gateway {
                     }
                 }
             }
-            let resp = match failure {
-                Failure::Refused(e) => {
-                    tracing::debug!(upstream = %endpoint.name, "connect: {e}");
-                    reply(StatusCode::BAD_GATEWAY, "upstream connect error")
-                }
-                Failure::Timeout(what) => reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("upstream {what} timeout"),
-                ),
-                Failure::Upstream(e) | Failure::Unsent(e) | Failure::BodyStart(e) => {
-                    tracing::debug!(upstream = %endpoint.name, "upstream: {e}");
-                    reply(StatusCode::BAD_GATEWAY, "upstream reset or bad response")
-                }
-                Failure::Tls(e) => {
-                    tracing::debug!(upstream = %endpoint.name, "TLS handshake: {e}");
-                    reply(StatusCode::BAD_GATEWAY, "upstream TLS handshake failed")
-                }
-            };
+            let resp = failure_response(&endpoint, failure);
             return (resp, Some(endpoint));
         }
     }
@@ -655,7 +871,7 @@ impl Gateway {
                 Some(s) => (s, true),
                 None => {
                     let started = Instant::now();
-                    let got = connect(cluster, endpoint, worker, deadline).await;
+                    let got = connect(cluster, endpoint, worker, deadline, Upgrades::No).await;
                     up.connect_micros = started.elapsed().as_micros() as u64;
                     (got?, false)
                 }
@@ -757,11 +973,160 @@ pub async fn tls_handshake(
 /// Opens an upstream connection (TCP, then TLS if the cluster has it)
 /// and drives it on `worker`, where its socket registers; gives up at the
 /// connect timeout or at `deadline`, whichever comes first.
+impl Gateway {
+    /// Sends an upgrade request on a fresh upstream connection of its own,
+    /// never pooled. A `101` goes back to the client with the upstream's
+    /// `Upgrade` (and `Connection: upgrade`), and leaves the two sides'
+    /// upgrades in `slot` for the client's connection task to join; any
+    /// other answer is passed back as a normal response, after which the
+    /// connection closes.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_upgrade(
+        &self,
+        cluster: &Cluster,
+        endpoint: &Arc<Endpoint>,
+        req: Request<Full<Bytes>>,
+        client: OnUpgrade,
+        slot: &TunnelSlot,
+        deadline: fulcrum::time::Instant,
+        up: &mut UpstreamLog,
+    ) -> Result<Response<Body>, Failure> {
+        let worker = self.worker();
+        let started = Instant::now();
+        let sender = connect(cluster, endpoint, worker, deadline, Upgrades::Allowed).await;
+        up.connect_micros = started.elapsed().as_micros() as u64;
+        let mut sender = sender?;
+        if fulcrum::time::timeout_at(deadline, sender.ready())
+            .await
+            .is_err()
+        {
+            return Err(Failure::Timeout("connection"));
+        }
+        let sent_at = Instant::now();
+        let resp = fulcrum::time::timeout_at(deadline, sender.send_request(req)).await;
+        up.upstream_micros = sent_at.elapsed().as_micros() as u64;
+        let resp = match resp {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(Failure::Upstream(e)),
+            Err(_) => return Err(Failure::Timeout("response")),
+        };
+        let (mut parts, body) = resp.into_parts();
+        let upstream = parts.extensions.remove::<OnUpgrade>();
+        let upstream = match upstream {
+            Some(u) if parts.status == StatusCode::SWITCHING_PROTOCOLS => u,
+            _ => {
+                strip_hop_by_hop(&mut parts.headers);
+                let body = Unpooled {
+                    inner: body,
+                    _sender: sender,
+                };
+                return Ok(Response::from_parts(parts, body.boxed()));
+            }
+        };
+        let protocols: Vec<HeaderValue> = parts
+            .headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .cloned()
+            .collect();
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        for p in protocols {
+            parts.headers.append(header::UPGRADE, p);
+        }
+        self.workers[worker].upgrades.fetch_add(1, Relaxed);
+        slot.put(Tunnel {
+            client,
+            upstream,
+            upstream_name: endpoint.name.clone(),
+        });
+        let empty = Full::new(Bytes::new()).map_err(|never| match never {});
+        Ok(Response::from_parts(parts, empty.boxed()))
+    }
+
+    /// Runs an accepted upgrade: copies bytes both ways between the client's
+    /// and the upstream's upgraded connections. When one direction ends (its
+    /// reader's EOF or an error), the other side is shut down for writing,
+    /// and the other direction gets `HALF_CLOSED_LINGER` to end as well;
+    /// then both connections close.
+    pub async fn run_tunnel(&self, tunnel: Tunnel) {
+        let stats = &self.workers[self.worker()];
+        stats.tunnels_open.fetch_add(1, Relaxed);
+        let _open = OpenTunnel(&stats.tunnels_open);
+        let name = tunnel.upstream_name;
+        let (client, upstream) = match (tunnel.client.await, tunnel.upstream.await) {
+            (Ok(c), Ok(u)) => (c, u),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(upstream = %name, "upgrade: {e}");
+                return;
+            }
+        };
+        let mut client = Counted {
+            io: HyperIo::new(client),
+            read: &stats.tunnel_bytes_up,
+        };
+        let mut upstream = Counted {
+            io: HyperIo::new(upstream),
+            read: &stats.tunnel_bytes_down,
+        };
+        let (mut client_rd, mut client_wr) = fulcrum::io::split(&mut client);
+        let (mut upstream_rd, mut upstream_wr) = fulcrum::io::split(&mut upstream);
+        let mut up = std::pin::pin!(one_way(&mut client_rd, &mut upstream_wr));
+        let mut down = std::pin::pin!(one_way(&mut upstream_rd, &mut client_wr));
+        let (first, up_ended) = fulcrum::select! {
+            r = up.as_mut() => (r, true),
+            r = down.as_mut() => (r, false),
+        };
+        let rest = if up_ended { down } else { up };
+        if let Err(e) = first {
+            tracing::debug!(upstream = %name, "tunnel: {e}");
+        }
+        match timeout(HALF_CLOSED_LINGER, rest).await {
+            Ok(Err(e)) => tracing::debug!(upstream = %name, "tunnel: {e}"),
+            Ok(Ok(())) => {}
+            Err(_) => tracing::debug!(upstream = %name, "tunnel: closed after the linger"),
+        }
+    }
+}
+
+/// The body of a response from an unpooled upstream connection (a refused
+/// upgrade): keeps the connection's sender until the body is done, then
+/// the connection closes.
+struct Unpooled {
+    inner: Incoming,
+    _sender: SendRequest<Full<Bytes>>,
+}
+
+impl hyper::body::Body for Unpooled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Opens an upstream connection and drives it on `worker`, where its
+/// socket registers.
 async fn connect(
     cluster: &Cluster,
     endpoint: &Endpoint,
     worker: usize,
     deadline: fulcrum::time::Instant,
+    upgrades: Upgrades,
 ) -> Result<SendRequest<Full<Bytes>>, Failure> {
     let spec = &cluster.spec;
     let addr = endpoint.addr;
@@ -773,7 +1138,7 @@ async fn connect(
     };
     let _ = stream.set_nodelay(true);
     match &spec.tls {
-        None => handshake(HyperIo::new(stream), spec, addr, worker).await,
+        None => handshake(HyperIo::new(stream), spec, addr, worker, upgrades).await,
         Some(tls) => {
             let shake = tls_handshake(cluster, tls, endpoint, stream);
             let stream = match fulcrum::time::timeout_at(deadline, shake).await {
@@ -781,9 +1146,18 @@ async fn connect(
                 Ok(Err(e)) => return Err(Failure::Tls(e)),
                 Err(_) => return Err(Failure::Timeout("TLS handshake")),
             };
-            handshake(HyperIo::new(stream), spec, addr, worker).await
+            handshake(HyperIo::new(stream), spec, addr, worker, upgrades).await
         }
     }
+}
+
+/// Whether an upstream connection may be upgraded (hyper's
+/// `with_upgrades`): only the fresh, never pooled one of an upgrade
+/// request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Upgrades {
+    No,
+    Allowed,
 }
 
 /// Starts HTTP/1.1 on a connected upstream stream (TCP or TLS) and
@@ -793,6 +1167,7 @@ async fn handshake<T>(
     spec: &crate::config::ClusterSpec,
     addr: SocketAddr,
     worker: usize,
+    upgrades: Upgrades,
 ) -> Result<SendRequest<Full<Bytes>>, Failure>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -803,7 +1178,13 @@ where
         .await
         .map_err(Failure::Unsent)?;
     let drive = async move {
-        if let Err(e) = conn.await {
+        // After a 101, `with_upgrades` ends and hands the connection to the
+        // response's `OnUpgrade`.
+        let ended = match upgrades {
+            Upgrades::No => conn.await,
+            Upgrades::Allowed => conn.with_upgrades().await,
+        };
+        if let Err(e) = ended {
             tracing::debug!(upstream = %addr, "upstream connection: {e}");
         }
     };
@@ -908,6 +1289,61 @@ mod tests {
             })
             && b[14] == b'4'
             && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+    }
+
+    fn parts(
+        version: hyper::Version,
+        headers: &[(&str, &str)],
+        slot: bool,
+    ) -> hyper::http::request::Parts {
+        let mut req = Request::builder()
+            .uri("/ws")
+            .version(version)
+            .header("host", "a.example");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let (mut parts, ()) = req.body(()).unwrap().into_parts();
+        if slot {
+            parts.extensions.insert(TunnelSlot::new());
+        }
+        parts
+    }
+
+    #[test]
+    fn only_proper_http11_upgrades_are_passed_through() {
+        use hyper::Version;
+        let ws = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ];
+        let offer = |p: &hyper::http::request::Parts| {
+            upgrade_offer(p).map(|v| v.to_str().unwrap().to_owned())
+        };
+        let p = parts(Version::HTTP_11, &ws, true);
+        assert_eq!(offer(&p).as_deref(), Some("websocket"));
+        assert!(refuse_head(&p).is_none());
+        // h2c is taken out of the offer; an h2c-only offer is no upgrade.
+        let mixed = [("connection", "upgrade"), ("upgrade", "h2c, websocket")];
+        assert_eq!(
+            offer(&parts(Version::HTTP_11, &mixed, true)).as_deref(),
+            Some("websocket")
+        );
+        let h2c = [("connection", "upgrade"), ("upgrade", "h2c")];
+        assert_eq!(offer(&parts(Version::HTTP_11, &h2c, true)), None);
+        assert!(refuse_head(&parts(Version::HTTP_11, &h2c, true)).is_none());
+        // Refused with 501: no `Connection: upgrade`, HTTP/1.0, a
+        // connection that cannot upgrade (HTTP/2 has no slot either).
+        for p in [
+            parts(Version::HTTP_11, &[("upgrade", "websocket")], true),
+            parts(Version::HTTP_10, &ws, true),
+            parts(Version::HTTP_11, &ws, false),
+            parts(Version::HTTP_2, &[("upgrade", "websocket")], false),
+        ] {
+            assert_eq!(offer(&p), None, "{p:?}");
+            let refused = refuse_head(&p).map(|r| r.status());
+            assert_eq!(refused, Some(StatusCode::NOT_IMPLEMENTED), "{p:?}");
+        }
     }
 
     #[test]
