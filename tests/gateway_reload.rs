@@ -21,7 +21,7 @@ struct Gw {
     child: Child,
     addr: SocketAddr,
     admin: SocketAddr,
-    _stdout: mpsc::Receiver<String>,
+    stdout: mpsc::Receiver<String>,
     file: TempFile,
 }
 
@@ -49,7 +49,7 @@ impl Gw {
             child,
             addr: addr.unwrap(),
             admin: admin.unwrap(),
-            _stdout: rx,
+            stdout: rx,
             file: TempFile(path),
         }
     }
@@ -561,4 +561,16 @@ fn no_request_is_lost_while_reloading_under_load() {
 
     let status = gw.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
+    // The drain summary sums the per-worker counters of every
+    // configuration.
+    let summary = std::iter::from_fn(|| gw.stdout.recv_timeout(Duration::from_secs(5)).ok())
+        .find(|l| l.contains("requests served"))
+        .expect("the drain summary");
+    let served: u64 = summary
+        .split(" requests served")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {summary:?}"));
+    assert!(served >= requests, "{summary}");
 }

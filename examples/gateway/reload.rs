@@ -28,11 +28,20 @@ struct Demo {
     /// The cluster's name.
     cluster: String,
     servers: Vec<Serving>,
+    /// The configurations that have sent requests to them (a backend
+    /// reused over several reloads serves several).
+    users: Vec<Weak<Gateway>>,
 }
 
 impl Demo {
     fn addrs(&self) -> Vec<SocketAddr> {
         self.servers.iter().map(Serving::local_addr).collect()
+    }
+
+    /// Whether a configuration that uses them is still alive.
+    fn in_use(&mut self) -> bool {
+        self.users.retain(|u| u.strong_count() > 0);
+        !self.users.is_empty()
     }
 
     fn stop(&self) {
@@ -48,10 +57,12 @@ struct Running {
     health: Vec<JoinHandle<()>>,
     /// The demo backends of the configuration in force.
     demos: Vec<Demo>,
-    /// Demo backends no configuration in force uses any more, kept until
-    /// the last connection of the configuration that used them has ended
-    /// (checked at each reload, and all stopped at exit).
-    retired: Vec<(Weak<Gateway>, Demo)>,
+    /// Demo backends the configuration in force does not use, kept until
+    /// the last connection of every configuration that used them has
+    /// ended (checked at each reload, and all stopped at exit).
+    retired: Vec<Demo>,
+    /// Set by [`Live::stop`]: the gateway is exiting, reloads are refused.
+    stopped: bool,
 }
 
 /// The reload counters shown in `/stats`.
@@ -122,6 +133,7 @@ async fn build(
                     let d = Demo {
                         cluster: spec.name.clone(),
                         servers: demo::start(spec.demo_backends).await?,
+                        users: Vec::new(),
                     };
                     addrs.extend(d.addrs());
                     demos.push(Err(d));
@@ -179,8 +191,15 @@ impl Live {
     ) -> io::Result<Self> {
         let (clusters, demos) = build(&config, &[]).await?;
         let health = health::start(&clusters);
-        let demos = demos.into_iter().filter_map(Result::err).collect();
         let gateway = Arc::new(Gateway::new(config.clone(), clusters, workers));
+        let demos = demos
+            .into_iter()
+            .filter_map(Result::err)
+            .map(|mut d| {
+                d.users.push(Arc::downgrade(&gateway));
+                d
+            })
+            .collect();
         Ok(Self {
             current: RwLock::new(gateway),
             path,
@@ -189,6 +208,7 @@ impl Live {
                 health,
                 demos,
                 retired: Vec::new(),
+                stopped: false,
             }),
             counters: Mutex::new(Counters::default()),
         })
@@ -232,6 +252,9 @@ impl Live {
             );
         };
         let mut running = self.running.lock().await;
+        if running.stopped {
+            return Err("the gateway is draining: no more reloads".into());
+        }
         // Off the workers: the file system, and the names the addresses
         // resolve (as at start).
         let file = path.clone();
@@ -276,13 +299,17 @@ impl Live {
             if kept {
                 running.demos.push(d);
             } else {
-                running.retired.push((Arc::downgrade(&old), d));
+                running.retired.push(d);
             }
         }
         running.demos.extend(fresh);
+        for d in &mut running.demos {
+            d.users.retain(|u| u.strong_count() > 0);
+            d.users.push(Arc::downgrade(&new));
+        }
         drop(old);
-        running.retired.retain(|(gw, d)| {
-            let in_use = gw.strong_count() > 0;
+        running.retired.retain_mut(|d| {
+            let in_use = d.in_use();
             if !in_use {
                 d.stop();
             }
@@ -293,14 +320,15 @@ impl Live {
 
     /// Stops the health checkers and every demo backend (at exit).
     pub async fn stop(&self) {
-        let running = self.running.lock().await;
+        let mut running = self.running.lock().await;
+        running.stopped = true;
         for h in &running.health {
             h.abort();
         }
         for d in &running.demos {
             d.stop();
         }
-        for (_, d) in &running.retired {
+        for d in &running.retired {
             d.stop();
         }
     }
