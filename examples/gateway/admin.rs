@@ -1,6 +1,6 @@
 //! The admin listener (loopback by default): `/stats` (JSON, or Prometheus
-//! text with `?format=prometheus` or at `/stats/prometheus`), `/healthz`
-//! and `/config`.
+//! text with `?format=prometheus` or at `/stats/prometheus`), `/healthz`,
+//! `/config` (the configuration in force) and `POST /reload`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -17,11 +17,12 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
-use crate::proxy::Gateway;
+use crate::reload::Live;
 
 /// What the admin pages read.
 pub struct State {
-    pub gateway: Arc<Gateway>,
+    /// The configuration in force, and its reloading.
+    pub live: Arc<Live>,
     pub serving: Arc<Serving>,
     pub handle: Handle,
     pub draining: AtomicBool,
@@ -30,6 +31,7 @@ pub struct State {
 impl State {
     /// The statistics as JSON.
     pub fn stats_json(&self) -> serde_json::Value {
+        let gateway = self.live.current();
         let metrics = self.handle.metrics();
         let open = self.serving.open_per_worker();
         let handled = self.serving.handled_per_worker();
@@ -38,7 +40,7 @@ impl State {
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                let w = &self.gateway.workers[i];
+                let w = &gateway.workers[i];
                 json!({
                     "worker": i,
                     "open_connections": open.get(i).copied().unwrap_or(0),
@@ -58,8 +60,7 @@ impl State {
                 })
             })
             .collect();
-        let clusters: Vec<_> = self
-            .gateway
+        let clusters: Vec<_> = gateway
             .clusters
             .iter()
             .map(|c| {
@@ -88,7 +89,7 @@ impl State {
             .collect();
         // Over every slot, the one off the workers included.
         let total = |f: fn(&crate::proxy::WorkerStats) -> &std::sync::atomic::AtomicU64| {
-            self.gateway
+            gateway
                 .workers
                 .iter()
                 .map(|w| f(w).load(Relaxed))
@@ -102,12 +103,13 @@ impl State {
         });
         json!({
             "dlb_backend": self.handle.dlb_backend().map(|b| b.to_string()),
-            "balance": format!("{:?}", self.gateway.config.balance),
+            "balance": format!("{:?}", gateway.config.balance),
             "draining": self.draining.load(Relaxed),
             "remote_fallbacks": metrics.remote_fallbacks,
             "tunnels": tunnels,
             "workers": workers,
             "clusters": clusters,
+            "reload": self.live.stats_json(),
         })
     }
 
@@ -248,6 +250,18 @@ impl State {
                 }
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP fulcrum_gateway_reloads Configuration reloads, by outcome."
+        );
+        let _ = writeln!(out, "# TYPE fulcrum_gateway_reloads counter");
+        for outcome in ["done", "failed"] {
+            let _ = writeln!(
+                out,
+                "fulcrum_gateway_reloads{{outcome=\"{outcome}\"}} {}",
+                v["reload"][outcome]
+            );
+        }
         out
     }
 }
@@ -287,7 +301,7 @@ fn page(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<By
             "application/json",
             format!("{:#}\n", state.stats_json()),
         ),
-        "/config" => match serde_json::to_string_pretty(&state.gateway.config.raw) {
+        "/config" => match serde_json::to_string_pretty(&state.live.current().config.raw) {
             Ok(s) => respond(StatusCode::OK, "application/json", s + "\n"),
             Err(e) => respond(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -298,8 +312,34 @@ fn page(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<By
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "admin pages: /stats, /stats?format=prometheus, /healthz, /config\n".into(),
+            "admin pages: /stats, /stats?format=prometheus, /healthz, /config, POST /reload\n"
+                .into(),
         ),
+    }
+}
+
+/// `POST /reload`: 200 with a summary when the file's configuration is in
+/// force, 400 with the reason when it was rejected (the old one stays).
+async fn reload(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != hyper::Method::POST {
+        let mut resp = respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "reload with POST /reload\n".into(),
+        );
+        resp.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("POST"),
+        );
+        return resp;
+    }
+    match state.live.reload().await {
+        Ok(summary) => respond(
+            StatusCode::OK,
+            "text/plain",
+            format!("reloaded {summary}\n"),
+        ),
+        Err(why) => respond(StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n")),
     }
 }
 
@@ -310,8 +350,15 @@ pub async fn start(addr: SocketAddr, state: Arc<State>) -> io::Result<Serving> {
             let state = state.clone();
             async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    let resp = page(&state, &req);
-                    async move { Ok::<_, Infallible>(resp) }
+                    let state = state.clone();
+                    async move {
+                        let resp = if req.uri().path() == "/reload" {
+                            reload(&state, &req).await
+                        } else {
+                            page(&state, &req)
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(FulcrumTimer::new())

@@ -11,7 +11,8 @@
 //! a listener on 127.0.0.1:8080 whose connections the DLB queue spreads
 //! over the workers, three built-in httpbin-style backends, routes for
 //! `/status` and `/delay`, and the admin pages on 127.0.0.1:9901.
-//! See `examples/gateway/README.md`.
+//! SIGHUP (or `POST /reload` on the admin listener) re-reads the
+//! `--config` file (`reload.rs`). See `examples/gateway/README.md`.
 
 mod admin;
 mod cluster;
@@ -20,6 +21,7 @@ mod demo;
 mod health;
 mod maglev;
 mod proxy;
+mod reload;
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,14 +31,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fulcrum::net::hyper::{FulcrumExecutor, FulcrumTimer, HyperIo};
-use fulcrum::net::signal::unix::{signal, SignalKind};
+use fulcrum::net::signal::unix::{signal, Signal, SignalKind};
 use fulcrum::net::{Server, TcpStream};
 use fulcrum::runtime::{Builder, Handle};
 use fulcrum::sync::watch;
 
-use crate::cluster::Cluster;
 use crate::config::Validated;
 use crate::proxy::Gateway;
+use crate::reload::Live;
 
 /// The default configuration: the shipped file, embedded.
 const DEFAULT_CONFIG: &str = include_str!("gateway.toml");
@@ -117,38 +119,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(config)) {
+    match rt.block_on(run(config, args.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway: {e}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// Resolves the configured endpoints and starts the demo backends.
-async fn clusters(
-    config: &Validated,
-) -> io::Result<(Vec<Arc<Cluster>>, Vec<fulcrum::net::Serving>)> {
-    let mut clusters = Vec::new();
-    let mut demos = Vec::new();
-    for spec in &config.clusters {
-        let mut addrs = Vec::new();
-        for e in &spec.endpoints {
-            let a = std::net::ToSocketAddrs::to_socket_addrs(e.as_str())?
-                .next()
-                .ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, format!("{e}: no address"))
-                })?;
-            addrs.push(a);
-        }
-        for s in demo::start(spec.demo_backends).await? {
-            addrs.push(s.local_addr());
-            demos.push(s);
-        }
-        clusters.push(Arc::new(Cluster::new(spec.clone(), addrs)));
-    }
-    Ok((clusters, demos))
 }
 
 /// The client connection preface of HTTP/2 with prior knowledge (RFC 9113
@@ -325,35 +302,46 @@ async fn shutdown_signal() -> io::Result<&'static str> {
     }
 }
 
-async fn run(config: Validated) -> io::Result<()> {
+/// Reloads the configuration on each SIGHUP (see `reload.rs`).
+fn reload_on_hangup(live: Arc<Live>, mut hup: Signal) {
+    drop(fulcrum::spawn(async move {
+        while hup.recv().await.is_some() {
+            // The outcome is logged (and counted in /stats) by `reload`.
+            let _ = live.reload().await;
+        }
+    }));
+}
+
+async fn run(config: Validated, path: Option<String>) -> io::Result<()> {
     let handle = Handle::current();
-    // Install the handlers first, so that a signal during start-up drains.
+    // Install the handlers first, so that a signal during start-up drains
+    // (or, SIGHUP, does not end the process).
     let stop = fulcrum::spawn(shutdown_signal());
-    let (clusters, demos) = clusters(&config).await?;
-    let gateway = Arc::new(Gateway::new(
-        config.clone(),
-        clusters.clone(),
-        handle.num_workers(),
-    ));
-    let health = health::start(&clusters);
+    let hup = signal(SignalKind::hangup())?;
+    let live = Arc::new(Live::start(config.clone(), path, handle.num_workers()).await?);
     let (drain_tx, drain_rx) = watch::channel(false);
 
-    let gw = gateway.clone();
-    let settings = ConnSettings {
-        header_timeout: config.header_timeout,
-        max_header: config.max_header_bytes,
-        grace: (config.drain_timeout / 4).min(Duration::from_secs(1)),
-        h2_streams: config.http2_max_concurrent_streams,
+    let accepted = live.clone();
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
     };
-    let http2 = config.http2;
-    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let scheme = if tls.is_some() { "https" } else { "http" };
     let serving = Server::bind(config.listen)
         .balance(config.balance)
         .serve(move |stream: TcpStream, peer: SocketAddr| {
-            let gw = gw.clone();
+            // The connection's configuration for its whole life (its TLS
+            // certificate included).
+            let gw = accepted.current();
             let drain = drain_rx.clone();
-            let tls = tls.clone();
+            let settings = ConnSettings {
+                header_timeout: gw.config.header_timeout,
+                max_header: gw.config.max_header_bytes,
+                grace: (gw.config.drain_timeout / 4).min(Duration::from_secs(1)),
+                h2_streams: gw.config.http2_max_concurrent_streams,
+            };
+            let http2 = gw.config.http2;
+            let tls = gw.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
             async move {
                 let _ = stream.set_nodelay(true);
                 let Some(acceptor) = tls else {
@@ -390,7 +378,7 @@ async fn run(config: Validated) -> io::Result<()> {
     let serving = Arc::new(serving);
 
     let state = Arc::new(admin::State {
-        gateway: gateway.clone(),
+        live: live.clone(),
         serving: serving.clone(),
         handle: handle.clone(),
         draining: AtomicBool::new(false),
@@ -406,7 +394,8 @@ async fn run(config: Validated) -> io::Result<()> {
         handle.num_workers(),
         config.balance,
     );
-    for (spec, c) in config.clusters.iter().zip(&clusters) {
+    let gateway = live.current();
+    for (spec, c) in config.clusters.iter().zip(&gateway.clusters) {
         let eps: Vec<&str> = c.endpoints.iter().map(|e| e.name.as_str()).collect();
         println!(
             "gateway: cluster {:?} ({:?}): {}",
@@ -426,6 +415,9 @@ async fn run(config: Validated) -> io::Result<()> {
             serving.local_addr()
         ),
     }
+    // Only the connections keep a configuration alive.
+    drop(gateway);
+    reload_on_hangup(live.clone(), hup);
 
     let why = match stop.await {
         Ok(Ok(why)) => why,
@@ -436,28 +428,24 @@ async fn run(config: Validated) -> io::Result<()> {
     // Graceful drain: stop accepting, let requests in flight finish, close
     // idle keep-alive connections, give up after the drain timeout.
     let started = Instant::now();
-    println!(
-        "gateway: {why}: draining (timeout {:?})",
-        config.drain_timeout
-    );
+    // The configuration in force now; its drain flag is every
+    // configuration's, and the drain channel reaches every connection.
+    let gateway = live.current();
+    let drain_timeout = gateway.config.drain_timeout;
+    println!("gateway: {why}: draining (timeout {drain_timeout:?})");
     state.draining.store(true, Relaxed);
     gateway.draining.store(true, Relaxed);
     serving.stop();
     let _ = drain_tx.send(true);
-    let deadline = started + config.drain_timeout;
+    let deadline = started + drain_timeout;
     let open = || serving.open_per_worker().iter().sum::<u64>();
     while open() > 0 && Instant::now() < deadline {
         fulcrum::time::sleep(Duration::from_millis(10)).await;
     }
     let left = open();
     gateway.close_idle();
-    for h in health {
-        h.abort();
-    }
     admin.stop();
-    for d in &demos {
-        d.stop();
-    }
+    live.stop().await;
     let served: u64 = gateway
         .workers
         .iter()

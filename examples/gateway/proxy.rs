@@ -156,13 +156,23 @@ impl Pool {
     }
 }
 
-/// Everything a request needs.
+/// Everything a request needs: one configuration in force. A reload makes
+/// a new `Gateway` ([`Gateway::successor`]); each client connection keeps
+/// the one it was accepted under. When the last connection of an old
+/// `Gateway` ends it is dropped, and with it its idle upstream connections
+/// (dropping a pooled sender ends the upstream connection's task, which
+/// closes the socket); a response body still streaming then closes its
+/// connection when it ends instead of pooling it for good.
 pub struct Gateway {
     pub config: Validated,
     pub clusters: Vec<Arc<Cluster>>,
-    pub workers: Vec<WorkerStats>,
+    /// Request counters per worker, shared by every `Gateway` of the
+    /// process (they count across reloads).
+    pub workers: Arc<[WorkerStats]>,
     /// Set at drain: every response then carries `Connection: close`.
-    pub draining: std::sync::atomic::AtomicBool,
+    /// Shared by every `Gateway` of the process, so that a drain reaches
+    /// the connections of old configurations too.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     pool: Arc<Pool>,
 }
 
@@ -511,9 +521,26 @@ impl Gateway {
             config,
             clusters,
             workers: (0..=workers).map(|_| WorkerStats::default()).collect(),
-            draining: std::sync::atomic::AtomicBool::new(false),
+            draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             pool: Arc::new(Pool {
                 slots: (0..=workers).map(|_| Mutex::new(HashMap::new())).collect(),
+            }),
+        }
+    }
+
+    /// The `Gateway` of a reloaded configuration: its own clusters and an
+    /// empty upstream pool; the request counters and the drain flag are
+    /// this one's.
+    pub fn successor(&self, config: Validated, clusters: Vec<Arc<Cluster>>) -> Self {
+        Self {
+            config,
+            clusters,
+            workers: self.workers.clone(),
+            draining: self.draining.clone(),
+            pool: Arc::new(Pool {
+                slots: (0..self.pool.slots.len())
+                    .map(|_| Mutex::new(HashMap::new()))
+                    .collect(),
             }),
         }
     }
