@@ -21,7 +21,8 @@ impl Worker {
         }
         // Counted idle from here, so that peers hand work over.
         shared.sleepers.announce_idle();
-        if self.spin() {
+        let spin = self.spin();
+        if spin == Spin::Found {
             shared.sleepers.cancel_idle();
             return;
         }
@@ -56,7 +57,15 @@ impl Worker {
             }
             self.heavy_queued.set(false);
             self.phase.set(Phase::Dispatching { backlogged: false });
+            let parked_at = crate::clock::now_ns();
             crate::park::poll_and_dispatch(poll, events, reactor, timeout);
+            if spin == Spin::Skipped {
+                // What the skipped spin would have done: caught the work
+                // if the sleep was shorter than the spin.
+                let slept = crate::clock::now_ns().saturating_sub(parked_at);
+                let limit = crate::clock::ns(shared.threads.tuning.spin_before_park);
+                self.spin.record(slept < limit);
+            }
             self.phase.set(Phase::Between);
             if let Some(p) = &self.precise {
                 if events
@@ -96,11 +105,14 @@ impl Worker {
     /// CPU-bound peer for a whole time slice (and, under EEVDF, pushes its
     /// own deadline back), and is then not running when its own work
     /// arrives.
-    fn spin(&self) -> bool {
+    fn spin(&self) -> Spin {
         let shared = &*self.shared;
         let limit = shared.threads.tuning.spin_before_park;
-        if limit.is_zero() || !self.spin.should_spin() {
-            return false;
+        if limit.is_zero() {
+            return Spin::Off;
+        }
+        if !self.spin.should_spin() {
+            return Spin::Skipped;
         }
         // The scheduler's clock (the TSC where it is usable), not
         // `Instant`: a vDSO `clock_gettime` per turn was 2% of ping_pong.
@@ -112,20 +124,40 @@ impl Worker {
                 || shared.shutdown.load(Acquire)
             {
                 self.spin.record(true);
-                return true;
+                return Spin::Found;
             }
             std::hint::spin_loop();
         }
         self.spin.record(false);
-        false
+        Spin::Failed
     }
+}
+
+/// What an idle worker's pre-park spin did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spin {
+    /// Work arrived while it spun.
+    Found,
+    /// It spun for the whole limit and found nothing.
+    Failed,
+    /// [`SpinPolicy`] said not to spin this time.
+    Skipped,
+    /// Spinning is configured off.
+    Off,
 }
 
 /// Whether an idle worker's pre-park spin pays off: a running mean of how
 /// often a spin found work (fixed point, 0 to [`SpinPolicy::ONE`]). Below
 /// one in eight the worker stops spinning, except for one probe every
-/// [`SpinPolicy::PROBE_EVERY`] parks, which lets the mean recover when the
-/// workload changes. Workloads that hand work from core to core (spawn
+/// [`SpinPolicy::PROBE_EVERY`] parks. A park whose spin was skipped also
+/// counts, as what the spin would have done: found work if the sleep was
+/// shorter than the spin limit. So the mean recovers as soon as work comes
+/// back at short intervals, rather than only by probes. Without that, a
+/// burst of work that starts while spinning is off (say, a thread outside
+/// the runtime spawning thousands of tasks, whose first spins failed
+/// because that thread had no core) was served park by park, each task
+/// waiting for a wake-up (`FULCRUM_BENCH_METRICS=1` in `benches/sched.rs`
+/// showed such runs with hundreds of parks taking twice as long). Workloads that hand work from core to core (spawn
 /// chains, yield loops) keep spinning; a server whose idle workers wait
 /// for requests stops, and spends no CPU that busy peers could use.
 pub(super) struct SpinPolicy {
@@ -164,5 +196,29 @@ impl SpinPolicy {
         let rate = self.rate.get();
         let sample = if found_work { Self::ONE } else { 0 };
         self.rate.set(rate - rate / 8 + sample / 8);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpinPolicy;
+
+    #[test]
+    fn spinning_stops_when_it_fails_and_one_short_sleep_brings_it_back() {
+        let p = SpinPolicy::new();
+        assert!(p.should_spin(), "spins at start");
+        for _ in 0..20 {
+            p.record(false);
+        }
+        // Off now, but for one probe every PROBE_EVERY parks.
+        let spun = (0..SpinPolicy::PROBE_EVERY)
+            .filter(|_| p.should_spin())
+            .count();
+        assert_eq!(spun, 1, "one probe per {} parks", SpinPolicy::PROBE_EVERY);
+        // A skipped spin's park that slept less than the spin limit counts
+        // as a spin that would have found work: spinning resumes.
+        p.record(true);
+        assert!(p.should_spin());
+        assert!(p.should_spin(), "and stays on");
     }
 }
