@@ -49,6 +49,7 @@ const KEYS: &[&str] = &[
     "path",
     "interval_ms",
     "timeout_ms",
+    "upgrades",
     "healthy_threshold",
     "unhealthy_threshold",
     "tls_cert",

@@ -169,6 +169,7 @@ cluster = \"demo\"
 [[routes]]
 prefix = \"/\"
 cluster = \"up\"
+upgrades = [\"websocket\"]
 [[clusters]]
 name = \"up\"
 endpoints = [\"{up}\"]

@@ -150,6 +150,7 @@ cluster = \"demo\"
 [[routes]]
 prefix = \"/\"
 cluster = \"up\"
+upgrades = [\"websocket\"]
 [[clusters]]
 name = \"up\"
 endpoints = [\"{up}\"]
@@ -474,4 +475,93 @@ fn a_drain_cuts_an_open_tunnel_at_the_drain_timeout() {
     assert!(drained.contains(" 1 connections cut"), "{drained}");
     let status = gw.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// An upstream on a std listener that answers every request head with
+/// `answer` and then holds the connection a moment.
+fn fixed_upstream(answer: &'static [u8]) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(WAIT));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = s.write_all(answer);
+                std::thread::sleep(Duration::from_millis(500));
+            });
+        }
+    });
+    addr
+}
+
+const HANDSHAKE: &[u8] = b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade, close\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+#[test]
+fn upgrades_are_only_passed_through_where_the_route_allows_them() {
+    let up = Upstream::start();
+    // `/status` goes to the demo cluster, whose route lists no upgrade.
+    let gw = gateway_to(up.addr, "");
+    let refused = String::from_utf8_lossy(HANDSHAKE).replace("GET /ws ", "GET /status/200 ");
+    let (status, body) = raw(gw.addr, refused.as_bytes());
+    assert_eq!(
+        (status, body.as_str()),
+        (501, "protocol upgrade not enabled on this route\n")
+    );
+    let t = &gw.stats()["tunnels"];
+    assert_eq!(t["upgrades"].as_u64(), Some(0), "{t}");
+    // The same request without the upgrade is served there.
+    assert_eq!(get(gw.addr, "/status/200", &[]).0, 200);
+}
+
+#[test]
+fn a_101_that_is_not_the_switch_asked_for_is_a_502_and_no_tunnel() {
+    for (answer, what) in [
+        (
+            &b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"[..],
+            "another protocol",
+        ),
+        (
+            &b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\r\n"[..],
+            "no Upgrade",
+        ),
+        (
+            &b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"[..],
+            "no Sec-WebSocket-Accept",
+        ),
+    ] {
+        let up = fixed_upstream(answer);
+        let gw = gateway_to(up, "");
+        let (status, body) = raw(gw.addr, HANDSHAKE);
+        assert_eq!(
+            (status, body.as_str()),
+            (502, "upstream switched protocols wrongly\n"),
+            "{what}"
+        );
+        let t = &gw.stats()["tunnels"];
+        assert_eq!(
+            (t["upgrades"].as_u64(), t["open"].as_u64()),
+            (Some(0), Some(0)),
+            "{what}: {t}"
+        );
+    }
+    // A proper switch through the same kind of upstream is a tunnel.
+    let up = fixed_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    );
+    let gw = gateway_to(up, "");
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(HANDSHAKE).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
 }

@@ -142,6 +142,12 @@ pub struct Route {
     /// upper bound on waiting for the upstream's response head, over all
     /// attempts (retries included).
     pub timeout_ms: Option<u64>,
+    /// Protocols an HTTP/1.1 `Upgrade` may switch to on this route (say
+    /// `["websocket"]`), passed through to the upstream; none by default:
+    /// an upgrade request gets 501, as Envoy's `upgrade_configs` are off
+    /// unless listed.
+    #[serde(default)]
+    pub upgrades: Vec<String>,
 }
 
 /// `[[clusters]]`.
@@ -390,6 +396,8 @@ pub struct RouteSpec {
     /// The route's bound on the upstream response head (none: the
     /// cluster's `request_timeout`).
     pub timeout: Option<Duration>,
+    /// The upgrade protocols allowed on the route, lowercase.
+    pub upgrades: Vec<String>,
 }
 
 /// The configuration, checked and in the types the gateway uses.
@@ -874,6 +882,25 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
         if r.timeout_ms == Some(0) {
             return Err(err(at("timeout_ms"), "must be above 0".into()));
         }
+        for u in &r.upgrades {
+            // An HTTP token (RFC 9110 section 5.6.2); `h2c` is HTTP/2,
+            // which the gateway speaks itself.
+            let token = !u.is_empty()
+                && u.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                return Err(err(
+                    at("upgrades"),
+                    format!("{u:?} is not a protocol name (an HTTP token, such as \"websocket\")"),
+                ));
+            }
+            if u.eq_ignore_ascii_case("h2c") {
+                return Err(err(
+                    at("upgrades"),
+                    "\"h2c\" cannot be passed through: the gateway serves HTTP/2 itself".into(),
+                ));
+            }
+        }
         let cluster = raw
             .clusters
             .iter()
@@ -885,6 +912,7 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
             rewrite: r.rewrite.clone(),
             cluster,
             timeout: r.timeout_ms.map(Duration::from_millis),
+            upgrades: r.upgrades.iter().map(|u| u.to_ascii_lowercase()).collect(),
         });
     }
 
@@ -1030,6 +1058,23 @@ mod tests {
         }
         let e = error_of(&base.replace("timeout_ms = 250", "timeout_ms = 0"));
         assert!(e.contains("routes[0].timeout_ms: must be above 0"), "{e}");
+        let v = parse(
+            "ok.toml",
+            &base.replace("timeout_ms = 250", "upgrades = [\"WebSocket\"]"),
+        )
+        .unwrap();
+        assert_eq!(v.routes[0].upgrades, ["websocket"]);
+        for (list, want) in [
+            ("[\"web socket\"]", "is not a protocol name"),
+            ("[\"\"]", "is not a protocol name"),
+            ("[\"h2c\"]", "the gateway serves HTTP/2 itself"),
+        ] {
+            let e = error_of(&base.replace("timeout_ms = 250", &format!("upgrades = {list}")));
+            assert!(
+                e.contains("routes[0].upgrades: ") && e.contains(want),
+                "{list}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -238,7 +238,11 @@ async fn serve_http<T>(
         if https {
             req.extensions_mut().insert(proxy::ClientTls);
         }
-        if let Some(slot) = &slot {
+        // Only where an upgrade is offered: no allocation on other requests.
+        if let Some(slot) = slot
+            .as_ref()
+            .filter(|_| req.headers().contains_key(hyper::header::UPGRADE))
+        {
             req.extensions_mut().insert(slot.clone());
         }
         gw.clone().handle(req, peer)
@@ -437,7 +441,11 @@ async fn run(config: Validated, path: Option<String>) -> io::Result<()> {
     gateway.draining.store(true, Relaxed);
     serving.stop();
     let _ = drain_tx.send(true);
-    let deadline = started + drain_timeout;
+    // A year stands for "no limit": a huge configured timeout must not
+    // overflow the clock.
+    let deadline = started
+        .checked_add(drain_timeout)
+        .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600));
     let open = || serving.open_per_worker().iter().sum::<u64>();
     while open() > 0 && Instant::now() < deadline {
         fulcrum::time::sleep(Duration::from_millis(10)).await;

@@ -107,10 +107,12 @@ pub struct Tunnel {
 pub struct ClientTls;
 
 /// What an idle upstream connection is pooled under: the endpoint's
-/// address and the TLS id of its cluster (0 for plain TCP), so that a
-/// request never reuses a connection of the other kind, or one made with
-/// another cluster's trust anchors or server name.
-type PoolKey = (SocketAddr, usize);
+/// address, the TLS id of its cluster (0 for plain TCP) and, for TLS, the
+/// endpoint's place in its cluster, so that a request never reuses a
+/// connection of the other kind, or one made with another cluster's trust
+/// anchors, or with another endpoint's server name (two names may resolve
+/// to one address, as virtual hosts behind one ingress do).
+type PoolKey = (SocketAddr, usize, usize);
 
 type Idle = HashMap<PoolKey, Vec<SendRequest<Full<Bytes>>>>;
 
@@ -421,6 +423,9 @@ enum Failure {
     /// The TLS handshake with the upstream failed (say, a certificate the
     /// cluster's `tls_ca` does not trust).
     Tls(io::Error),
+    /// The upstream answered an upgrade with a `101` that does not switch
+    /// to what the client asked for.
+    BadSwitch(&'static str),
     /// The connection failed before it took the request (the request
     /// never left the gateway).
     Unsent(hyper::Error),
@@ -450,7 +455,7 @@ impl Failure {
             | Failure::Unsent(_)
             | Failure::Tls(_)
             | Failure::Timeout("connect" | "TLS handshake") => RetryOn::Always,
-            Failure::Timeout(_) | Failure::BodyStart(_) => RetryOn::Never,
+            Failure::Timeout(_) | Failure::BodyStart(_) | Failure::BadSwitch(_) => RetryOn::Never,
             // A malformed or oversized head: the upstream answered.
             Failure::Upstream(e) if e.is_parse() || e.is_user() => RetryOn::Never,
             Failure::Upstream(_) => RetryOn::Idempotent,
@@ -477,7 +482,73 @@ fn failure_response(endpoint: &Endpoint, failure: Failure) -> Response<Body> {
             tracing::debug!(upstream = %endpoint.name, "TLS handshake: {e}");
             reply(StatusCode::BAD_GATEWAY, "upstream TLS handshake failed")
         }
+        Failure::BadSwitch(why) => {
+            tracing::debug!(upstream = %endpoint.name, "upgrade refused: {why}");
+            reply(
+                StatusCode::BAD_GATEWAY,
+                "upstream switched protocols wrongly",
+            )
+        }
     }
+}
+
+/// The offered upgrade protocols (`offered`, an `Upgrade` value) that the
+/// route allows, as the value to forward; `None` if none is allowed.
+fn allowed_upgrades(offered: &HeaderValue, allowed: &[String]) -> Option<HeaderValue> {
+    let offered = offered.to_str().ok()?;
+    let kept: Vec<&str> = offered
+        .split(',')
+        .map(str::trim)
+        .filter(|p| {
+            // `websocket/13` names a version: the route lists the name.
+            let name = p.split('/').next().unwrap_or(p);
+            allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join(", ")).ok()
+}
+
+/// Checks an upstream's `101` against the upgrade it was asked for: its
+/// `Upgrade` must name one of the protocols asked (RFC 9110 section 7.8),
+/// and a switch to WebSocket must carry `Sec-WebSocket-Accept` (RFC 6455
+/// section 4.2.2; the client checks its value). Anything else is not the
+/// switch the client asked for, and opening a tunnel on it would hand the
+/// client a raw connection to the upstream.
+fn check_switch(headers: &HeaderMap, asked: &Option<HeaderValue>) -> Result<(), &'static str> {
+    let asked: Vec<&str> = asked
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let chosen: Vec<&str> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if chosen.is_empty() {
+        return Err("a 101 without Upgrade");
+    }
+    if !chosen
+        .iter()
+        .all(|c| asked.iter().any(|a| a.eq_ignore_ascii_case(c)))
+    {
+        return Err("a 101 to a protocol the client did not offer");
+    }
+    let websocket = chosen.iter().any(|c| {
+        c.split('/')
+            .next()
+            .is_some_and(|n| n.eq_ignore_ascii_case("websocket"))
+    });
+    if websocket && !headers.contains_key("sec-websocket-accept") {
+        return Err("a WebSocket 101 without Sec-WebSocket-Accept");
+    }
+    Ok(())
 }
 
 /// Idempotent methods (RFC 9110 section 9.2.2), which may be retried
@@ -668,6 +739,24 @@ impl Gateway {
         let Some(route) = self.route(&host, &path) else {
             return (reply(StatusCode::NOT_FOUND, "no route"), None);
         };
+        // Only the protocols the route allows are passed through (none by
+        // default): a raw tunnel to an upstream must be asked for.
+        let upgrade = match upgrade {
+            Some((offered, client, slot)) => match allowed_upgrades(&offered, &route.upgrades) {
+                Some(protocols) => Some((protocols, client, slot)),
+                None => {
+                    let mut refusal = reply(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "protocol upgrade not enabled on this route",
+                    );
+                    refusal
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return (refusal, None);
+                }
+            },
+            None => None,
+        };
         let cluster = &self.clusters[route.cluster];
 
         // RFC 9112 §6.1: hyper decodes `chunked` and nothing else; a body in
@@ -819,7 +908,15 @@ impl Gateway {
         // allows it, the deadline is ahead and the retry budget has room.
         // The route's timeout (or the cluster's) bounds them all.
         let idempotent = is_idempotent(&parts.method);
-        let max_retries = cluster.spec.max_retries;
+        // No copy of the head is kept where no retry can follow (one
+        // endpoint, or retries off).
+        let max_retries = if cluster.endpoints.len() > 1 {
+            cluster.spec.max_retries
+        } else {
+            0
+        };
+        // The client side's extensions stay on this side.
+        parts.extensions.clear();
         let mut parts = Some(parts);
         let mut endpoint = endpoint;
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -892,7 +989,17 @@ impl Gateway {
         let worker = self.worker();
         up.connect_micros = 0;
         up.upstream_micros = 0;
-        let key = (endpoint.addr, spec.tls.as_ref().map_or(0, |t| t.id));
+        let key = match &spec.tls {
+            None => (endpoint.addr, 0, 0),
+            Some(t) => {
+                let at = cluster
+                    .endpoints
+                    .iter()
+                    .position(|e| Arc::ptr_eq(e, endpoint))
+                    .unwrap_or(usize::MAX);
+                (endpoint.addr, t.id, at)
+            }
+        };
         loop {
             let (mut sender, pooled) = match self.pool.take(worker, key) {
                 Some(s) => (s, true),
@@ -997,9 +1104,6 @@ pub async fn tls_handshake(
     tls.connector().connect(name, tcp).await
 }
 
-/// Opens an upstream connection (TCP, then TLS if the cluster has it)
-/// and drives it on `worker`, where its socket registers; gives up at the
-/// connect timeout or at `deadline`, whichever comes first.
 impl Gateway {
     /// Sends an upgrade request on a fresh upstream connection of its own,
     /// never pooled. A `101` goes back to the client with the upstream's
@@ -1029,6 +1133,7 @@ impl Gateway {
         {
             return Err(Failure::Timeout("connection"));
         }
+        let asked = req.headers().get(header::UPGRADE).cloned();
         let sent_at = Instant::now();
         let resp = fulcrum::time::timeout_at(deadline, sender.send_request(req)).await;
         up.upstream_micros = sent_at.elapsed().as_micros() as u64;
@@ -1040,7 +1145,18 @@ impl Gateway {
         let (mut parts, body) = resp.into_parts();
         let upstream = parts.extensions.remove::<OnUpgrade>();
         let upstream = match upstream {
-            Some(u) if parts.status == StatusCode::SWITCHING_PROTOCOLS => u,
+            Some(_) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+                if let Err(why) = check_switch(&parts.headers, &asked) {
+                    // Not the switch the client asked for: no tunnel (the
+                    // connection closes as `sender` and the upgrade drop).
+                    return Err(Failure::BadSwitch(why));
+                }
+                upstream
+            }
+            _ => None,
+        };
+        let upstream = match upstream {
+            Some(u) => u,
             _ => {
                 strip_hop_by_hop(&mut parts.headers);
                 let body = Unpooled {
@@ -1146,8 +1262,10 @@ impl hyper::body::Body for Unpooled {
     }
 }
 
-/// Opens an upstream connection and drives it on `worker`, where its
-/// socket registers.
+/// Opens an upstream connection (TCP, then TLS if the cluster has it)
+/// and drives it on `worker`, where its socket registers; gives up at the
+/// connect timeout or at `deadline`, whichever comes first. `upgrades`:
+/// whether the connection may be handed over after a `101`.
 async fn connect(
     cluster: &Cluster,
     endpoint: &Endpoint,

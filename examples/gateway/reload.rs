@@ -101,23 +101,44 @@ fn now_unix() -> u64 {
 /// count in `running`, else new ones. Returns the clusters and, per
 /// cluster with demo backends, the index of the reused entry in `running`
 /// or the newly started backends.
+/// Resolves the configured endpoints of every cluster, in order (blocking:
+/// host names go to the system resolver).
+fn resolve(config: &Validated) -> io::Result<Vec<Vec<SocketAddr>>> {
+    config
+        .clusters
+        .iter()
+        .map(|spec| {
+            spec.endpoints
+                .iter()
+                .map(|e| {
+                    std::net::ToSocketAddrs::to_socket_addrs(e.as_str())
+                        .map_err(|err| io::Error::new(err.kind(), format!("{e}: {err}")))?
+                        .next()
+                        .ok_or_else(|| {
+                            io::Error::new(io::ErrorKind::NotFound, format!("{e}: no address"))
+                        })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// [`resolve`] on the blocking pool, off the workers.
+async fn resolve_off_workers(config: &Validated) -> io::Result<Vec<Vec<SocketAddr>>> {
+    let config = config.clone();
+    fulcrum::task::spawn_blocking(move || resolve(&config))
+        .await
+        .map_err(|e| io::Error::other(format!("resolving the endpoints: {e}")))?
+}
+
 async fn build(
     config: &Validated,
     running: &[Demo],
 ) -> io::Result<(Vec<Arc<Cluster>>, Vec<Result<usize, Demo>>)> {
+    let resolved = resolve_off_workers(config).await?;
     let mut clusters = Vec::new();
     let mut demos: Vec<Result<usize, Demo>> = Vec::new();
-    for spec in &config.clusters {
-        let mut addrs = Vec::new();
-        for e in &spec.endpoints {
-            let a = std::net::ToSocketAddrs::to_socket_addrs(e.as_str())
-                .map_err(|err| io::Error::new(err.kind(), format!("{e}: {err}")))?
-                .next()
-                .ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, format!("{e}: no address"))
-                })?;
-            addrs.push(a);
-        }
+    for (spec, mut addrs) in config.clusters.iter().zip(resolved) {
         if spec.demo_backends > 0 {
             let reuse = running
                 .iter()
@@ -170,6 +191,14 @@ fn fixed_changes(old: &Validated, new: &Validated) -> Option<String> {
         why.push(format!(
             "listener.balance: balance mode changes need a restart (running {:?}, the file says {:?})",
             old.balance, new.balance
+        ));
+    }
+    if old.tls.is_some() != new.tls.is_some() {
+        let was = |tls: bool| if tls { "TLS" } else { "plain TCP" };
+        why.push(format!(
+            "listener.tls_cert: turning TLS on or off needs a restart (the listener speaks {}); \
+             a reload may only change the certificate and key",
+            was(old.tls.is_some())
         ));
     }
     if old.backend != new.backend {
@@ -255,8 +284,8 @@ impl Live {
         if running.stopped {
             return Err("the gateway is draining: no more reloads".into());
         }
-        // Off the workers: the file system, and the names the addresses
-        // resolve (as at start).
+        // Off the workers: the file system here, and the names the
+        // endpoints resolve in `build`.
         let file = path.clone();
         let config = fulcrum::task::spawn_blocking(move || {
             let text = std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?;
@@ -279,6 +308,9 @@ impl Live {
         let old = self.current();
         let new = Arc::new(old.successor(config, clusters));
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        // Its idle upstream connections go now; those its open client
+        // connections still use go back to its pool, and go with it.
+        old.close_idle();
 
         // The old checkers stop; the new clusters get theirs.
         for h in std::mem::replace(&mut running.health, health::start(&new.clusters)) {
