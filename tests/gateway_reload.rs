@@ -6,14 +6,16 @@
 //! load; old upstream pools close; SIGTERM still drains cleanly.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{addr_after, gateway_binary, get, lines_of, listener, raw, temp_path, TempFile};
+use common::{
+    addr_after, gateway_binary, get, lines_of, listener, raw, temp_path, KeepAlive, TempFile,
+};
 
 /// A running gateway with the file it was started with; killed when
 /// dropped.
@@ -131,65 +133,6 @@ fn endpoints(stats: &serde_json::Value) -> Vec<String> {
         }
     }
     v
-}
-
-/// A keep-alive HTTP/1.1 client on one connection (responses must carry
-/// `content-length`).
-struct KeepAlive {
-    reader: BufReader<StdStream>,
-}
-
-impl KeepAlive {
-    fn connect(addr: SocketAddr) -> KeepAlive {
-        let s = StdStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        KeepAlive {
-            reader: BufReader::new(s),
-        }
-    }
-
-    /// One GET; status and body, or what went wrong.
-    fn get(&mut self, path: &str) -> Result<(u16, String), String> {
-        let req = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
-        self.reader
-            .get_mut()
-            .write_all(req.as_bytes())
-            .map_err(|e| format!("write: {e}"))?;
-        let mut status = 0;
-        let mut length = None;
-        let mut first = true;
-        loop {
-            let mut line = String::new();
-            let n = self
-                .reader
-                .read_line(&mut line)
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("connection closed before the response".into());
-            }
-            let line = line.trim_end();
-            if first {
-                status = line
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| format!("bad status line {line:?}"))?;
-                first = false;
-            } else if line.is_empty() {
-                break;
-            } else if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse::<usize>().ok();
-                }
-            }
-        }
-        let length = length.ok_or("no content-length")?;
-        let mut body = vec![0; length];
-        self.reader
-            .read_exact(&mut body)
-            .map_err(|e| format!("body: {e}"))?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
 }
 
 #[test]

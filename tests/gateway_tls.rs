@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream as StdStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -22,95 +22,17 @@ use fulcrum::net::{Server, Serving, TcpStream};
 use fulcrum::runtime::{Builder, Runtime};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::CertificateDer;
 
 mod common;
+use common::tls::{pem_path, provider, tls_connect, Cert};
 use common::{gateway_binary, listener, raw, temp_path, Gw, TempFile};
-
-/// A self-signed certificate for "localhost" and 127.0.0.1, and its key,
-/// as DER and in PEM files (removed when dropped).
-struct Cert {
-    der: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
-    cert_file: TempFile,
-    key_file: TempFile,
-}
-
-impl Cert {
-    fn new() -> Cert {
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .unwrap();
-        let cert_file = TempFile(pem_path("cert"));
-        let key_file = TempFile(pem_path("key"));
-        std::fs::write(&cert_file.0, made.cert.pem()).unwrap();
-        std::fs::write(&key_file.0, made.signing_key.serialize_pem()).unwrap();
-        Cert {
-            der: made.cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()).into(),
-            cert_file,
-            key_file,
-        }
-    }
-
-    fn cert_path(&self) -> &str {
-        self.cert_file.0.to_str().unwrap()
-    }
-
-    fn key_path(&self) -> &str {
-        self.key_file.0.to_str().unwrap()
-    }
-
-    /// The listener lines that turn TLS on with this certificate.
-    fn listener_keys(&self) -> String {
-        format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            self.cert_path(),
-            self.key_path()
-        )
-    }
-}
-
-/// A fresh temp path ending in `.pem`.
-fn pem_path(what: &str) -> PathBuf {
-    temp_path(what).with_extension("pem")
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 fn runtime() -> Runtime {
     Builder::new_multi_thread()
         .worker_threads(2)
         .build()
         .expect("runtime")
-}
-
-/// A TLS client trusting `cert`, offering `alpn`.
-fn client_config(cert: &CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).unwrap();
-    let mut c = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(c)
-}
-
-/// A TLS connection to the gateway at `addr`, as "localhost".
-async fn tls_connect(
-    addr: SocketAddr,
-    cert: &CertificateDer<'static>,
-    alpn: &[&[u8]],
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(client_config(cert, alpn))
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake with the gateway")
 }
 
 /// One HTTP/1.1 request written by hand over TLS; the raw answer.

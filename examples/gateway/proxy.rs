@@ -26,7 +26,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Uri};
 use tokio_rustls::client::TlsStream;
 
-use crate::cluster::{Cluster, Endpoint, InFlight};
+use crate::cluster::{Cluster, Endpoint, InFlight, RetryInFlight};
 use crate::config::{RouteSpec, UpstreamTls, Validated};
 
 /// The body of every response the gateway sends.
@@ -578,6 +578,32 @@ pub struct UpstreamLog {
     pub upstream_micros: u64,
 }
 
+/// After attempt number `attempts` on `failed` failed in a way that may
+/// be retried: the endpoint to retry on and its place in the retry
+/// budget, if `max_retries` allows another attempt, `deadline` is ahead,
+/// an untried healthy endpoint is left and the budget has room (else
+/// `None`, the last failure stands). `failed` joins `tried`.
+fn retry_target<'c>(
+    cluster: &'c Cluster,
+    failed: &Arc<Endpoint>,
+    tried: &mut Vec<Arc<Endpoint>>,
+    attempts: u32,
+    deadline: fulcrum::time::Instant,
+) -> Option<(Arc<Endpoint>, RetryInFlight<'c>)> {
+    if attempts > cluster.spec.max_retries || fulcrum::time::Instant::now() >= deadline {
+        return None;
+    }
+    tried.push(failed.clone());
+    let next = cluster.pick_retry(tried)?;
+    let place = cluster.start_retry()?;
+    tracing::debug!(
+        upstream = %failed.name,
+        next = %next.name,
+        "attempt {attempts} failed; retrying"
+    );
+    Some((next, place))
+}
+
 /// `now + d`, or a year from now if that overflows (a huge configured
 /// timeout).
 fn deadline_after(d: std::time::Duration) -> fulcrum::time::Instant {
@@ -881,20 +907,59 @@ impl Gateway {
 
         let deadline = deadline_after(route.timeout.unwrap_or(cluster.spec.request_timeout));
         if let Some((protocols, client, slot)) = upgrade {
-            // An upgrade is tried once, on a connection of its own: the
-            // upstream may have taken it over before failing.
             // The two hop-by-hop headers an upgrade needs on the next hop.
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocols);
             let req = Request::from_parts(parts, Full::new(body));
-            up.attempts = 1;
-            let flight = InFlight::new(endpoint.clone());
+            // Until an upstream connection exists the request has not left
+            // the gateway: a failed connect (refused, timed out, or its TLS
+            // handshake) is retried on another endpoint as for any request
+            // (Envoy's `connect-failure`), within `max_retries`, the
+            // deadline and the retry budget. Once connected, the upgrade is
+            // tried once: the upstream may have taken it over before
+            // failing.
+            let mut endpoint = endpoint;
+            let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+            let mut retry = None;
+            let (sender, flight) = loop {
+                up.attempts += 1;
+                let flight = InFlight::new(endpoint.clone());
+                let started = Instant::now();
+                let got = connect(
+                    cluster,
+                    &endpoint,
+                    self.worker(),
+                    deadline,
+                    Upgrades::Allowed,
+                )
+                .await;
+                up.connect_micros = started.elapsed().as_micros() as u64;
+                let failure = match got {
+                    Ok(sender) => break (sender, flight),
+                    Err(f) => f,
+                };
+                drop(flight);
+                drop(retry.take());
+                endpoint.failures.fetch_add(1, Relaxed);
+                let allowed = failure.retry_on() == RetryOn::Always;
+                match allowed
+                    .then(|| retry_target(cluster, &endpoint, &mut tried, up.attempts, deadline))
+                    .flatten()
+                {
+                    Some((next, place)) => {
+                        retry = Some(place);
+                        endpoint = next;
+                    }
+                    None => return (failure_response(&endpoint, failure), Some(endpoint)),
+                }
+            };
             let sent = self
-                .send_upgrade(cluster, &endpoint, req, client, &slot, deadline, up)
+                .send_upgrade(sender, &endpoint, req, client, &slot, deadline, up)
                 .await;
             drop(flight);
+            drop(retry);
             return match sent {
                 Ok(resp) => (resp, Some(endpoint)),
                 Err(f) => {
@@ -952,20 +1017,13 @@ impl Gateway {
                 RetryOn::Idempotent => idempotent,
                 RetryOn::Never => false,
             };
-            if allowed && up.attempts <= max_retries && fulcrum::time::Instant::now() < deadline {
-                tried.push(endpoint.clone());
-                if let Some(next) = cluster.pick_retry(&tried) {
-                    if let Some(place) = cluster.start_retry() {
-                        tracing::debug!(
-                            upstream = %endpoint.name,
-                            next = %next.name,
-                            "attempt {} failed; retrying",
-                            up.attempts
-                        );
-                        retry = Some(place);
-                        endpoint = next;
-                        continue;
-                    }
+            if allowed {
+                if let Some((next, place)) =
+                    retry_target(cluster, &endpoint, &mut tried, up.attempts, deadline)
+                {
+                    retry = Some(place);
+                    endpoint = next;
+                    continue;
                 }
             }
             let resp = failure_response(&endpoint, failure);
@@ -1105,8 +1163,8 @@ pub async fn tls_handshake(
 }
 
 impl Gateway {
-    /// Sends an upgrade request on a fresh upstream connection of its own,
-    /// never pooled. A `101` goes back to the client with the upstream's
+    /// Sends an upgrade request on `sender`, a fresh upstream connection
+    /// of its own (made with upgrades allowed), never pooled. A `101` goes back to the client with the upstream's
     /// `Upgrade` (and `Connection: upgrade`), and leaves the two sides'
     /// upgrades in `slot` for the client's connection task to join; any
     /// other answer is passed back as a normal response, after which the
@@ -1114,7 +1172,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     async fn send_upgrade(
         &self,
-        cluster: &Cluster,
+        mut sender: SendRequest<Full<Bytes>>,
         endpoint: &Arc<Endpoint>,
         req: Request<Full<Bytes>>,
         client: OnUpgrade,
@@ -1123,10 +1181,6 @@ impl Gateway {
         up: &mut UpstreamLog,
     ) -> Result<Response<Body>, Failure> {
         let worker = self.worker();
-        let started = Instant::now();
-        let sender = connect(cluster, endpoint, worker, deadline, Upgrades::Allowed).await;
-        up.connect_micros = started.elapsed().as_micros() as u64;
-        let mut sender = sender?;
         if fulcrum::time::timeout_at(deadline, sender.ready())
             .await
             .is_err()

@@ -3,7 +3,7 @@
 //! building an example and finding its binary, temporary config files, a
 //! running gateway and a running echo server, a raw socket client
 //! ([`raw_client`]) and an upstream that records what the gateway
-//! forwards ([`recorder`]).
+//! forwards ([`recorder`]), and TLS certificates and clients ([`tls`]).
 
 #![allow(dead_code)] // each test binary uses its own part
 
@@ -20,6 +20,7 @@ use fulcrum_test_support::status_code;
 
 pub mod raw_client;
 pub mod recorder;
+pub mod tls;
 
 /// One runtime of each scheduler, built through the facade: DLB (software
 /// queue) and work stealing with 2 workers, and current-thread.
@@ -182,6 +183,20 @@ impl Gw {
         }
     }
 
+    /// Rewrites the configuration file the gateway was started with (for
+    /// a reload).
+    pub fn rewrite(&self, config: &str) {
+        std::fs::write(&self._config.0, config).expect("rewrite the config");
+    }
+
+    /// `POST /reload` on the admin listener: status and body.
+    pub fn post_reload(&self) -> (u16, String) {
+        raw(
+            self.admin,
+            b"POST /reload HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+    }
+
     /// Sends `sig` to the gateway.
     pub fn signal(&self, sig: i32) {
         signal(&self.child, sig);
@@ -249,6 +264,65 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_owned());
     (status, body)
+}
+
+/// A keep-alive HTTP/1.1 client on one connection (responses must carry
+/// `content-length`).
+pub struct KeepAlive {
+    reader: BufReader<StdStream>,
+}
+
+impl KeepAlive {
+    pub fn connect(addr: SocketAddr) -> KeepAlive {
+        let s = StdStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        KeepAlive {
+            reader: BufReader::new(s),
+        }
+    }
+
+    /// One GET; status and body, or what went wrong.
+    pub fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+        self.reader
+            .get_mut()
+            .write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        let mut status = 0;
+        let mut length = None;
+        let mut first = true;
+        loop {
+            let mut line = String::new();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("connection closed before the response".into());
+            }
+            let line = line.trim_end();
+            if first {
+                status = line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("bad status line {line:?}"))?;
+                first = false;
+            } else if line.is_empty() {
+                break;
+            } else if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let length = length.ok_or("no content-length")?;
+        let mut body = vec![0; length];
+        self.reader
+            .read_exact(&mut body)
+            .map_err(|e| format!("body: {e}"))?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
 }
 
 /// A running echo server; killed when dropped.
