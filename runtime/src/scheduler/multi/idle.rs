@@ -61,10 +61,15 @@ impl Worker {
             crate::park::poll_and_dispatch(poll, events, reactor, timeout);
             if spin == Spin::Skipped {
                 // What the skipped spin would have done: caught the work
-                // if the sleep was shorter than the spin.
+                // if the sleep was shorter than the spin and what ended it
+                // is what the spin watches (the DLB port, or a peer's wake
+                // for the overflow queue), not a socket, which it does not.
                 let slept = crate::clock::now_ns().saturating_sub(parked_at);
                 let limit = crate::clock::ns(shared.threads.tuning.spin_before_park);
-                self.spin.record(slept < limit);
+                let watched = events
+                    .iter()
+                    .any(|e| e.token() == super::DLB_TOKEN || e.token() == super::WAKER_TOKEN);
+                self.spin.record(slept < limit && watched);
             }
             self.phase.set(Phase::Between);
             if let Some(p) = &self.precise {
@@ -151,7 +156,9 @@ enum Spin {
 /// one in eight the worker stops spinning, except for one probe every
 /// [`SpinPolicy::PROBE_EVERY`] parks. A park whose spin was skipped also
 /// counts, as what the spin would have done: found work if the sleep was
-/// shorter than the spin limit. So the mean recovers as soon as work comes
+/// shorter than the spin limit and ended by what the spin watches (the DLB
+/// port or a peer's wake; a socket's readiness ends a sleep, but a spin
+/// would not have seen it). So the mean recovers as soon as work comes
 /// back at short intervals, rather than only by probes. Without that, a
 /// burst of work that starts while spinning is off (say, a thread outside
 /// the runtime spawning thousands of tasks, whose first spins failed
