@@ -355,30 +355,37 @@ async fn run(config: Validated, path: Option<String>) -> io::Result<()> {
                     serve_http(HyperIo::new(stream), h2, false, gw, peer, drain, settings).await;
                     return;
                 };
-                // The handshake runs here, in the connection's task, within
-                // the header timeout: a client that sends nothing, or bytes
-                // that are not TLS, is counted, then closed (the socket is
-                // kept until the count is in, so that a client that sees
-                // the close sees the count too).
-                let mut shake = std::pin::pin!(acceptor.accept(stream).into_fallible());
-                let stream =
-                    match fulcrum::time::timeout(settings.header_timeout, shake.as_mut()).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err((e, tcp))) => {
-                            tracing::debug!(client = %peer, "TLS handshake: {e}");
-                            gw.count_tls_failure();
-                            drop(tcp);
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(client = %peer, "TLS handshake: header timeout");
-                            gw.count_tls_failure();
-                            return;
-                        }
-                    };
-                // ALPN decides; a client that offered none gets HTTP/1.1.
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
-                serve_http(HyperIo::new(stream), h2, true, gw, peer, drain, settings).await;
+                // On the heap: the TLS path's state (rustls, the handshake)
+                // would otherwise size every connection's task, plain ones
+                // included (the soak's RSS showed it).
+                Box::pin(async move {
+                    // The handshake runs here, in the connection's task, within
+                    // the header timeout: a client that sends nothing, or bytes
+                    // that are not TLS, is counted, then closed (the socket is
+                    // kept until the count is in, so that a client that sees
+                    // the close sees the count too).
+                    let mut shake = std::pin::pin!(acceptor.accept(stream).into_fallible());
+                    let stream =
+                        match fulcrum::time::timeout(settings.header_timeout, shake.as_mut()).await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err((e, tcp))) => {
+                                tracing::debug!(client = %peer, "TLS handshake: {e}");
+                                gw.count_tls_failure();
+                                drop(tcp);
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(client = %peer, "TLS handshake: header timeout");
+                                gw.count_tls_failure();
+                                return;
+                            }
+                        };
+                    // ALPN decides; a client that offered none gets HTTP/1.1.
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
+                    serve_http(HyperIo::new(stream), h2, true, gw, peer, drain, settings).await;
+                })
+                .await;
             }
         })
         .await?;
