@@ -173,6 +173,16 @@ where
         .expect("the tunnel did not end after the close");
 }
 
+/// Waits for every tunnel to close, then checks that more than `bytes`
+/// went each way.
+fn tunnels_closed_after(gw: &Gw, bytes: u64) {
+    let stats = wait_tunnels(gw, "open", 0);
+    let t = &stats["tunnels"];
+    for way in ["bytes_up", "bytes_down"] {
+        assert!(t[way].as_u64().unwrap() > bytes, "{way}: {t}");
+    }
+}
+
 /// Polls `/stats` until `tunnels.<key>` is `want` (at most [`WAIT`]).
 fn wait_tunnels(gw: &Gw, key: &str, want: u64) -> serde_json::Value {
     let deadline = Instant::now() + WAIT;
@@ -351,11 +361,7 @@ fn websockets_over_a_tls_listener() {
         assert_eq!(stats["tunnels"]["upgrades"], 1, "{}", stats["tunnels"]);
         close(ws).await;
     });
-    let stats = wait_tunnels(&gw, "open", 0);
-    let t = &stats["tunnels"];
-    for way in ["bytes_up", "bytes_down"] {
-        assert!(t[way].as_u64().unwrap() > 100_000, "{way}: {t}");
-    }
+    tunnels_closed_after(&gw, 100_000);
     assert_eq!(up.handshakes.load(Relaxed), 1);
 }
 
@@ -378,11 +384,7 @@ fn websockets_to_a_tls_upstream() {
         assert_eq!(stats["tunnels"]["upgrades"], 1, "{}", stats["tunnels"]);
         close(ws).await;
     });
-    let stats = wait_tunnels(&gw, "open", 0);
-    let t = &stats["tunnels"];
-    for way in ["bytes_up", "bytes_down"] {
-        assert!(t[way].as_u64().unwrap() > 100_000, "{way}: {t}");
-    }
+    tunnels_closed_after(&gw, 100_000);
     assert_eq!(up.handshakes.load(Relaxed), 1);
     assert_eq!(endpoint_failures(&gw, "up", up.addr), 0);
 }

@@ -7,98 +7,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{
-    addr_after, gateway_binary, get, lines_of, listener, raw, temp_path, KeepAlive, TempFile,
-};
-
-/// A running gateway with the file it was started with; killed when
-/// dropped.
-struct Gw {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    stdout: mpsc::Receiver<String>,
-    file: TempFile,
-}
-
-impl Gw {
-    fn start(config: &str) -> Gw {
-        let path = temp_path("reload");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(gateway_binary())
-            .args(["--config".as_ref(), path.as_os_str()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the gateway");
-        let rx = lines_of(&mut child);
-        let (mut addr, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while addr.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("the gateway did not start");
-            addr = addr.or_else(|| addr_after(&line, "listening on http://"));
-            admin = admin.or_else(|| addr_after(&line, "admin on http://"));
-        }
-        Gw {
-            child,
-            addr: addr.unwrap(),
-            admin: admin.unwrap(),
-            stdout: rx,
-            file: TempFile(path),
-        }
-    }
-
-    /// Rewrites the configuration file.
-    fn rewrite(&self, config: &str) {
-        std::fs::write(&self.file.0, config).unwrap();
-    }
-
-    /// `POST /reload` on the admin listener: status and body.
-    fn post_reload(&self) -> (u16, String) {
-        raw(
-            self.admin,
-            b"POST /reload HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        )
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        let (status, body) = get(self.admin, "/stats", &[]);
-        assert_eq!(status, 200);
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn sighup(&self) {
-        common::signal(&self.child, libc::SIGHUP);
-    }
-
-    /// SIGTERM, then the exit status (within `limit`).
-    fn terminate(&mut self, limit: Duration) -> ExitStatus {
-        common::signal(&self.child, libc::SIGTERM);
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the gateway did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{get, listener, Gw, KeepAlive};
 
 /// A config: two workers, the demo cluster `demo` (two backends) behind
 /// `/status`, then `routes` (TOML), then `clusters` (TOML).
@@ -145,7 +59,7 @@ fn sighup_and_post_reload_put_the_rewritten_file_in_force() {
 
     // SIGHUP: a new route answers as configured, within a bounded wait.
     gw.rewrite(&config("", &route("/new", "demo", "/status/203"), ""));
-    gw.sighup();
+    gw.signal(libc::SIGHUP);
     wait_until(Duration::from_secs(10), "the route added by SIGHUP", || {
         get(gw.addr, "/new", &[]).0 == 203
     });
@@ -249,13 +163,13 @@ fn broken_or_restart_only_changes_are_rejected_and_the_old_config_serves() {
         assert!(stats["reload"]["last_failure"]["unix"].as_u64().unwrap() > 0);
     }
     // A file that is gone is rejected too.
-    std::fs::remove_file(&gw.file.0).unwrap();
+    std::fs::remove_file(gw.config_path()).unwrap();
     let (status, body) = gw.post_reload();
     assert_eq!(status, 400, "{body}");
     still_serving();
     // SIGHUP with a broken file: counted, nothing changes.
     gw.rewrite("garbage");
-    gw.sighup();
+    gw.signal(libc::SIGHUP);
     wait_until(Duration::from_secs(10), "the failed SIGHUP reload", || {
         gw.stats()["reload"]["failed"] == cases.len() + 2
     });
@@ -462,7 +376,7 @@ fn no_request_is_lost_while_reloading_under_load() {
         std::thread::sleep(Duration::from_millis(250));
         gw.rewrite(&variant(n));
         if n % 3 == 0 {
-            gw.sighup();
+            gw.signal(libc::SIGHUP);
             wait_until(Duration::from_secs(10), "the SIGHUP reload", || {
                 gw.stats()["reload"]["done"] == n
             });

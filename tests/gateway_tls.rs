@@ -136,6 +136,36 @@ fn curl_gets_http1_and_http2_by_alpn() {
     assert!(head.starts_with("HTTP/2 418"), "{head}");
 }
 
+/// One request over HTTP/2 on a TLS connection offering `alpn`: the
+/// status, the response's version and the protocol ALPN chose (within 30 s).
+fn h2_get(
+    rt: &Runtime,
+    addr: SocketAddr,
+    cert: &Cert,
+    alpn: &[&[u8]],
+    req: Request<Empty<Bytes>>,
+) -> (u16, hyper::Version, Option<Vec<u8>>) {
+    rt.block_on(async {
+        fulcrum::time::timeout(Duration::from_secs(30), async {
+            let tls = tls_connect(addr, &cert.der, alpn).await;
+            let chosen = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            let (mut send, conn) = hyper::client::conn::http2::Builder::new(FulcrumExecutor::new())
+                .timer(FulcrumTimer::new())
+                .handshake(HyperIo::new(tls))
+                .await
+                .unwrap();
+            let driver = fulcrum::spawn(conn);
+            let resp = send.send_request(req).await.unwrap();
+            let out = (resp.status().as_u16(), resp.version(), chosen);
+            let _ = resp.into_body().collect().await;
+            driver.abort();
+            out
+        })
+        .await
+        .expect("the HTTP/2 request timed out")
+    })
+}
+
 #[test]
 fn rust_clients_get_http2_by_alpn_and_http1_without_it() {
     let cert = Cert::new();
@@ -143,28 +173,11 @@ fn rust_clients_get_http2_by_alpn_and_http1_without_it() {
     let rt = runtime();
 
     // ALPN h2: an HTTP/2 connection.
-    let (status, version) = rt.block_on(async {
-        fulcrum::time::timeout(Duration::from_secs(30), async {
-            let tls = tls_connect(gw.addr, &cert.der, &[b"h2", b"http/1.1"]).await;
-            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-            let (mut send, conn) = hyper::client::conn::http2::Builder::new(FulcrumExecutor::new())
-                .timer(FulcrumTimer::new())
-                .handshake(HyperIo::new(tls))
-                .await
-                .unwrap();
-            let driver = fulcrum::spawn(conn);
-            let req = Request::get("https://localhost/status/201")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            let resp = send.send_request(req).await.unwrap();
-            let out = (resp.status().as_u16(), resp.version());
-            let _ = resp.into_body().collect().await;
-            driver.abort();
-            out
-        })
-        .await
-        .expect("the HTTP/2 request timed out")
-    });
+    let req = Request::get("https://localhost/status/201")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (status, version, alpn) = h2_get(&rt, gw.addr, &cert, &[b"h2", b"http/1.1"], req);
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!((status, version), (201, hyper::Version::HTTP_2));
 
     // ALPN http/1.1, and no ALPN at all: HTTP/1.1.
@@ -353,28 +366,11 @@ fn x_forwarded_proto_is_https_on_tls_connections() {
     let (_, text) = https_raw(&rt, gw.addr, &cert.der, &[], "/tls");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     // A client's own claim is replaced, over HTTP/2 too.
-    let status = rt.block_on(async {
-        fulcrum::time::timeout(Duration::from_secs(30), async {
-            let tls = tls_connect(gw.addr, &cert.der, &[b"h2"]).await;
-            let (mut send, conn) = hyper::client::conn::http2::Builder::new(FulcrumExecutor::new())
-                .timer(FulcrumTimer::new())
-                .handshake(HyperIo::new(tls))
-                .await
-                .unwrap();
-            let driver = fulcrum::spawn(conn);
-            let req = Request::get("https://localhost/tls2")
-                .header("x-forwarded-proto", "http")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            let resp = send.send_request(req).await.unwrap();
-            let status = resp.status().as_u16();
-            let _ = resp.into_body().collect().await;
-            driver.abort();
-            status
-        })
-        .await
-        .expect("the HTTP/2 request timed out")
-    });
+    let req = Request::get("https://localhost/tls2")
+        .header("x-forwarded-proto", "http")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (status, ..) = h2_get(&rt, gw.addr, &cert, &[b"h2"], req);
     assert_eq!(status, 200);
     let got = up.take();
     assert_eq!(got.len(), 2, "{got:#?}");

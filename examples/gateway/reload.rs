@@ -101,15 +101,13 @@ fn now_unix() -> u64 {
 /// count in `running`, else new ones. Returns the clusters and, per
 /// cluster with demo backends, the index of the reused entry in `running`
 /// or the newly started backends.
-/// Resolves the configured endpoints of every cluster, in order (blocking:
-/// host names go to the system resolver).
-fn resolve(config: &Validated) -> io::Result<Vec<Vec<SocketAddr>>> {
-    config
-        .clusters
+/// Resolves each cluster's configured endpoints, in order (blocking: host
+/// names go to the system resolver).
+fn resolve(endpoints: &[Vec<String>]) -> io::Result<Vec<Vec<SocketAddr>>> {
+    endpoints
         .iter()
-        .map(|spec| {
-            spec.endpoints
-                .iter()
+        .map(|list| {
+            list.iter()
                 .map(|e| {
                     std::net::ToSocketAddrs::to_socket_addrs(e.as_str())
                         .map_err(|err| io::Error::new(err.kind(), format!("{e}: {err}")))?
@@ -125,8 +123,12 @@ fn resolve(config: &Validated) -> io::Result<Vec<Vec<SocketAddr>>> {
 
 /// [`resolve`] on the blocking pool, off the workers.
 async fn resolve_off_workers(config: &Validated) -> io::Result<Vec<Vec<SocketAddr>>> {
-    let config = config.clone();
-    fulcrum::task::spawn_blocking(move || resolve(&config))
+    let endpoints: Vec<Vec<String>> = config
+        .clusters
+        .iter()
+        .map(|c| c.endpoints.clone())
+        .collect();
+    fulcrum::task::spawn_blocking(move || resolve(&endpoints))
         .await
         .map_err(|e| io::Error::other(format!("resolving the endpoints: {e}")))?
 }

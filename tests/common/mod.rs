@@ -214,6 +214,24 @@ impl Gw {
         fulcrum_test_support::rss_kib(self.child.id())
     }
 
+    /// The configuration file the gateway was started with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self._config.0
+    }
+
+    /// SIGTERM, then the exit status (within `limit`).
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        signal(&self.child, libc::SIGTERM);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the gateway") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the gateway did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Panics if the gateway has exited.
     pub fn assert_alive(&mut self) {
         if let Some(status) = self.child.try_wait().expect("try_wait") {
