@@ -580,7 +580,8 @@ pub struct UpstreamLog {
 
 /// After attempt number `attempts` on `failed` failed in a way that may
 /// be retried: the endpoint to retry on and its place in the retry
-/// budget, if `max_retries` allows another attempt, `deadline` is ahead,
+/// budget, if the cluster's `max_retries` allows another attempt (none
+/// when it has one endpoint: see [`retries_possible`]), `deadline` is ahead,
 /// an untried healthy endpoint is left and the budget has room (else
 /// `None`, the last failure stands). `failed` joins `tried`.
 fn retry_target<'c>(
@@ -590,7 +591,7 @@ fn retry_target<'c>(
     attempts: u32,
     deadline: fulcrum::time::Instant,
 ) -> Option<(Arc<Endpoint>, RetryInFlight<'c>)> {
-    if attempts > cluster.spec.max_retries || fulcrum::time::Instant::now() >= deadline {
+    if attempts > retries_possible(cluster) || fulcrum::time::Instant::now() >= deadline {
         return None;
     }
     tried.push(failed.clone());
@@ -602,6 +603,17 @@ fn retry_target<'c>(
         "attempt {attempts} failed; retrying"
     );
     Some((next, place))
+}
+
+/// How many retries can follow a first attempt in `cluster`: its
+/// `max_retries`, or none when it has one endpoint (a retry goes to
+/// another one), so that no copy of a request is kept for nothing.
+fn retries_possible(cluster: &Cluster) -> u32 {
+    if cluster.endpoints.len() > 1 {
+        cluster.spec.max_retries
+    } else {
+        0
+    }
 }
 
 /// `now + d`, or a year from now if that overflows (a huge configured
@@ -973,13 +985,8 @@ impl Gateway {
         // allows it, the deadline is ahead and the retry budget has room.
         // The route's timeout (or the cluster's) bounds them all.
         let idempotent = is_idempotent(&parts.method);
-        // No copy of the head is kept where no retry can follow (one
-        // endpoint, or retries off).
-        let max_retries = if cluster.endpoints.len() > 1 {
-            cluster.spec.max_retries
-        } else {
-            0
-        };
+        // No copy of the head is kept where no retry can follow.
+        let max_retries = retries_possible(cluster);
         // The client side's extensions stay on this side.
         parts.extensions.clear();
         let mut parts = Some(parts);
