@@ -282,12 +282,22 @@ impl Cluster {
 
     /// The hash key of a request for this cluster's policy.
     pub fn key<'a>(&self, headers: &'a hyper::HeaderMap, client: &'a [u8]) -> Option<&'a [u8]> {
+        self.key_by(|name| headers.get(name).map(|v| v.as_bytes()), client)
+    }
+
+    /// [`Cluster::key`] with the request's headers looked up by `header`
+    /// (a lower-case name to the first value), for heads kept as bytes.
+    pub fn key_by<'a>(
+        &self,
+        header: impl FnOnce(&str) -> Option<&'a [u8]>,
+        client: &'a [u8],
+    ) -> Option<&'a [u8]> {
         if self.spec.policy != Policy::Maglev {
             return None;
         }
         match &self.spec.hash_key {
             HashKey::ClientIp => Some(client),
-            HashKey::Header(name) => headers.get(name.as_str()).map(|v| v.as_bytes()),
+            HashKey::Header(name) => header(name.as_str()),
         }
     }
 }

@@ -96,6 +96,12 @@ pub struct Listener {
     /// Streams one HTTP/2 connection may have open at once.
     #[serde(default = "default_h2_streams")]
     pub http2_max_concurrent_streams: u32,
+    /// Who serves HTTP/1.1: `native` (the default), the gateway's own
+    /// proxy path (`h1.rs`), which hands a connection to hyper at the first
+    /// request it does not take (an upgrade, a chunked body, anything
+    /// malformed); or `hyper`, hyper for every HTTP/1 request.
+    #[serde(default = "default_http1")]
+    pub http1: String,
     /// TLS termination: the certificate chain (PEM), leaf first. Set
     /// together with `tls_key`, or neither (plain HTTP).
     #[serde(default)]
@@ -253,6 +259,9 @@ fn default_drain_timeout() -> u64 {
 }
 fn default_h2_streams() -> u32 {
     100
+}
+fn default_http1() -> String {
+    "native".into()
 }
 fn default_true() -> bool {
     true
@@ -415,6 +424,9 @@ pub struct Validated {
     pub access_log: bool,
     pub http2: bool,
     pub http2_max_concurrent_streams: u32,
+    /// HTTP/1.1 on the gateway's own proxy path (`http1 = "native"`), or
+    /// on hyper only.
+    pub native_http1: bool,
     /// TLS termination on the listener (`tls_cert` and `tls_key`), with
     /// ALPN `h2` (if `http2`) and `http/1.1`; none: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -646,6 +658,16 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
             return Err(err(f.into(), "must be above 0".into()));
         }
     }
+    let native_http1 = match l.http1.as_str() {
+        "native" => true,
+        "hyper" => false,
+        other => {
+            return Err(err(
+                "listener.http1".into(),
+                format!("{other:?} is neither \"native\" nor \"hyper\""),
+            ))
+        }
+    };
     let tls = match (&l.tls_cert, &l.tls_key) {
         (None, None) => None,
         (Some(cert), Some(key)) => Some(Arc::new(
@@ -929,6 +951,7 @@ fn validate(file: &str, raw: Config) -> Result<Validated, ConfigError> {
         access_log: l.access_log,
         http2: l.http2,
         http2_max_concurrent_streams: l.http2_max_concurrent_streams,
+        native_http1,
         tls,
         admin,
         routes,

@@ -18,6 +18,7 @@ mod admin;
 mod cluster;
 mod config;
 mod demo;
+mod h1;
 mod health;
 mod maglev;
 mod proxy;
@@ -30,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fulcrum::io::{AsyncRead, AsyncWrite};
 use fulcrum::net::hyper::{FulcrumExecutor, FulcrumTimer, HyperIo};
 use fulcrum::net::signal::unix::{signal, Signal, SignalKind};
 use fulcrum::net::{Server, TcpStream};
@@ -214,6 +216,47 @@ struct ConnSettings {
     grace: Duration,
     /// Streams one HTTP/2 connection may have open at once.
     h2_streams: u32,
+    /// HTTP/1.1 on the gateway's own path first (`h1.rs`).
+    native: bool,
+    /// Largest request body, and the time for it (the native path's).
+    max_body: usize,
+    body_timeout: Duration,
+}
+
+/// Serves a client connection (plain or TLS): HTTP/1.1 on the gateway's
+/// own path while it can serve the requests, then (or for HTTP/2, or with
+/// `http1 = "hyper"`) on hyper, from the first byte it has not served.
+async fn serve_conn<T>(
+    io: T,
+    h2: bool,
+    https: bool,
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    mut drain: watch::Receiver<bool>,
+    settings: ConnSettings,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (io, rest) = if settings.native && !h2 {
+        let limits = h1::Limits {
+            header_timeout: settings.header_timeout,
+            max_header: settings.max_header,
+            max_body: settings.max_body,
+            body_timeout: settings.body_timeout,
+            grace: settings.grace,
+            https,
+        };
+        match h1::serve(io, &gw, peer, &mut drain, limits).await {
+            h1::Served::Closed => return,
+            h1::Served::Hyper(io, rest) => (io, rest),
+        }
+    } else {
+        (io, bytes::Bytes::new())
+    };
+    // On the heap: hyper's connection state sizes only the tasks that
+    // reach it.
+    let io = HyperIo::new(h1::Rewind::new(io, rest));
+    Box::pin(serve_http(io, h2, https, gw, peer, drain, settings)).await;
 }
 
 /// Serves HTTP on a client connection, plain or TLS (`https`), as HTTP/2
@@ -252,6 +295,7 @@ async fn serve_http<T>(
         max_header,
         grace,
         h2_streams,
+        ..
     } = settings;
     let result = if h2 {
         let conn = hyper::server::conn::http2::Builder::new(FulcrumExecutor::new())
@@ -343,6 +387,9 @@ async fn run(config: Validated, path: Option<String>) -> io::Result<()> {
                 max_header: gw.config.max_header_bytes,
                 grace: (gw.config.drain_timeout / 4).min(Duration::from_secs(1)),
                 h2_streams: gw.config.http2_max_concurrent_streams,
+                native: gw.config.native_http1,
+                max_body: gw.config.max_body_bytes,
+                body_timeout: gw.config.body_timeout,
             };
             let http2 = gw.config.http2;
             let tls = gw.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
@@ -352,7 +399,7 @@ async fn run(config: Validated, path: Option<String>) -> io::Result<()> {
                     let Some(h2) = protocol(&stream, http2, settings.header_timeout).await else {
                         return;
                     };
-                    serve_http(HyperIo::new(stream), h2, false, gw, peer, drain, settings).await;
+                    serve_conn(stream, h2, false, gw, peer, drain, settings).await;
                     return;
                 };
                 // On the heap: the TLS path's state (rustls, the handshake)
@@ -383,7 +430,7 @@ async fn run(config: Validated, path: Option<String>) -> io::Result<()> {
                         };
                     // ALPN decides; a client that offered none gets HTTP/1.1.
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
-                    serve_http(HyperIo::new(stream), h2, true, gw, peer, drain, settings).await;
+                    serve_conn(stream, h2, true, gw, peer, drain, settings).await;
                 })
                 .await;
             }

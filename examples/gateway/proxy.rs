@@ -114,12 +114,19 @@ pub struct ClientTls;
 /// to one address, as virtual hosts behind one ingress do).
 type PoolKey = (SocketAddr, usize, usize);
 
-type Idle = HashMap<PoolKey, Vec<SendRequest<Full<Bytes>>>>;
+/// One worker's idle upstream connections: hyper's (any cluster), and the
+/// native HTTP/1.1 path's (plain TCP only, so the address is the key).
+#[derive(Default)]
+struct Idle {
+    hyper: HashMap<PoolKey, Vec<SendRequest<Full<Bytes>>>>,
+    native: HashMap<SocketAddr, Vec<crate::h1::UpConn>>,
+}
 
 /// Idle keep-alive upstream connections, one pool per worker: a request
 /// reuses a connection of the worker it runs on, whose socket is
-/// registered in that worker's reactor.
-struct Pool {
+/// registered in that worker's reactor. Full (`max_idle_per_endpoint` for
+/// an endpoint on a worker), a connection is closed instead of pooled.
+pub(crate) struct Pool {
     slots: Vec<Mutex<Idle>>,
 }
 
@@ -128,9 +135,36 @@ impl Pool {
         &self.slots[worker.min(self.slots.len() - 1)]
     }
 
+    /// An idle native connection to `addr` that is still open.
+    pub(crate) fn take_native(&self, worker: usize, addr: SocketAddr) -> Option<crate::h1::UpConn> {
+        let mut idle = self.slot(worker).lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.native.get_mut(&addr)?;
+        while let Some(c) = list.pop() {
+            if c.is_usable() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Pools a native connection to `addr` (closes it if `max` are idle).
+    pub(crate) fn put_native(
+        &self,
+        worker: usize,
+        addr: SocketAddr,
+        c: crate::h1::UpConn,
+        max: usize,
+    ) {
+        let mut idle = self.slot(worker).lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.native.entry(addr).or_default();
+        if list.len() < max {
+            list.push(c);
+        }
+    }
+
     fn take(&self, worker: usize, key: PoolKey) -> Option<SendRequest<Full<Bytes>>> {
         let mut idle = self.slot(worker).lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(&key)?;
+        let list = idle.hyper.get_mut(&key)?;
         while let Some(s) = list.pop() {
             if !s.is_closed() {
                 return Some(s);
@@ -144,7 +178,7 @@ impl Pool {
             return;
         }
         let mut idle = self.slot(worker).lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(key).or_default();
+        let list = idle.hyper.entry(key).or_default();
         if list.len() < max {
             list.push(s);
         }
@@ -153,7 +187,9 @@ impl Pool {
     /// Drops every idle connection (at drain).
     fn clear(&self) {
         for s in &self.slots {
-            s.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            let mut idle = s.lock().unwrap_or_else(|e| e.into_inner());
+            idle.hyper.clear();
+            idle.native.clear();
         }
     }
 }
@@ -175,11 +211,11 @@ pub struct Gateway {
     /// Shared by every `Gateway` of the process, so that a drain reaches
     /// the connections of old configurations too.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
-    pool: Arc<Pool>,
+    pub(crate) pool: Arc<Pool>,
 }
 
 /// The longest `X-Request-Id` a client may send that the gateway keeps.
-const MAX_REQUEST_ID: usize = 128;
+pub(crate) const MAX_REQUEST_ID: usize = 128;
 
 /// Keeps the client's `X-Request-Id` if there is exactly one and it is
 /// 1–128 visible ASCII characters, else sets a new random UUID (version 4)
@@ -197,26 +233,28 @@ fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
             return id.clone();
         }
     }
-    let id = new_request_id();
+    let id = HeaderValue::from_bytes(&new_request_id())
+        .unwrap_or_else(|_| HeaderValue::from_static("-"));
     headers.insert(NAME, id.clone());
     id
 }
 
-/// A random version-4 UUID, lowercase hex.
-fn new_request_id() -> HeaderValue {
+/// A random version-4 UUID, lowercase hex, without allocating.
+pub(crate) fn new_request_id() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let (hi, lo) = (crate::cluster::random(), crate::cluster::random());
     // Version 4 in the 13th hex digit, variant 10xx in the 17th.
     let hi = (hi & !0xf000) | 0x4000;
     let lo = (lo & !(0xc << 60)) | (0x8 << 60);
-    let text = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    );
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let mut id = [b'-'; 36];
+    let digits = (0..16)
+        .map(|i| (hi >> (60 - 4 * i)) & 0xf)
+        .chain((0..16).map(|i| (lo >> (60 - 4 * i)) & 0xf));
+    let places = (0..36).filter(|i| ![8, 13, 18, 23].contains(i));
+    for (at, d) in places.zip(digits) {
+        id[at] = HEX[d as usize];
+    }
+    id
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 section 7.6.1).
@@ -413,10 +451,10 @@ impl Drop for OpenTunnel<'_> {
 
 /// How long a response waits for the first bytes of its body before its
 /// head goes to the client (see `Gateway::send`).
-const FIRST_FRAME_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+pub(crate) const FIRST_FRAME_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why forwarding failed.
-enum Failure {
+pub(crate) enum Failure {
     Refused(io::Error),
     Timeout(&'static str),
     Upstream(hyper::Error),
@@ -432,11 +470,17 @@ enum Failure {
     /// The response head came, but its body failed at once (see
     /// `Gateway::send`).
     BodyStart(hyper::Error),
+    /// The native path's upstream connection failed after the request
+    /// went out, before a response head (`h1.rs`).
+    Io(io::Error),
+    /// The native path got a malformed or oversized response head, an
+    /// unasked-for `101`, or an invalid first chunk.
+    Bad(&'static str),
 }
 
 /// Whether a failed attempt may be retried on another endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RetryOn {
+pub(crate) enum RetryOn {
     /// The request never reached the upstream (Envoy's `connect-failure`
     /// and `reset-before-request`): any method.
     Always,
@@ -449,13 +493,17 @@ enum RetryOn {
 }
 
 impl Failure {
-    fn retry_on(&self) -> RetryOn {
+    pub(crate) fn retry_on(&self) -> RetryOn {
         match self {
             Failure::Refused(_)
             | Failure::Unsent(_)
             | Failure::Tls(_)
             | Failure::Timeout("connect" | "TLS handshake") => RetryOn::Always,
-            Failure::Timeout(_) | Failure::BodyStart(_) | Failure::BadSwitch(_) => RetryOn::Never,
+            Failure::Timeout(_)
+            | Failure::BodyStart(_)
+            | Failure::BadSwitch(_)
+            | Failure::Bad(_) => RetryOn::Never,
+            Failure::Io(_) => RetryOn::Idempotent,
             // A malformed or oversized head: the upstream answered.
             Failure::Upstream(e) if e.is_parse() || e.is_user() => RetryOn::Never,
             Failure::Upstream(_) => RetryOn::Idempotent,
@@ -465,29 +513,42 @@ impl Failure {
 
 /// The answer to a request whose last attempt failed with `failure`.
 fn failure_response(endpoint: &Endpoint, failure: Failure) -> Response<Body> {
+    let (status, text) = failure_text(endpoint, failure);
+    reply(status, &text)
+}
+
+/// The status and text of the answer to a request whose last attempt
+/// failed with `failure` (logged here).
+pub(crate) fn failure_text(endpoint: &Endpoint, failure: Failure) -> (StatusCode, String) {
+    let bad = |text: &str| (StatusCode::BAD_GATEWAY, text.to_owned());
     match failure {
         Failure::Refused(e) => {
             tracing::debug!(upstream = %endpoint.name, "connect: {e}");
-            reply(StatusCode::BAD_GATEWAY, "upstream connect error")
+            bad("upstream connect error")
         }
-        Failure::Timeout(what) => reply(
+        Failure::Timeout(what) => (
             StatusCode::GATEWAY_TIMEOUT,
-            &format!("upstream {what} timeout"),
+            format!("upstream {what} timeout"),
         ),
         Failure::Upstream(e) | Failure::Unsent(e) | Failure::BodyStart(e) => {
             tracing::debug!(upstream = %endpoint.name, "upstream: {e}");
-            reply(StatusCode::BAD_GATEWAY, "upstream reset or bad response")
+            bad("upstream reset or bad response")
+        }
+        Failure::Io(e) => {
+            tracing::debug!(upstream = %endpoint.name, "upstream: {e}");
+            bad("upstream reset or bad response")
+        }
+        Failure::Bad(why) => {
+            tracing::debug!(upstream = %endpoint.name, "upstream: {why}");
+            bad("upstream reset or bad response")
         }
         Failure::Tls(e) => {
             tracing::debug!(upstream = %endpoint.name, "TLS handshake: {e}");
-            reply(StatusCode::BAD_GATEWAY, "upstream TLS handshake failed")
+            bad("upstream TLS handshake failed")
         }
         Failure::BadSwitch(why) => {
             tracing::debug!(upstream = %endpoint.name, "upgrade refused: {why}");
-            reply(
-                StatusCode::BAD_GATEWAY,
-                "upstream switched protocols wrongly",
-            )
+            bad("upstream switched protocols wrongly")
         }
     }
 }
@@ -554,16 +615,20 @@ fn check_switch(headers: &HeaderMap, asked: &Option<HeaderValue>) -> Result<(), 
 /// Idempotent methods (RFC 9110 section 9.2.2), which may be retried
 /// after the upstream may have received them.
 fn is_idempotent(method: &hyper::Method) -> bool {
-    use hyper::Method;
+    is_idempotent_method(method.as_str().as_bytes())
+}
+
+/// [`is_idempotent`] for a method's bytes (methods are case-sensitive).
+pub(crate) fn is_idempotent_method(method: &[u8]) -> bool {
     [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PUT,
-        Method::DELETE,
+        &b"GET"[..],
+        b"HEAD",
+        b"OPTIONS",
+        b"TRACE",
+        b"PUT",
+        b"DELETE",
     ]
-    .contains(method)
+    .contains(&method)
 }
 
 /// The upstream side of one request, for the access log.
@@ -584,7 +649,7 @@ pub struct UpstreamLog {
 /// when it has one endpoint: see [`retries_possible`]), `deadline` is ahead,
 /// an untried healthy endpoint is left and the budget has room (else
 /// `None`, the last failure stands). `failed` joins `tried`.
-fn retry_target<'c>(
+pub(crate) fn retry_target<'c>(
     cluster: &'c Cluster,
     failed: &Arc<Endpoint>,
     tried: &mut Vec<Arc<Endpoint>>,
@@ -618,7 +683,7 @@ fn retries_possible(cluster: &Cluster) -> u32 {
 
 /// `now + d`, or a year from now if that overflows (a huge configured
 /// timeout).
-fn deadline_after(d: std::time::Duration) -> fulcrum::time::Instant {
+pub(crate) fn deadline_after(d: std::time::Duration) -> fulcrum::time::Instant {
     let now = fulcrum::time::Instant::now();
     now.checked_add(d)
         .unwrap_or_else(|| now + std::time::Duration::from_secs(365 * 24 * 3600))
@@ -632,7 +697,7 @@ impl Gateway {
             workers: (0..=workers).map(|_| WorkerStats::default()).collect(),
             draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             pool: Arc::new(Pool {
-                slots: (0..=workers).map(|_| Mutex::new(HashMap::new())).collect(),
+                slots: (0..=workers).map(|_| Mutex::new(Idle::default())).collect(),
             }),
         }
     }
@@ -648,7 +713,7 @@ impl Gateway {
             draining: self.draining.clone(),
             pool: Arc::new(Pool {
                 slots: (0..self.pool.slots.len())
-                    .map(|_| Mutex::new(HashMap::new()))
+                    .map(|_| Mutex::new(Idle::default()))
                     .collect(),
             }),
         }
@@ -666,7 +731,7 @@ impl Gateway {
             .fetch_add(1, Relaxed);
     }
 
-    fn worker(&self) -> usize {
+    pub(crate) fn worker(&self) -> usize {
         Handle::try_current()
             .ok()
             .and_then(|h| h.current_worker())
@@ -710,18 +775,47 @@ impl Gateway {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if resp.status().is_server_error() {
+        self.finish(
+            worker,
+            started,
+            peer,
+            &method,
+            &uri,
+            resp.status().as_u16(),
+            request_id.to_str().unwrap_or("-"),
+            upstream.as_deref(),
+            &up,
+        );
+        Ok(resp)
+    }
+
+    /// Counts a request's 5xx answer and writes its access-log line (both
+    /// HTTP/1.1 paths and HTTP/2 alike).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finish(
+        &self,
+        worker: usize,
+        started: Instant,
+        peer: SocketAddr,
+        method: &dyn std::fmt::Display,
+        uri: &dyn std::fmt::Display,
+        status: u16,
+        request_id: &str,
+        upstream: Option<&Endpoint>,
+        up: &UpstreamLog,
+    ) {
+        if status >= 500 {
             self.workers[worker].responses_5xx.fetch_add(1, Relaxed);
         }
         if self.config.access_log {
             tracing::info!(
                 target: "access",
                 client = %peer,
-                %method,
-                %uri,
-                status = resp.status().as_u16(),
-                request_id = request_id.to_str().unwrap_or("-"),
-                upstream = upstream.as_ref().map_or("-", |e| e.name.as_str()),
+                method = %method,
+                uri = %uri,
+                status,
+                request_id,
+                upstream = upstream.map_or("-", |e| e.name.as_str()),
                 worker,
                 attempts = up.attempts,
                 upstream_connect_micros = up.connect_micros,
@@ -729,7 +823,6 @@ impl Gateway {
                 micros = started.elapsed().as_micros() as u64,
             );
         }
-        Ok(resp)
     }
 
     async fn forward(

@@ -1,10 +1,12 @@
 //! The gateway's request path: the input bytes are what a client sends on
 //! one connection (then it half-closes), served exactly as the gateway
-//! binary serves a connection (hyper's HTTP/1.1 server with the gateway's
-//! timer, header timeout and head limit, and `Gateway::handle`, the
-//! gateway example's own modules), forwarding to a demo backend in the
-//! same runtime. It must never panic or hang (5 s), and whatever it sends
-//! back must be HTTP/1.x responses.
+//! binary serves a connection: its own HTTP/1.1 path first (`h1.rs`),
+//! then, from the first request that path hands over, hyper's HTTP/1.1
+//! server with the gateway's timer, header timeout and head limit, and
+//! `Gateway::handle` (the gateway example's own modules), forwarding to a
+//! demo backend in the same runtime. The first input byte chooses the path
+//! (even: native first; odd: hyper only). It must never panic or hang
+//! (5 s), and whatever it sends back must be HTTP/1.x responses.
 
 #![no_main]
 
@@ -15,6 +17,7 @@ use std::time::Duration;
 use fulcrum::net::hyper::{FulcrumTimer, HyperIo};
 use fulcrum::net::Serving;
 use fulcrum::runtime::{Builder, Runtime};
+use fulcrum::sync::watch;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -27,6 +30,9 @@ mod config;
 #[allow(dead_code)]
 #[path = "../../examples/gateway/demo.rs"]
 mod demo;
+#[allow(dead_code)]
+#[path = "../../examples/gateway/h1.rs"]
+mod h1;
 #[allow(dead_code)]
 #[path = "../../examples/gateway/maglev.rs"]
 mod maglev;
@@ -67,6 +73,8 @@ struct World {
     rt: Runtime,
     gateway: Arc<proxy::Gateway>,
     _backends: Vec<Serving>,
+    /// Never sent on: no drain.
+    drain: (watch::Sender<bool>, watch::Receiver<bool>),
 }
 
 fn world() -> &'static World {
@@ -91,6 +99,7 @@ fn world() -> &'static World {
             rt,
             gateway,
             _backends: backends,
+            drain: watch::channel(false),
         }
     })
 }
@@ -98,15 +107,38 @@ fn world() -> &'static World {
 fuzz_target!(|data: &[u8]| {
     let w = world();
     let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+    let Some((&path, data)) = data.split_first() else {
+        return;
+    };
     let out = w.rt.block_on(async {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let gateway = w.gateway.clone();
-        let svc = hyper::service::service_fn(move |req| gateway.clone().handle(req, peer));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(FulcrumTimer::new())
-            .header_read_timeout(Duration::from_millis(500))
-            .max_buf_size(16384)
-            .serve_connection(HyperIo::new(server), svc);
+        let conn = async move {
+            let (io, rest) = if path % 2 == 0 {
+                let limits = h1::Limits {
+                    header_timeout: Duration::from_millis(500),
+                    max_header: 16384,
+                    max_body: 65536,
+                    body_timeout: Duration::from_millis(500),
+                    grace: Duration::from_millis(100),
+                    https: false,
+                };
+                let mut drain = w.drain.1.clone();
+                match h1::serve(server, &gateway, peer, &mut drain, limits).await {
+                    h1::Served::Closed => return,
+                    h1::Served::Hyper(io, rest) => (io, rest),
+                }
+            } else {
+                (server, bytes::Bytes::new())
+            };
+            let svc = hyper::service::service_fn(move |req| gateway.clone().handle(req, peer));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(FulcrumTimer::new())
+                .header_read_timeout(Duration::from_millis(500))
+                .max_buf_size(16384)
+                .serve_connection(HyperIo::new(h1::Rewind::new(io, rest)), svc)
+                .await;
+        };
         let talk = async move {
             // The server may stop reading and close first.
             let _ = client.write_all(data).await;

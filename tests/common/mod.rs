@@ -130,6 +130,22 @@ pub fn signal(child: &Child, sig: i32) {
     assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
 }
 
+/// `config` with `http1 = "$FULCRUM_TEST_HTTP1"` in its `[listener]` when
+/// that variable is set (and the file does not choose): `.ci/run` runs the
+/// gateway's suites once on each HTTP/1.1 path (`native`, the default, and
+/// `hyper`), unchanged.
+pub fn with_http1_override(config: &str) -> String {
+    match std::env::var("FULCRUM_TEST_HTTP1") {
+        Ok(path) if !config.lines().any(|l| l.trim_start().starts_with("http1 ")) => config
+            .replacen(
+                "[listener]\n",
+                &format!("[listener]\nhttp1 = {path:?}\n"),
+                1,
+            ),
+        _ => config.to_owned(),
+    }
+}
+
 /// A running gateway; killed when dropped.
 pub struct Gw {
     pub child: Child,
@@ -150,7 +166,7 @@ impl Gw {
     /// lines come on [`Gw::stdout`]) and waits for its addresses.
     pub fn start_logging(config: &str, rust_log: &str) -> Gw {
         let path = temp_path("gw");
-        std::fs::write(&path, config).expect("write config");
+        std::fs::write(&path, with_http1_override(config)).expect("write config");
         let mut child = Command::new(gateway_binary())
             .args(["--config".as_ref(), path.as_os_str()])
             .env("RUST_LOG", rust_log)
@@ -186,7 +202,7 @@ impl Gw {
     /// Rewrites the configuration file the gateway was started with (for
     /// a reload).
     pub fn rewrite(&self, config: &str) {
-        std::fs::write(&self._config.0, config).expect("rewrite the config");
+        std::fs::write(&self._config.0, with_http1_override(config)).expect("rewrite the config");
     }
 
     /// `POST /reload` on the admin listener: status and body.
