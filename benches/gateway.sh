@@ -6,7 +6,7 @@
 # and the output); this script installs what it needs, builds the release
 # gateway and runs it.
 #
-#   bash benches/gateway.sh                              # about 4.5 minutes after the build
+#   bash benches/gateway.sh                              # about 6 minutes after the build
 #   bash benches/gateway.sh --rounds 5 --duration 15     # options go to the driver
 #   bash benches/gateway.sh --rounds 1 --duration 2 --warmup 1   # a smoke run
 #

@@ -13,6 +13,9 @@
 //! What runs (each in its own process, all started once):
 //! - `upstream`: nginx, `return 200 "ok\n"` on `/`, `--upstream-workers`
 //!   worker(s) (default 1). A separate upstream costs every system the same.
+//! - `fulcrum-gateway-hyper`: the same gateway with `http1 = "hyper"`
+//!   (HTTP/1.1 on hyper alone, not on its own path): the A/B of that path.
+//!   HTTP/2 is hyper's in both, so only `fulcrum-gateway` runs h2load.
 //! - `fulcrum-gateway`: `--workers` listener workers, `balance = "dlb"`,
 //!   no access log, one route `/` to the upstream, pooled keep-alive
 //!   (32 idle per worker), no health check.
@@ -42,16 +45,16 @@
 //! per system first. CPU is read from `/proc/<pid>/stat` of the proxy's processes
 //! (nginx: master and workers) around each load.
 //!
-//! Output: a markdown table (medians over the rounds, ratios to nginx and
-//! to the tokio proxy) on stdout, `target/bench/gateway.json` (`--out`),
+//! Output: a markdown table (medians over the rounds, ratios to nginx, to
+//! the tokio proxy and to the gateway on hyper alone) on stdout, `target/bench/gateway.json` (`--out`),
 //! and in `target/bench/gateway/` the raw wrk output of every run and the
 //! gateway's `/stats` at the end.
 //!
 //! Options (defaults): `--workers 2 --upstream-workers 1 --rounds 3
 //! --duration 10 --warmup 3 --wrk-threads 2 --connections 64 --rate 4000
 //! --open-connections 16 --h2-connections 16 --h2-streams 10 --systems
-//! fulcrum-gateway,nginx,tokio-proxy --gateway-bin
-//! <target>/release/examples/gateway`. The defaults take about 4.5
+//! fulcrum-gateway,fulcrum-gateway-hyper,nginx,tokio-proxy --gateway-bin
+//! <target>/release/examples/gateway`. The defaults take about 6
 //! minutes. On the 2-core reference machine wrk, the proxy and
 //! the upstream share the cores: compare the ratios, not the absolute
 //! figures.
@@ -377,13 +380,17 @@ fn run(o: &Options) -> Result<()> {
     };
     for &s in &o.systems {
         let p = match s {
-            "fulcrum-gateway" => {
+            "fulcrum-gateway" | "fulcrum-gateway-hyper" => {
+                let native = s == "fulcrum-gateway";
                 let (port, admin) = (systems::free_port()?, systems::free_port()?);
-                admin_port = Some(admin);
-                let conf = dir.join("gateway.toml");
+                if native {
+                    admin_port = Some(admin);
+                }
+                let conf = dir.join(format!("{s}.toml"));
+                let http1 = if native { "native" } else { "hyper" };
                 std::fs::write(
                     &conf,
-                    systems::gateway_conf(port, admin, up_port, o.workers),
+                    systems::gateway_conf(port, admin, up_port, o.workers, http1),
                 )?;
                 let mut cmd = Command::new(&o.gateway_bin);
                 cmd.arg("--config").arg(&conf);
@@ -391,8 +398,9 @@ fn run(o: &Options) -> Result<()> {
                     cmd.env("RUST_LOG", "warn");
                 }
                 let mut p = Proc::spawn(s, cmd, &dir, port, false)?;
-                // HTTP/2 with prior knowledge on the same listener.
-                p.h2_addr = Some(p.addr);
+                // HTTP/2 with prior knowledge on the same listener (hyper's
+                // in both, so measured once).
+                p.h2_addr = native.then_some(p.addr);
                 p
             }
             "nginx" => {
@@ -587,7 +595,7 @@ fn print_table(o: &Options, s: &[Summary]) {
     let Some(g) = find("fulcrum-gateway") else {
         return;
     };
-    for other in ["nginx", "tokio-proxy"] {
+    for other in ["nginx", "tokio-proxy", "fulcrum-gateway-hyper"] {
         let Some(b) = find(other) else { continue };
         println!(
             "| **gateway ÷ {other}** | **{:.2}×** | {:.2}× | **{:.2}×** | | {:.2}× | {:.2}× | {:.2}× | {:.2}× | | {:.2}× |",

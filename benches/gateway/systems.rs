@@ -11,7 +11,14 @@ use std::time::{Duration, Instant};
 use crate::http::Conn;
 
 /// The systems under test, in the order of the first round.
-pub const SYSTEMS: [&str; 3] = ["fulcrum-gateway", "nginx", "tokio-proxy"];
+/// `fulcrum-gateway-hyper` is the gateway with `http1 = "hyper"`: its
+/// HTTP/1.1 on hyper alone, the A/B of the gateway's own HTTP/1.1 path.
+pub const SYSTEMS: [&str; 4] = [
+    "fulcrum-gateway",
+    "fulcrum-gateway-hyper",
+    "nginx",
+    "tokio-proxy",
+];
 
 /// Where the upstream echoes the headers every proxy must set the same
 /// way: `Host` (the client's), `X-Forwarded-For` (the peer appended),
@@ -144,11 +151,12 @@ pub fn nginx_proxy_conf(
 }
 
 /// The gateway: `workers` listener workers, DLB balance, no access log,
-/// one route `/` to the upstream, pooled keep-alive (32 idle per worker),
-/// no health check; admin (for `/stats`) on `admin`.
-pub fn gateway_conf(port: u16, admin: u16, upstream: u16, workers: usize) -> String {
+/// HTTP/1.1 on `http1` (`native` or `hyper`), one route `/` to the
+/// upstream, pooled keep-alive (32 idle per worker), no health check;
+/// admin (for `/stats`) on `admin`.
+pub fn gateway_conf(port: u16, admin: u16, upstream: u16, workers: usize, http1: &str) -> String {
     format!(
-        "[listener]\naddress = \"127.0.0.1:{port}\"\nworkers = {workers}\nbalance = \"dlb\"\n\
+        "[listener]\naddress = \"127.0.0.1:{port}\"\nworkers = {workers}\nbalance = \"dlb\"\nhttp1 = \"{http1}\"\n\
          drain_timeout_ms = 1000\naccess_log = false\n\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\n\
          [[routes]]\nprefix = \"/\"\ncluster = \"upstream\"\n\n[[clusters]]\nname = \"upstream\"\n\
          endpoints = [\"127.0.0.1:{upstream}\"]\npolicy = \"round_robin\"\nmax_idle_per_endpoint = 32\n"
