@@ -5,7 +5,7 @@
 //! `futures_io`'s); and the error and address helpers.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd};
 use std::task::{Context, Poll};
@@ -115,6 +115,9 @@ pub(crate) fn with_addr(op: &str, addr: impl fmt::Display, e: io::Error) -> io::
 /// A connected mio stream socket (TCP or Unix): what the shared
 /// `AsyncRead`/`AsyncWrite` implementation needs of it.
 pub(crate) trait StreamSocket: AsFd {
+    /// A read into an initialized slice (`futures_io`'s shape; tokio's
+    /// reads go through `read_uninit`).
+    #[cfg(feature = "futures-io")]
     fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
     fn write(&self, buf: &[u8]) -> io::Result<usize>;
     fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize>;
@@ -124,8 +127,9 @@ pub(crate) trait StreamSocket: AsFd {
 macro_rules! stream_socket {
     ($($ty:ty),*) => {$(
         impl StreamSocket for $ty {
+            #[cfg(feature = "futures-io")]
             fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-                Read::read(&mut &*self, buf)
+                std::io::Read::read(&mut &*self, buf)
             }
 
             fn write(&self, buf: &[u8]) -> io::Result<usize> {
@@ -156,9 +160,8 @@ pub(crate) fn poll_read<S: StreamSocket>(
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         };
-        let unfilled = buf.initialize_unfilled();
-        let len = unfilled.len();
-        match guard.try_io(|fd| fd.get_ref().read(unfilled)) {
+        let len = buf.remaining();
+        match guard.try_io(|fd| read_uninit(fd.get_ref(), buf)) {
             Ok(Ok(n)) => {
                 // A short read of a stream socket emptied its receive
                 // queue: the next read would only return `EAGAIN`, so wait
@@ -169,13 +172,34 @@ pub(crate) fn poll_read<S: StreamSocket>(
                 if n > 0 && n < len {
                     guard.clear_ready();
                 }
-                buf.advance(n);
                 return Poll::Ready(Ok(()));
             }
             Ok(Err(e)) => return Poll::Ready(Err(e)),
             Err(_would_block) => continue,
         }
     }
+}
+
+/// One `read(2)` into the unfilled part of `buf`, which is not zeroed
+/// first (a reader such as `read_buf` on a `BytesMut` hands over its whole
+/// spare capacity, uninitialized, on every read: zeroing it would cost a
+/// memset of that size per read). Marks the bytes read as filled.
+fn read_uninit<S: StreamSocket>(sock: &S, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
+    // SAFETY: nothing de-initializes bytes of `unfilled`: read(2) only
+    // writes to it, at most `len` bytes, and no `&mut [u8]` over its
+    // uninitialized bytes is ever formed (the kernel gets a raw pointer).
+    let unfilled = unsafe { buf.unfilled_mut() };
+    let (ptr, len) = (unfilled.as_mut_ptr().cast::<libc::c_void>(), unfilled.len());
+    // SAFETY: `ptr` is valid for writes of `len` bytes (the unfilled part of
+    // `buf`, borrowed mutably here), and the descriptor is the socket's,
+    // open for as long as `sock` is borrowed.
+    let n = unsafe { libc::read(sock.as_fd().as_raw_fd(), ptr, len) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: read(2) wrote (so initialized) the first `n` bytes of the
+    // unfilled part.
+    unsafe { buf.assume_init(n) };
+    buf.advance(n);
+    Ok(n)
 }
 
 /// Reads into a plain slice (the `futures_io::AsyncRead` shape).
