@@ -333,7 +333,10 @@ impl Builder {
     /// the rescuing worker as directed DLB events, not through the arbiter.
     ///
     /// The cost: while any worker is inside a task poll and owns sockets,
-    /// idle workers wake up once per interval to check on it.
+    /// idle workers wake up once per interval to check on it. A worker
+    /// that goes back to work arms a timer for one interval (two
+    /// `timerfd_settime` calls per busy period) rather than waking a peer:
+    /// at low load it is asleep again before the timer fires.
     ///
     /// An example: [Tuning the scheduler](Builder#tuning-the-scheduler).
     pub fn rescue_interval(&mut self, interval: Option<Duration>) -> &mut Self {

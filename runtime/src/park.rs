@@ -200,7 +200,14 @@ pub(crate) const PRECISE_TIMER_TOKEN: Token = Token(2);
 impl PreciseTimer {
     /// A disarmed timer, registered in `poll`.
     pub(crate) fn new(poll: &Poll) -> io::Result<Self> {
-        use std::os::fd::{AsRawFd, FromRawFd};
+        let timer = Self::unregistered()?;
+        timer.register(poll, PRECISE_TIMER_TOKEN)?;
+        Ok(timer)
+    }
+
+    /// A disarmed timer, not registered anywhere yet.
+    pub(crate) fn unregistered() -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
         // SAFETY: plain syscall; the result is checked before use.
         let fd = unsafe {
             libc::timerfd_create(
@@ -213,12 +220,38 @@ impl PreciseTimer {
         }
         // SAFETY: `fd` is a new descriptor that nothing else owns.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        poll.registry().register(
-            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
-            PRECISE_TIMER_TOKEN,
-            mio::Interest::READABLE,
-        )?;
         Ok(Self { fd })
+    }
+
+    /// Registers the timer in `poll` under `token` (one of the tokens below
+    /// the I/O ones, which the reactor's dispatch passes over). A timer
+    /// may be registered in several `Poll`s: its expiry wakes them all.
+    pub(crate) fn register(&self, poll: &Poll, token: Token) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&self.fd.as_raw_fd()),
+            token,
+            mio::Interest::READABLE,
+        )
+    }
+
+    /// Stops the timer (an expiry not yet due will not come).
+    pub(crate) fn disarm(&self) {
+        use std::os::fd::AsRawFd;
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let spec = libc::itimerspec {
+            it_interval: zero,
+            it_value: zero,
+        };
+        // SAFETY: as in `arm`; an all-zero `it_value` disarms.
+        let rc =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc < 0 {
+            tracing::warn!("timerfd_settime: {}", io::Error::last_os_error());
+        }
     }
 
     /// Makes the timer fire once, `after` from now (replacing any earlier

@@ -56,6 +56,12 @@ impl Worker {
                 p.arm_for(timeout);
             }
             self.heavy_queued.set(false);
+            // Asleep: nobody need watch this worker any more.
+            if self.watch_armed.replace(false) {
+                if let Some(t) = shared.watch_timers.get(me) {
+                    t.disarm();
+                }
+            }
             self.phase.set(Phase::Dispatching { backlogged: false });
             let parked_at = crate::clock::now_ns();
             crate::park::poll_and_dispatch(poll, events, reactor, timeout);
@@ -89,13 +95,33 @@ impl Worker {
         match watch {
             Some(w) if w.started.elapsed() >= w.interval => self.rescue(&w.peers),
             Some(_) => {}
-            None if shared.rescue_interval.is_some() && reactor.resources() > 0 => {
+            None if reactor.resources() > 0 => {
                 // This worker goes back to work owning sockets: make sure an
                 // idle peer watches it, in case a task here runs long.
-                shared.nudge_watcher(me);
+                if let Some(interval) = shared.rescue_interval {
+                    self.ask_for_watch(interval);
+                }
             }
             None => {}
         }
+    }
+
+    /// Makes sure that an idle peer watches this worker if it is still
+    /// awake one `interval` from now: arms its watch timer, whose expiry
+    /// wakes the peers asleep in their `Poll` (a lightly loaded worker is
+    /// back asleep well before, and disarms it then, so no peer wakes); with
+    /// no watch timers, wakes a peer now.
+    fn ask_for_watch(&self, interval: std::time::Duration) {
+        let shared = &*self.shared;
+        let Some(timer) = shared.watch_timers.get(self.index) else {
+            shared.nudge_watcher(self.index);
+            return;
+        };
+        if self.watch_armed.get() || shared.watched(self.index) {
+            return;
+        }
+        timer.arm(interval);
+        self.watch_armed.set(true);
     }
 
     /// Polls the DLB port for a short, bounded time before sleeping, if

@@ -166,6 +166,9 @@ pub(crate) const STUCK_HINT: u32 = 1 << 24;
 /// The tokens of a worker's own sources in its `Poll`.
 const DLB_TOKEN: Token = Token(0);
 const WAKER_TOKEN: Token = Token(1);
+/// The token of the peers' watch timers in a worker's `Poll` (see
+/// `Shared::watch_timers`); token 2 is the worker's own `PreciseTimer`.
+const WATCH_TOKEN: Token = Token(3);
 
 type TaskRef = Notified<Arc<Shared>>;
 
@@ -234,6 +237,15 @@ pub(crate) struct Shared {
     /// Per worker: whether it watches busy peers while asleep (it then
     /// wakes every rescue interval).
     watching: Box<[AtomicBool]>,
+    /// Per worker: a one-shot timer registered in every peer's `Poll`. A
+    /// worker that goes back to work owning sockets, with no peer watching,
+    /// arms its own for one rescue interval and disarms it when it sleeps
+    /// again; only if it is still awake when the timer fires are the
+    /// sleeping peers woken, to watch it. Waking a peer at once instead
+    /// (`nudge_watcher`, the fallback when there are no timers) cost a
+    /// lightly loaded server two peer wake-ups per request. Empty when the
+    /// rescue is off or a timer could not be made.
+    watch_timers: Box<[crate::park::PreciseTimer]>,
     /// How long a peer may sit in one poll before idle workers rescue its
     /// ready I/O; `None` disables the rescue.
     rescue_interval: Option<Duration>,
@@ -324,6 +336,15 @@ pub(crate) fn build(
         }
         parts.push((port, poll, deque));
     }
+    let rescue = threads.rescue_interval.is_some() && !threads.stealing;
+    let watch_timers = if rescue {
+        watch_timers(&parts).unwrap_or_else(|e| {
+            tracing::warn!("watch timers: {e}; idle workers are woken to watch instead");
+            Box::default()
+        })
+    } else {
+        Box::default()
+    };
     let stealing = threads.stealing.then(|| Stealing::new(deques));
     let remote = (workers..workers + remote)
         .map(|id| take_port(&domain, id).map(Mutex::new))
@@ -343,6 +364,7 @@ pub(crate) fn build(
         busy: (0..workers).map(|_| AtomicU32::new(0)).collect(),
         rescue_misses: (0..workers).map(|_| AtomicU32::new(0)).collect(),
         watching: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+        watch_timers,
         // The comparison mode gets no rescue: it balances by stealing only.
         rescue_interval: threads.rescue_interval.filter(|_| !threads.stealing),
         shutdown: AtomicBool::new(false),
@@ -351,6 +373,22 @@ pub(crate) fn build(
         threads,
     });
     Ok((shared, parts))
+}
+
+/// One watch timer per worker, each registered in every other worker's
+/// `Poll` (see `Shared::watch_timers`).
+fn watch_timers(parts: &[WorkerParts]) -> io::Result<Box<[crate::park::PreciseTimer]>> {
+    let timers = (0..parts.len())
+        .map(|_| crate::park::PreciseTimer::unregistered())
+        .collect::<io::Result<Box<[_]>>>()?;
+    for (i, timer) in timers.iter().enumerate() {
+        for (j, (_, poll, _)) in parts.iter().enumerate() {
+            if i != j {
+                timer.register(poll, WATCH_TOKEN)?;
+            }
+        }
+    }
+    Ok(timers)
 }
 
 /// Spawns the worker threads.

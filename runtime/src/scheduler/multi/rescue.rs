@@ -6,6 +6,16 @@
 //! A watching worker sleeps exactly one rescue interval thanks to a
 //! timerfd (`epoll_wait` alone rounds 100 µs up to 1 ms).
 //!
+//! Who watches: a worker that parks while a peer is awake and owns
+//! sockets. A worker that wakes to work, owning sockets, with no peer
+//! watching, arms its *watch timer* (a timerfd registered in every peer's
+//! `Poll`) for one interval and disarms it when it parks again: only a
+//! worker still awake an interval later wakes its sleeping peers to watch
+//! it. Waking a peer at once instead, as this did first (`nudge_watcher`,
+//! still the fallback, and what `block_in_place` does), cost a lightly
+//! loaded server two peer wake-ups per request (BENCHMARKS.md: the
+//! gateway's open-loop CPU per request).
+//!
 //! The watch backs off: each run of [`MISSES_PER_STEP`] rescues of a peer
 //! in a row that find no ready I/O doubles the interval at which that peer
 //! is watched, up to [`MAX_BACKOFF`] times the rescue interval; a rescue
@@ -123,11 +133,17 @@ impl Shared {
             .map(|(i, _)| i)
     }
 
+    /// Whether a peer of `me` watches (it sleeps at most one rescue
+    /// interval).
+    pub(super) fn watched(&self, me: usize) -> bool {
+        (0..self.polling.len()).any(|i| i != me && self.watching[i].load(SeqCst))
+    }
+
     /// Wakes one idle peer that sleeps without watching, so that it starts
     /// watching (no-op if one already watches).
     pub(super) fn nudge_watcher(&self, me: usize) {
         let n = self.polling.len();
-        if (0..n).any(|i| i != me && self.watching[i].load(SeqCst)) {
+        if self.watched(me) {
             return;
         }
         if let Some(peer) = (0..n).find(|&i| i != me && self.sleepers.is_parked(i)) {

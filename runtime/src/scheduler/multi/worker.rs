@@ -67,6 +67,8 @@ pub(super) struct Worker {
     /// Sub-millisecond sleeps (the rescue interval); `None` when the rescue
     /// is off.
     pub(super) precise: Option<crate::park::PreciseTimer>,
+    /// This worker's watch timer is armed (see `Shared::watch_timers`).
+    pub(super) watch_armed: Cell<bool>,
     /// Work-stealing mode: the LIFO slot (not stealable) and how many
     /// tasks in a row came from it.
     pub(super) lifo: RefCell<Option<TaskRef>>,
@@ -482,6 +484,7 @@ pub(super) fn run(
         port: RefCell::new(port),
         phase: Cell::new(Phase::Between),
         precise,
+        watch_armed: Cell::new(false),
         lifo: RefCell::new(None),
         lifo_polls: Cell::new(0),
         deque,
