@@ -74,6 +74,11 @@ fn answer(path: &str, body: &[u8]) -> (Vec<u8>, bool) {
             )
         }
         "/closes-later" => (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlater".to_vec(), false),
+        "/early" => (
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!".to_vec(),
+            true,
+        ),
+        "/status-5" => (b"HTTP/1.1 005 Odd\r\ncontent-length: 0\r\n\r\n".to_vec(), false),
         p => {
             let text = format!("path {p}");
             (
@@ -135,6 +140,19 @@ fn serve(conn: u64, stream: TcpStream, seen: &Mutex<Vec<Seen>>) {
             let (k, v) = h.split_once(':').expect("a header line");
             headers.push((k.to_ascii_lowercase(), v.trim().to_owned()));
         }
+        let path = line.split(' ').nth(1).unwrap_or("/").to_owned();
+        if path == "/early" {
+            // Answers (and closes) before reading the body.
+            let (bytes, _) = answer(&path, &[]);
+            seen.lock().unwrap().push(Seen {
+                conn,
+                line,
+                headers,
+                body: Vec::new(),
+            });
+            let _ = w.write_all(&bytes);
+            return;
+        }
         let len = headers
             .iter()
             .find(|(k, _)| k == "content-length")
@@ -147,7 +165,6 @@ fn serve(conn: u64, stream: TcpStream, seen: &Mutex<Vec<Seen>>) {
         if r.read_exact(&mut body).is_err() {
             return;
         }
-        let path = line.split(' ').nth(1).unwrap_or("/").to_owned();
         let (bytes, close) = answer(&path, &body);
         seen.lock().unwrap().push(Seen {
             conn,
@@ -167,9 +184,13 @@ fn serve(conn: u64, stream: TcpStream, seen: &Mutex<Vec<Seen>>) {
 }
 
 fn gateway(up: SocketAddr) -> Gw {
+    gateway_with(up, "")
+}
+
+fn gateway_with(up: SocketAddr, listener_extra: &str) -> Gw {
     Gw::start(&format!(
         "{}[[routes]]\nprefix = \"/\"\ncluster = \"up\"\n[[clusters]]\nname = \"up\"\nendpoints = [\"{up}\"]\n",
-        listener(1, "")
+        listener(1, listener_extra)
     ))
 }
 
@@ -467,4 +488,89 @@ fn large_bodies_go_through_whole_both_ways() {
         .all(|(i, &b)| b == (i % 251) as u8));
     // And the connection goes on.
     assert_eq!(c.get("/end").body, b"path /end");
+}
+
+#[test]
+fn a_header_named_in_connection_cannot_unframe_a_request() {
+    let up = Upstream::start();
+    let gw = gateway(up.addr);
+    // `Connection: content-length` would drop the length line and leave
+    // the body to be read as a second request.
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nhost: internal\r\n\r\n";
+    let mut req = format!(
+        "POST /length HTTP/1.1\r\nhost: a.example\r\nconnection: content-length\r\ncontent-length: {}\r\n\r\n",
+        smuggled.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(smuggled);
+    let mut c = Client::connect(gw.addr);
+    c.send(&req);
+    let r = c.read(false);
+    assert_eq!(
+        (r.status, r.body),
+        (200, smuggled.len().to_string().into_bytes())
+    );
+    // `Connection: host`: the upstream still gets a Host.
+    c.send(b"GET /named-host HTTP/1.1\r\nhost: a.example\r\nconnection: host\r\n\r\n");
+    assert_eq!(c.read(false).status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    let seen = up.take();
+    let lines: Vec<&str> = seen.iter().map(|s| s.line.as_str()).collect();
+    assert_eq!(
+        lines,
+        ["POST /length HTTP/1.1", "GET /named-host HTTP/1.1"],
+        "{seen:?}"
+    );
+    assert_eq!(seen[0].body, smuggled);
+    assert!(seen[1].header("host").is_some(), "{seen:?}");
+}
+
+#[test]
+fn hosts_that_are_not_one_authority_are_refused() {
+    let up = Upstream::start();
+    let gw = gateway(up.addr);
+    for host in ["a:1:2", "[::1"] {
+        let mut c = Client::connect(gw.addr);
+        c.send(format!("GET /h HTTP/1.1\r\nhost: {host}\r\n\r\n").as_bytes());
+        let r = c.read(false);
+        assert_eq!(r.status, 400, "Host {host:?}: {r:?}");
+    }
+    assert!(up.take().is_empty());
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let up = Upstream::start();
+    let gw = gateway_with(up.addr, "header_timeout_ms = 500\n");
+    let mut c = Client::connect(gw.addr);
+    assert_eq!(c.get("/one").status, 200);
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let n = c.r.read_to_end(&mut rest).expect("closed, not reset");
+    assert_eq!(n, 0, "no bytes after the answer: {rest:?}");
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(400) && idle < Duration::from_secs(5),
+        "closed after {idle:?}"
+    );
+}
+
+#[test]
+fn an_upstream_that_answers_before_reading_the_body_is_relayed() {
+    let up = Upstream::start();
+    let gw = gateway(up.addr);
+    let mut c = Client::connect(gw.addr);
+    let body = vec![b'x'; 900 * 1024];
+    let mut req = format!(
+        "POST /early HTTP/1.1\r\nhost: a.example\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    c.send(&req);
+    let r = c.read(false);
+    assert_eq!((r.status, &r.body[..]), (413, &b"big!"[..]), "{r:?}");
+    // A status code below 100 is not relayed.
+    let mut c = Client::connect(gw.addr);
+    assert_eq!(c.get("/status-5").status, 502);
 }

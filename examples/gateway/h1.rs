@@ -183,9 +183,10 @@ struct ReqHead {
     /// The lines not forwarded (bit `i` for `lines[i]`): hop-by-hop ones,
     /// and the ones the gateway sets itself.
     skip: u128,
-    /// The body's length (`Content-Length`, forwarded as it came; 0
-    /// without one).
+    /// The body's length (`Content-Length`; 0 without one).
     body: u64,
+    /// Whether the request had a `Content-Length` (the gateway writes it).
+    sized: bool,
     /// `Connection: close`.
     close: bool,
     /// The first `X-Forwarded-For` value, when it is text.
@@ -252,6 +253,22 @@ fn hop_by_hop(name: &[u8]) -> bool {
 /// head naming more goes to hyper (or, from an upstream, is a 502).
 const MAX_NAMED: usize = 8;
 
+/// Whether a `Connection` token names a header the request's framing,
+/// routing or forwarding rests on: such requests are hyper's, whose path
+/// strips the named header and then rebuilds what it needs.
+fn names_a_framing_header(token: &[u8]) -> bool {
+    [
+        "content-length",
+        "host",
+        "transfer-encoding",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-request-id",
+    ]
+    .iter()
+    .any(|h| token.eq_ignore_ascii_case(h.as_bytes()))
+}
+
 /// Marks the lines whose names `named` lists as skipped.
 fn skip_named(buf: &[u8], lines: &[Line], named: &[Range<usize>], skip: &mut u128) {
     for (i, (n, _)) in lines.iter().enumerate() {
@@ -304,6 +321,9 @@ fn parse_request(buf: &[u8], head: &mut ReqHead) -> Parsed {
             hosts += 1;
             head.host = range_in(buf, value);
         } else if is("content-length") {
+            // Written by the gateway from the parsed length, so that no
+            // other line (one named in `Connection`, say) can unframe it.
+            head.skip |= 1 << i;
             lengths += 1;
             match content_length(value) {
                 Some(n) => head.body = n,
@@ -316,7 +336,7 @@ fn parse_request(buf: &[u8], head: &mut ReqHead) -> Parsed {
             for t in tokens(value) {
                 if t.eq_ignore_ascii_case(b"close") {
                     head.close = true;
-                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                } else if t.eq_ignore_ascii_case(b"upgrade") || names_a_framing_header(t) {
                     return Parsed::Hyper;
                 } else if !t.eq_ignore_ascii_case(b"keep-alive") {
                     if n_named == MAX_NAMED {
@@ -340,9 +360,16 @@ fn parse_request(buf: &[u8], head: &mut ReqHead) -> Parsed {
         }
     }
     let host = &buf[head.host.clone()];
-    if hosts != 1 || lengths > 1 || host.is_empty() || !host.iter().all(|&b| host_byte(b)) {
+    if hosts != 1
+        || lengths > 1
+        || host.is_empty()
+        || !host.iter().all(|&b| host_byte(b))
+        // What hyper's path refuses (`a:1:2`, an unclosed `[`) is hyper's.
+        || hyper::http::uri::Authority::try_from(host).is_err()
+    {
         return Parsed::Hyper;
     }
+    head.sized = lengths == 1;
     if ids == 1 {
         head.request_id = id.filter(|r| {
             let v = &buf[r.clone()];
@@ -430,6 +457,7 @@ fn parse_response(buf: &[u8], head_request: bool, head: &mut RespHead) -> RespPa
         return RespParsed::Bad("malformed response head");
     };
     match code {
+        0..=99 => return RespParsed::Bad("a status code below 100"),
         101 => return RespParsed::Bad("a 101 the gateway did not ask for"),
         100..=199 => return RespParsed::Informational(len),
         _ => {}
@@ -801,7 +829,12 @@ enum Exchange {
 }
 
 /// Sends the request (`head` and `body`) on `conn` and reads the final
-/// response head into `conn.head`, skipping 1xx heads.
+/// response head into `conn.head`, skipping 1xx heads. The response is read
+/// while the request is still being written, as hyper does: an upstream
+/// may answer early (a 413 before it reads the body, then a close), or
+/// stream its answer as it reads (both socket buffers would otherwise fill
+/// and stall the exchange). A response that comes before the whole request
+/// went out is relayed, and the connection is not reused.
 async fn exchange(
     conn: &mut UpConn,
     head: &[u8],
@@ -809,31 +842,73 @@ async fn exchange(
     head_request: bool,
     max_head: usize,
 ) -> Result<(), Exchange> {
-    write_two(&mut conn.io, head, body)
-        .await
-        .map_err(|err| Exchange::Io {
+    conn.buf.clear();
+    let UpConn {
+        io,
+        buf,
+        head: resp,
+    } = conn;
+    let (read, written) = {
+        let (mut rd, mut wr) = io.split();
+        let mut write = std::pin::pin!(write_two(&mut wr, head, body));
+        let mut read = std::pin::pin!(read_head(&mut rd, buf, resp, head_request, max_head));
+        let mut written: Option<io::Result<()>> = None;
+        loop {
+            fulcrum::select! {
+                w = write.as_mut(), if written.is_none() => written = Some(w),
+                r = read.as_mut() => break (r, written),
+            }
+        }
+    };
+    match (read, written) {
+        (Ok(()), Some(Ok(()))) => Ok(()),
+        (Ok(()), _) => {
+            // Answered before (or despite) the end of the request.
+            resp.reusable = false;
+            Ok(())
+        }
+        (
+            Err(Exchange::Io {
+                answered: false, ..
+            }),
+            Some(Err(err)),
+        ) => Err(Exchange::Io {
             err,
             answered: false,
-        })?;
-    conn.buf.clear();
+        }),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Reads the final response head into `resp` (see [`exchange`]).
+async fn read_head<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    resp: &mut RespHead,
+    head_request: bool,
+    max_head: usize,
+) -> Result<(), Exchange> {
     let mut answered = false;
     loop {
-        if !conn.buf.is_empty() {
-            match parse_response(&conn.buf, head_request, &mut conn.head) {
+        if !buf.is_empty() {
+            match parse_response(buf, head_request, resp) {
+                RespParsed::Complete if resp.len > max_head => {
+                    return Err(Exchange::Bad("response head too large"))
+                }
                 RespParsed::Complete => return Ok(()),
                 RespParsed::Informational(n) => {
-                    conn.buf.advance(n);
+                    buf.advance(n);
                     continue;
                 }
                 RespParsed::Bad(why) => return Err(Exchange::Bad(why)),
-                RespParsed::Partial if conn.buf.len() >= max_head => {
+                RespParsed::Partial if buf.len() >= max_head => {
                     return Err(Exchange::Bad("response head too large"))
                 }
                 RespParsed::Partial => {}
             }
         }
-        conn.buf.reserve(READ_CHUNK);
-        match conn.io.read_buf(&mut conn.buf).await {
+        buf.reserve(READ_CHUNK);
+        match rd.read_buf(buf).await {
             Ok(0) => {
                 return Err(Exchange::Io {
                     err: io::ErrorKind::UnexpectedEof.into(),
@@ -922,7 +997,11 @@ async fn relay<W: AsyncWrite + Unpin>(
                 match fulcrum::time::timeout_at(wait, conn.io.read_buf(&mut conn.buf)).await {
                     Ok(Ok(0)) => return Relay::Failed(Failure::Bad("response body ended early")),
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Relay::Failed(Failure::Io(e)),
+                    Ok(Err(e)) => {
+                        // The upstream answered: not a failure to retry.
+                        tracing::debug!("a response body failed at its start: {e}");
+                        return Relay::Failed(Failure::Bad("response body failed at its start"));
+                    }
                     // Slow to start: the head goes now and the body streams.
                     Err(_) => break,
                 }
@@ -1043,6 +1122,26 @@ struct Conn {
     id: Vec<u8>,
 }
 
+/// Buffers above this capacity are given back after the request that grew
+/// them, so that an idle keep-alive connection holds little memory.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+impl Conn {
+    /// Drops buffers a large request or response grew.
+    fn shrink(&mut self) {
+        if self.buf.capacity() > KEEP_CAPACITY {
+            let mut fresh = BytesMut::with_capacity(READ_CHUNK.max(self.buf.len()));
+            fresh.extend_from_slice(&self.buf);
+            self.buf = fresh;
+        }
+        for v in [&mut self.up, &mut self.out] {
+            if v.capacity() > KEEP_CAPACITY {
+                *v = Vec::with_capacity(1024);
+            }
+        }
+    }
+}
+
 /// What waiting for a request head ended with.
 enum Next {
     Head,
@@ -1052,23 +1151,24 @@ enum Next {
 
 /// Reads until `c.buf` starts with a complete request head (`Next::Head`,
 /// parsed into `c.head`) or one for hyper. The head must be complete within
-/// the header timeout, counted from the connection's start for the `first`
-/// request and from its first byte for the next ones; an idle connection
-/// waits without a limit until the drain starts, and then for `grace`.
+/// the header timeout, counted from the connection's start or from the end
+/// of the previous response, so an idle keep-alive connection is closed
+/// after it too (as hyper does since 1.12); once the drain starts, an idle
+/// connection gets `grace` at most.
 async fn next_head<T: AsyncRead + Unpin>(
     io: &mut T,
     c: &mut Conn,
-    first: bool,
     drain: &mut watch::Receiver<bool>,
     limits: &Limits,
 ) -> Next {
-    let mut since = first.then(Deadline::now);
+    let by_head = Deadline::now() + limits.header_timeout;
     let mut drain_by: Option<Deadline> = None;
     let mut drain_open = true;
     loop {
         if !c.buf.is_empty() {
-            since.get_or_insert_with(Deadline::now);
             match parse_request(&c.buf, &mut c.head) {
+                // Over the limit even though it came whole: hyper's 431.
+                Parsed::Complete if c.head.len > limits.max_header => return Next::Hyper,
                 Parsed::Complete => return Next::Head,
                 Parsed::Hyper => return Next::Hyper,
                 Parsed::Partial if c.buf.len() >= limits.max_header => return Next::Hyper,
@@ -1080,20 +1180,13 @@ async fn next_head<T: AsyncRead + Unpin>(
         if idle && draining && drain_by.is_none() {
             drain_by = Some(Deadline::now() + limits.grace);
         }
-        let by_head = since.map(|s| s + limits.header_timeout);
-        let by_drain = drain_by.filter(|_| idle);
-        let deadline = match (by_head, by_drain) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let deadline = match drain_by.filter(|_| idle) {
+            Some(d) => d.min(by_head),
+            None => by_head,
         };
         let watch = idle && !draining && drain_open;
         c.buf.reserve(READ_CHUNK);
-        let stop = async {
-            match deadline {
-                Some(d) => fulcrum::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let stop = fulcrum::time::sleep_until(deadline);
         fulcrum::select! {
             r = io.read_buf(&mut c.buf) => match r {
                 Ok(0) | Err(_) => return Next::Close,
@@ -1127,18 +1220,18 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
         out: Vec::with_capacity(1024),
         id: Vec::with_capacity(64),
     };
-    let mut first = true;
     loop {
-        match next_head(&mut io, &mut c, first, drain, &limits).await {
+        match next_head(&mut io, &mut c, drain, &limits).await {
             Next::Head => {}
             Next::Close => break,
-            Next::Hyper => return Served::Hyper(io, c.buf.split().freeze()),
+            // A copy: the buffer may have grown large, and hyper keeps
+            // these bytes for the connection's life.
+            Next::Hyper => return Served::Hyper(io, Bytes::copy_from_slice(&c.buf)),
         }
-        first = false;
         match gw.serve_request(&mut io, &mut c, peer, &limits).await {
-            After::Next => {}
+            After::Next => c.shrink(),
             After::Close => break,
-            After::Hyper => return Served::Hyper(io, c.buf.split().freeze()),
+            After::Hyper => return Served::Hyper(io, Bytes::copy_from_slice(&c.buf)),
         }
     }
     let _ = io.shutdown().await;
@@ -1234,9 +1327,9 @@ impl Gateway {
             }
         }
 
-        // Decided once, before anything is written: a response that does
-        // not say `Connection: close` is not followed by a close.
-        let close = close || self.draining.load(Relaxed);
+        // `Connection: close` is decided as the answer's head is written
+        // (a drain that starts while the upstream works still gets it), and
+        // the connection closes after the answer exactly when it says so.
         let answer = match (route, cluster) {
             (Some(route), Some(cluster)) => {
                 let client_ip = peer.ip().to_string();
@@ -1296,6 +1389,9 @@ impl Gateway {
                             b"\r\nx-forwarded-proto: http\r\nx-request-id: "
                         });
                         up.extend_from_slice(request_id);
+                        if head.sized {
+                            let _ = write!(Hex(up), "\r\ncontent-length: {}", head.body);
+                        }
                         up.extend_from_slice(b"\r\n\r\n");
                         let body = &buf[head.len..total];
                         let deadline =
@@ -1324,15 +1420,16 @@ impl Gateway {
             _ => Err((StatusCode::NOT_FOUND, "no route".into())),
         };
         let (status, after) = match answer {
-            Ok((status, relayed)) => (
+            Ok((status, relayed, closed)) => (
                 status,
-                if relayed && !close {
+                if relayed && !closed {
                     After::Next
                 } else {
                     After::Close
                 },
             ),
             Err((status, text)) => {
+                let close = close || self.draining.load(Relaxed);
                 let written = write_reply(io, out, status, &text, close, head_request).await;
                 (
                     status.as_u16(),
@@ -1389,9 +1486,10 @@ impl Gateway {
 
     /// The attempts of one request (the first on `endpoint`, retries on
     /// others as on the hyper path), then the relay of the response.
-    /// Returns the status sent and whether the whole response went out
-    /// (`Ok`), or the answer to make instead (nothing was sent), with the
-    /// last endpoint tried.
+    /// Returns the status sent, whether the whole response went out and
+    /// whether it said `Connection: close` (`Ok`: `close` asked for it, or
+    /// the drain had started), or the answer to make instead (nothing was
+    /// sent), with the last endpoint tried.
     #[allow(clippy::too_many_arguments)]
     async fn forward_native<W: AsyncWrite + Unpin>(
         &self,
@@ -1406,7 +1504,10 @@ impl Gateway {
         close: bool,
         deadline: Deadline,
         log: &mut UpstreamLog,
-    ) -> (Result<(u16, bool), (StatusCode, String)>, Arc<Endpoint>) {
+    ) -> (
+        Result<(u16, bool, bool), (StatusCode, String)>,
+        Arc<Endpoint>,
+    ) {
         let idempotent = is_idempotent_method(method);
         let mut endpoint = endpoint;
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -1430,9 +1531,13 @@ impl Gateway {
                 Ok(mut conn) => {
                     drop(flight);
                     let code = conn.head.code;
+                    let close = close || self.draining.load(Relaxed);
                     match relay(client, &mut conn, out, close, deadline).await {
                         Relay::Done { reusable } => {
                             if reusable {
+                                if conn.buf.capacity() > KEEP_CAPACITY {
+                                    conn.buf = BytesMut::with_capacity(READ_CHUNK);
+                                }
                                 self.pool.put_native(
                                     self.worker(),
                                     endpoint.addr,
@@ -1440,9 +1545,9 @@ impl Gateway {
                                     cluster.spec.max_idle,
                                 );
                             }
-                            return (Ok((code, true)), endpoint);
+                            return (Ok((code, true, close)), endpoint);
                         }
-                        Relay::Broken => return (Ok((code, false)), endpoint),
+                        Relay::Broken => return (Ok((code, false, close)), endpoint),
                         Relay::Failed(f) => f,
                     }
                 }
