@@ -44,8 +44,8 @@ use hyper::StatusCode;
 
 use crate::cluster::{Cluster, Endpoint, InFlight};
 use crate::proxy::{
-    deadline_after, failure_text, is_idempotent_method, new_request_id, retry_target, Failure,
-    Gateway, RetryOn, UpstreamLog, FIRST_FRAME_WAIT,
+    deadline_after, failure_text, is_idempotent_method, new_request_id, retry_after, Failure,
+    Gateway, UpstreamLog, FIRST_FRAME_WAIT,
 };
 
 /// Header lines a request or response head may have: hyper's limit, so
@@ -124,35 +124,50 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
+/// Implements `AsyncWrite` for a wrapper whose field `io` does the writing
+/// (the wrapper changes only how it reads).
+macro_rules! write_through {
+    ($($ty:tt)*) => {
+        impl<T: fulcrum::io::AsyncWrite + Unpin> fulcrum::io::AsyncWrite for $($ty)* {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+            }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.io).poll_flush(cx)
+            }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+            }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+            }
 
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
+            fn is_write_vectored(&self) -> bool {
+                self.io.is_write_vectored()
+            }
+        }
+    };
 }
+pub(crate) use write_through;
+
+write_through!(Rewind<T>);
 
 // ---------------------------------------------------------------------------
 // Heads, as ranges of the buffer they were read into.
@@ -269,14 +284,39 @@ fn names_a_framing_header(token: &[u8]) -> bool {
     .any(|h| token.eq_ignore_ascii_case(h.as_bytes()))
 }
 
-/// Marks the lines whose names `named` lists as skipped.
-fn skip_named(buf: &[u8], lines: &[Line], named: &[Range<usize>], skip: &mut u128) {
-    for (i, (n, _)) in lines.iter().enumerate() {
-        if named
-            .iter()
-            .any(|m| buf[n.clone()].eq_ignore_ascii_case(&buf[m.clone()]))
-        {
-            *skip |= 1 << i;
+/// The headers a `Connection` value names (other than `close`,
+/// `keep-alive` and `upgrade`), which are hop-by-hop too: ranges of the
+/// head's buffer.
+#[derive(Default)]
+struct Named {
+    list: [Range<usize>; MAX_NAMED],
+    len: usize,
+}
+
+impl Named {
+    /// Records `token`, a slice of `buf`; `false` if it is one too many.
+    fn add(&mut self, buf: &[u8], token: &[u8]) -> bool {
+        if self.len == MAX_NAMED {
+            return false;
+        }
+        self.list[self.len] = range_in(buf, token);
+        self.len += 1;
+        true
+    }
+
+    /// Marks the lines whose names it lists as skipped.
+    fn skip_in(&self, buf: &[u8], lines: &[Line], skip: &mut u128) {
+        let named = &self.list[..self.len];
+        if named.is_empty() {
+            return;
+        }
+        for (i, (n, _)) in lines.iter().enumerate() {
+            if named
+                .iter()
+                .any(|m| buf[n.clone()].eq_ignore_ascii_case(&buf[m.clone()]))
+            {
+                *skip |= 1 << i;
+            }
         }
     }
 }
@@ -311,8 +351,7 @@ fn parse_request(buf: &[u8], head: &mut ReqHead) -> Parsed {
     head.lines.clear();
     let (mut hosts, mut lengths, mut ids) = (0, 0, 0);
     let mut id = None;
-    let mut named: [Range<usize>; MAX_NAMED] = Default::default();
-    let mut n_named = 0;
+    let mut named = Named::default();
     for (i, h) in req.headers.iter().enumerate() {
         let (name, value) = (h.name.as_bytes(), h.value);
         head.lines.push((range_in(buf, name), range_in(buf, value)));
@@ -336,14 +375,11 @@ fn parse_request(buf: &[u8], head: &mut ReqHead) -> Parsed {
             for t in tokens(value) {
                 if t.eq_ignore_ascii_case(b"close") {
                     head.close = true;
-                } else if t.eq_ignore_ascii_case(b"upgrade") || names_a_framing_header(t) {
+                } else if t.eq_ignore_ascii_case(b"upgrade")
+                    || names_a_framing_header(t)
+                    || (!t.eq_ignore_ascii_case(b"keep-alive") && !named.add(buf, t))
+                {
                     return Parsed::Hyper;
-                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
-                    if n_named == MAX_NAMED {
-                        return Parsed::Hyper;
-                    }
-                    named[n_named] = range_in(buf, t);
-                    n_named += 1;
                 }
             }
         } else if hop_by_hop(name) || is("x-forwarded-proto") {
@@ -378,9 +414,7 @@ fn parse_request(buf: &[u8], head: &mut ReqHead) -> Parsed {
                 && v.iter().all(u8::is_ascii_graphic)
         });
     }
-    if n_named > 0 {
-        skip_named(buf, &head.lines, &named[..n_named], &mut head.skip);
-    }
+    named.skip_in(buf, &head.lines, &mut head.skip);
     Parsed::Complete
 }
 
@@ -473,8 +507,7 @@ fn parse_response(buf: &[u8], head_request: bool, head: &mut RespHead) -> RespPa
     head.lines.clear();
     let mut length: Option<u64> = None;
     let (mut coded, mut chunked_last) = (false, false);
-    let mut named: [Range<usize>; MAX_NAMED] = Default::default();
-    let mut n_named = 0;
+    let mut named = Named::default();
     for (i, h) in resp.headers.iter().enumerate() {
         let (name, value) = (h.name.as_bytes(), h.value);
         head.lines.push((range_in(buf, name), range_in(buf, value)));
@@ -499,12 +532,8 @@ fn parse_response(buf: &[u8], head_request: bool, head: &mut RespHead) -> RespPa
             for t in tokens(value) {
                 if t.eq_ignore_ascii_case(b"close") {
                     head.reusable = false;
-                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
-                    if n_named == MAX_NAMED {
-                        return RespParsed::Bad("too many headers named in Connection");
-                    }
-                    named[n_named] = range_in(buf, t);
-                    n_named += 1;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") && !named.add(buf, t) {
+                    return RespParsed::Bad("too many headers named in Connection");
                 }
             }
         } else if hop_by_hop(name) {
@@ -513,9 +542,7 @@ fn parse_response(buf: &[u8], head_request: bool, head: &mut RespHead) -> RespPa
             head.has_date = true;
         }
     }
-    if n_named > 0 {
-        skip_named(buf, &head.lines, &named[..n_named], &mut head.skip);
-    }
+    named.skip_in(buf, &head.lines, &mut head.skip);
     head.framing = if head_request || code == 204 || code == 304 {
         Framing::Empty(length.filter(|_| code != 204))
     } else if coded {
@@ -1556,21 +1583,11 @@ impl Gateway {
                     f
                 }
             };
-            drop(retry.take());
-            endpoint.failures.fetch_add(1, Relaxed);
-            let allowed = match failure.retry_on() {
-                RetryOn::Always => true,
-                RetryOn::Idempotent => idempotent,
-                RetryOn::Never => false,
-            };
-            if allowed {
-                if let Some((next, place)) =
-                    retry_target(cluster, &endpoint, &mut tried, log.attempts, deadline)
-                {
-                    retry = Some(place);
-                    endpoint = next;
-                    continue;
-                }
+            let (at, n) = (&mut endpoint, log.attempts);
+            if retry_after(
+                cluster, at, &failure, idempotent, &mut tried, n, deadline, &mut retry,
+            ) {
+                continue;
             }
             let (status, text) = failure_text(&endpoint, failure);
             return (Err((status, text)), endpoint);

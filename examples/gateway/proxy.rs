@@ -392,35 +392,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
+crate::h1::write_through!(Counted<'_, T>);
 
 /// How long a tunnel stays half open: once one direction has ended, the
 /// other may carry bytes this long before both connections close.
@@ -480,7 +452,7 @@ pub(crate) enum Failure {
 
 /// Whether a failed attempt may be retried on another endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RetryOn {
+enum RetryOn {
     /// The request never reached the upstream (Envoy's `connect-failure`
     /// and `reset-before-request`): any method.
     Always,
@@ -493,7 +465,7 @@ pub(crate) enum RetryOn {
 }
 
 impl Failure {
-    pub(crate) fn retry_on(&self) -> RetryOn {
+    fn retry_on(&self) -> RetryOn {
         match self {
             Failure::Refused(_)
             | Failure::Unsent(_)
@@ -649,7 +621,7 @@ pub struct UpstreamLog {
 /// when it has one endpoint: see [`retries_possible`]), `deadline` is ahead,
 /// an untried healthy endpoint is left and the budget has room (else
 /// `None`, the last failure stands). `failed` joins `tried`.
-pub(crate) fn retry_target<'c>(
+fn retry_target<'c>(
     cluster: &'c Cluster,
     failed: &Arc<Endpoint>,
     tried: &mut Vec<Arc<Endpoint>>,
@@ -668,6 +640,42 @@ pub(crate) fn retry_target<'c>(
         "attempt {attempts} failed; retrying"
     );
     Some((next, place))
+}
+
+/// After a failed attempt on `endpoint`: frees the attempt's place in the
+/// retry budget (`retry`), counts the failure against the endpoint and, if
+/// the failure may be retried (some only for an `idempotent` request) and
+/// [`retry_target`] finds another endpoint, moves `endpoint` and `retry` on
+/// to the next attempt and returns `true`; `false`: the failure stands.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn retry_after<'c>(
+    cluster: &'c Cluster,
+    endpoint: &mut Arc<Endpoint>,
+    failure: &Failure,
+    idempotent: bool,
+    tried: &mut Vec<Arc<Endpoint>>,
+    attempts: u32,
+    deadline: fulcrum::time::Instant,
+    retry: &mut Option<RetryInFlight<'c>>,
+) -> bool {
+    drop(retry.take());
+    endpoint.failures.fetch_add(1, Relaxed);
+    let allowed = match failure.retry_on() {
+        RetryOn::Always => true,
+        RetryOn::Idempotent => idempotent,
+        RetryOn::Never => false,
+    };
+    match allowed
+        .then(|| retry_target(cluster, endpoint, tried, attempts, deadline))
+        .flatten()
+    {
+        Some((next, place)) => {
+            *retry = Some(place);
+            *endpoint = next;
+            true
+        }
+        None => false,
+    }
 }
 
 /// How many retries can follow a first attempt in `cluster`: its
@@ -1046,18 +1054,13 @@ impl Gateway {
                     Err(f) => f,
                 };
                 drop(flight);
-                drop(retry.take());
-                endpoint.failures.fetch_add(1, Relaxed);
-                let allowed = failure.retry_on() == RetryOn::Always;
-                match allowed
-                    .then(|| retry_target(cluster, &endpoint, &mut tried, up.attempts, deadline))
-                    .flatten()
-                {
-                    Some((next, place)) => {
-                        retry = Some(place);
-                        endpoint = next;
-                    }
-                    None => return (failure_response(&endpoint, failure), Some(endpoint)),
+                // Not idempotent here: only a request that never left is
+                // retried.
+                let (at, n) = (&mut endpoint, up.attempts);
+                if !retry_after(
+                    cluster, at, &failure, false, &mut tried, n, deadline, &mut retry,
+                ) {
+                    return (failure_response(&endpoint, failure), Some(endpoint));
                 }
             };
             let sent = self
@@ -1109,22 +1112,11 @@ impl Gateway {
                 Err(f) => f,
             };
             drop(flight);
-            // This attempt is over: its place in the retry budget is free.
-            drop(retry.take());
-            endpoint.failures.fetch_add(1, Relaxed);
-            let allowed = match failure.retry_on() {
-                RetryOn::Always => true,
-                RetryOn::Idempotent => idempotent,
-                RetryOn::Never => false,
-            };
-            if allowed {
-                if let Some((next, place)) =
-                    retry_target(cluster, &endpoint, &mut tried, up.attempts, deadline)
-                {
-                    retry = Some(place);
-                    endpoint = next;
-                    continue;
-                }
+            let (at, n) = (&mut endpoint, up.attempts);
+            if retry_after(
+                cluster, at, &failure, idempotent, &mut tried, n, deadline, &mut retry,
+            ) {
+                continue;
             }
             let resp = failure_response(&endpoint, failure);
             return (resp, Some(endpoint));
