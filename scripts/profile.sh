@@ -7,6 +7,7 @@
 #   bash scripts/profile.sh sched:ping_pong:tokio sched:yield_many:fulcrum-stealing
 #   bash scripts/profile.sh gateway                          # the gateway under wrk
 #   bash scripts/profile.sh gateway:nginx gateway:tokio-proxy
+#   bash scripts/profile.sh gateway-open                     # the gateway in the open loop
 #   bash scripts/profile.sh queue:threads_2x2::dlb           # the DLB queue bench
 #
 # Workloads:
@@ -22,6 +23,10 @@
 #                             `--systems SYSTEM --rounds 1 --warmup 2
 #                             --duration SECS` (default 10), about
 #                             2 x SECS + 5 seconds.
+#   gateway-open[:SYSTEM]     the same processes during the driver's open
+#                             loop (4,000 requests/s over 16 connections:
+#                             mostly idle workers), which follows the wrk
+#                             round; about 3 x SECS + 5 seconds.
 #   queue:FILTER              the DLB queue's bench (`cargo bench -p
 #                             fulcrum-dlb`, dlb/benches/dlb.rs) running the
 #                             divan benchmarks FILTER names, such as
@@ -105,13 +110,18 @@ profile_queue() { # divan filter
     report "$name"
 }
 
-profile_gateway() { # system
+profile_gateway() { # system [open]
     local bin driver pids="" name=gateway-$1 log=$out/gateway-$1.driver.log
+    [ "${2:-}" = open ] && name=gateway-open-$1
     command -v wrk >/dev/null 2>&1 && { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } \
         || { echo "profile.sh: needs nginx and wrk (bash benches/gateway.sh installs them)" >&2; exit 1; }
     cargo build -q --profile bench --example gateway
     bin=$(bench_bin gateway)
-    echo "==> $name: the driver's warm-up and one wrk round of $SECS s" >&2
+    if [ "${2:-}" = open ]; then
+        echo "==> $name: the driver's open loop of $SECS s" >&2
+    else
+        echo "==> $name: the driver's warm-up and one wrk round of $SECS s" >&2
+    fi
     "$bin" --systems "$1" --rounds 1 --warmup 2 --duration "$SECS" --out "$out/gateway-$1.json" >"$log" 2>&1 &
     driver=$!
     # The system's processes are the driver's children that are not the
@@ -126,14 +136,22 @@ profile_gateway() { # system
         case $1 in
             nginx) grep -q 'nginx.conf' "/proc/$child/cmdline" 2>/dev/null || continue
                 pids="$child $(pgrep -P "$child" | tr '\n' ' ')" ;;
-            fulcrum-gateway) [ "$(cat "/proc/$child/comm")" = gateway ] || continue; pids=$child ;;
+            fulcrum-gateway | fulcrum-gateway-hyper)
+                [ "$(cat "/proc/$child/comm")" = gateway ] || continue; pids=$child ;;
             tokio-proxy) tr '\0' ' ' <"/proc/$child/cmdline" | grep -q 'server tokio-proxy' || continue; pids=$child ;;
         esac
     done
     [ -n "$pids" ] || { echo "profile.sh: no $1 process under the driver" >&2; kill "$driver"; exit 1; }
     pids=$(echo $pids | tr ' ' ',')
-    # Warm-up (2 s) plus the wrk run; the open loop that follows is left out.
-    record -o "$out/$name.data" -p "$pids" -- sleep "$((SECS + 2))"
+    if [ "${2:-}" = open ]; then
+        # Past the warm-up (2 s) and the wrk run: the open loop.
+        sleep "$((SECS + 2))"
+        record -o "$out/$name.data" -p "$pids" -- sleep "$SECS"
+    else
+        # Warm-up (2 s) plus the wrk run; the open loop that follows is
+        # left out.
+        record -o "$out/$name.data" -p "$pids" -- sleep "$((SECS + 2))"
+    fi
     wait "$driver" || { cat "$log" >&2; exit 1; }
     report "$name"
 }
@@ -144,9 +162,10 @@ for w in "$@"; do
         sched) [ -n "${a:-}" ] || { echo "profile.sh: sched:WORKLOAD[:SYSTEM]" >&2; exit 2; }
             profile_sched "$a" "${b:-fulcrum-dlb}" ;;
         gateway) profile_gateway "${a:-fulcrum-gateway}" ;;
+        gateway-open) profile_gateway "${a:-fulcrum-gateway}" open ;;
         queue) [ -n "${a:-}" ] || { echo "profile.sh: queue:FILTER" >&2; exit 2; }
             # `queue:threads_2x2::dlb` splits at every colon: join the rest.
             profile_queue "${w#queue:}" ;;
-        *) echo "profile.sh: unknown workload $w (sched:WORKLOAD[:SYSTEM], gateway[:SYSTEM] or queue:FILTER)" >&2; exit 2 ;;
+        *) echo "profile.sh: unknown workload $w (sched:WORKLOAD[:SYSTEM], gateway[:SYSTEM], gateway-open[:SYSTEM] or queue:FILTER)" >&2; exit 2 ;;
     esac
 done
