@@ -688,6 +688,50 @@ mod time {
         let msg = err.downcast_ref::<&str>().copied().unwrap_or_default();
         assert!(msg.contains("outside a Fulcrum runtime"), "{msg}");
     }
+
+    /// A waker that only lives: its `Arc`'s count says who still holds it.
+    struct Held;
+
+    impl std::task::Wake for Held {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// A sleep registered on one runtime thread and dropped on another
+    /// leaves its entry in the first thread's wheel until its deadline, but
+    /// not its waker: a waker is a reference to its task, whose whole
+    /// allocation (the future's storage) it would otherwise keep alive for
+    /// as long as the timeout (a server's request timeout, for every
+    /// connection task that moved between workers).
+    #[test]
+    fn a_sleep_dropped_on_another_thread_lets_go_of_its_waker_at_once() {
+        for (name, rt) in runtimes() {
+            let held = Arc::new(Held);
+            let waker = Waker::from(held.clone());
+            // In a tuple: what the task returns is not itself a future.
+            let (sleep,) = rt.block_on(async move {
+                spawn(async move {
+                    let mut sleep = Box::pin(sleep(Duration::from_secs(600)));
+                    let mut cx = Context::from_waker(&waker);
+                    assert!(sleep.as_mut().poll(&mut cx).is_pending());
+                    (sleep,)
+                })
+                .await
+                .unwrap()
+            });
+            assert_eq!(
+                Arc::strong_count(&held),
+                2,
+                "{name}: the wheel holds the waker"
+            );
+            // Dropped on a thread that is not the one whose wheel has it.
+            thread::spawn(move || drop(sleep)).join().unwrap();
+            assert_eq!(
+                Arc::strong_count(&held),
+                1,
+                "{name}: the waker of a sleep dropped elsewhere is still held"
+            );
+        }
+    }
 }
 
 #[test]

@@ -193,6 +193,17 @@ impl Sleep {
 
     fn unregister(&mut self) {
         if let Some(reg) = self.registration.take() {
+            if !reg.is_here() {
+                // Dropped away from the thread whose wheel holds the entry
+                // (the task was handed off): the entry stays there until its
+                // deadline. Its waker goes now, or it would keep the task's
+                // allocation (the whole future's storage) alive until then:
+                // a server whose connections have a 15 s request timeout and
+                // move between workers held thousands of finished tasks.
+                if let Some(e) = &self.entry {
+                    e.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+                }
+            }
             driver::deregister(reg);
         }
         self.entry = None;
