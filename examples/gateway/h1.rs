@@ -62,6 +62,18 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Bytes asked of an upstream per read while a body streams.
 const BODY_CHUNK: usize = 64 * 1024;
 
+/// Below this much spare capacity a buffer grows before a read.
+const MIN_SPARE: usize = 1024;
+
+/// Makes room in `buf` for a read of up to `want` bytes, growing it only
+/// when less than [`MIN_SPARE`] is left: `BytesMut::reserve` alone would
+/// double a buffer holding one byte of a slow client's head.
+fn make_room(buf: &mut BytesMut, want: usize) {
+    if buf.capacity() - buf.len() < MIN_SPARE.min(want) {
+        buf.reserve(want);
+    }
+}
+
 /// Chunk extensions one chunk may carry, and trailer bytes a body may
 /// end with (both are read and dropped).
 const MAX_CHUNK_EXT: usize = 4 * 1024;
@@ -934,7 +946,7 @@ async fn read_head<R: AsyncRead + Unpin>(
                 RespParsed::Partial => {}
             }
         }
-        buf.reserve(READ_CHUNK);
+        make_room(buf, READ_CHUNK);
         match rd.read_buf(buf).await {
             Ok(0) => {
                 return Err(Exchange::Io {
@@ -1020,7 +1032,7 @@ async fn relay<W: AsyncWrite + Unpin>(
                 if dec.has_begun() || dec.is_done() {
                     break;
                 }
-                conn.buf.reserve(READ_CHUNK);
+                make_room(&mut conn.buf, READ_CHUNK);
                 match fulcrum::time::timeout_at(wait, conn.io.read_buf(&mut conn.buf)).await {
                     Ok(Ok(0)) => return Relay::Failed(Failure::Bad("response body ended early")),
                     Ok(Ok(_)) => {}
@@ -1064,7 +1076,7 @@ async fn relay_length<W: AsyncWrite + Unpin>(
     conn.buf.advance(first);
     let mut left = n - first as u64;
     while left > 0 {
-        conn.buf.reserve(BODY_CHUNK);
+        make_room(&mut conn.buf, BODY_CHUNK);
         if conn.io.read_buf(&mut conn.buf).await? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -1096,7 +1108,7 @@ async fn relay_chunked<W: AsyncWrite + Unpin>(
             return Ok(conn.buf.is_empty());
         }
         out.clear();
-        conn.buf.reserve(BODY_CHUNK);
+        make_room(&mut conn.buf, BODY_CHUNK);
         if conn.io.read_buf(&mut conn.buf).await? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -1119,7 +1131,7 @@ async fn relay_until_close<W: AsyncWrite + Unpin>(
     loop {
         put_chunk(out, &conn.buf);
         conn.buf.clear();
-        conn.buf.reserve(BODY_CHUNK);
+        make_room(&mut conn.buf, BODY_CHUNK);
         let n = conn.io.read_buf(&mut conn.buf).await?;
         if n == 0 {
             out.extend_from_slice(LAST_CHUNK);
@@ -1212,7 +1224,7 @@ async fn next_head<T: AsyncRead + Unpin>(
             None => by_head,
         };
         let watch = idle && !draining && drain_open;
-        c.buf.reserve(READ_CHUNK);
+        make_room(&mut c.buf, READ_CHUNK);
         let stop = fulcrum::time::sleep_until(deadline);
         fulcrum::select! {
             r = io.read_buf(&mut c.buf) => match r {
@@ -1329,7 +1341,7 @@ impl Gateway {
         let total = head.len + head.body as usize;
         let body_by = Deadline::now() + limits.body_timeout;
         while buf.len() < total {
-            buf.reserve((total - buf.len()).min(BODY_CHUNK));
+            make_room(buf, (total - buf.len()).min(BODY_CHUNK));
             match fulcrum::time::timeout_at(body_by, io.read_buf(buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 outcome => {
