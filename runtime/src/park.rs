@@ -237,36 +237,26 @@ impl PreciseTimer {
 
     /// Stops the timer (an expiry not yet due will not come).
     pub(crate) fn disarm(&self) {
-        use std::os::fd::AsRawFd;
-        let zero = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        let spec = libc::itimerspec {
-            it_interval: zero,
-            it_value: zero,
-        };
-        // SAFETY: as in `arm`; an all-zero `it_value` disarms.
-        let rc =
-            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-        if rc < 0 {
-            tracing::warn!("timerfd_settime: {}", io::Error::last_os_error());
-        }
+        self.set(Duration::ZERO);
     }
 
     /// Makes the timer fire once, `after` from now (replacing any earlier
     /// arming). A zero duration is bumped to 1 ns (zero would disarm).
     pub(crate) fn arm(&self, after: Duration) {
+        self.set(after.max(Duration::from_nanos(1)));
+    }
+
+    /// `timerfd_settime` with `value` (zero: disarmed), no interval.
+    fn set(&self, value: Duration) {
         use std::os::fd::AsRawFd;
-        let after = after.max(Duration::from_nanos(1));
         let spec = libc::itimerspec {
             it_interval: libc::timespec {
                 tv_sec: 0,
                 tv_nsec: 0,
             },
             it_value: libc::timespec {
-                tv_sec: after.as_secs().try_into().unwrap_or(libc::time_t::MAX),
-                tv_nsec: after.subsec_nanos().into(),
+                tv_sec: value.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                tv_nsec: value.subsec_nanos().into(),
             },
         };
         // SAFETY: `fd` is our timerfd; `spec` is a valid itimerspec and the

@@ -336,8 +336,9 @@ pub(crate) fn build(
         }
         parts.push((port, poll, deque));
     }
-    let rescue = threads.rescue_interval.is_some() && !threads.stealing;
-    let watch_timers = if rescue {
+    // The comparison mode gets no rescue: it balances by stealing only.
+    let rescue_interval = threads.rescue_interval.filter(|_| !threads.stealing);
+    let watch_timers = if rescue_interval.is_some() {
         watch_timers(&parts).unwrap_or_else(|e| {
             tracing::warn!("watch timers: {e}; idle workers are woken to watch instead");
             Box::default()
@@ -365,8 +366,7 @@ pub(crate) fn build(
         rescue_misses: (0..workers).map(|_| AtomicU32::new(0)).collect(),
         watching: (0..workers).map(|_| AtomicBool::new(false)).collect(),
         watch_timers,
-        // The comparison mode gets no rescue: it balances by stealing only.
-        rescue_interval: threads.rescue_interval.filter(|_| !threads.stealing),
+        rescue_interval,
         shutdown: AtomicBool::new(false),
         owned: OwnedTasks::new(),
         stealing,
