@@ -1159,6 +1159,8 @@ struct Conn {
     out: Vec<u8>,
     /// The request's id.
     id: Vec<u8>,
+    /// The client's address, as text (`X-Forwarded-For`, Maglev's key).
+    ip: String,
 }
 
 /// Buffers above this capacity are given back after the request that grew
@@ -1258,6 +1260,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
         up: Vec::with_capacity(1024),
         out: Vec::with_capacity(1024),
         id: Vec::with_capacity(64),
+        ip: peer.ip().to_string(),
     };
     loop {
         match next_head(&mut io, &mut c, drain, &limits).await {
@@ -1301,6 +1304,7 @@ impl Gateway {
             up,
             out,
             id,
+            ip: client_ip,
         } = c;
         let head_request = &buf[head.method.clone()] == b"HEAD";
         if head.body > limits.max_body as u64 {
@@ -1371,7 +1375,6 @@ impl Gateway {
         // the connection closes after the answer exactly when it says so.
         let answer = match (route, cluster) {
             (Some(route), Some(cluster)) => {
-                let client_ip = peer.ip().to_string();
                 let key = cluster.key_by(
                     |name| {
                         head.lines
