@@ -195,20 +195,30 @@ fn link_priority_and_no_link_means_producer_only() {
     assert_eq!(d.port_stats(2).unwrap().in_flight, 4);
 }
 
-#[test]
-fn arbiter_prefers_the_least_loaded_port() {
+/// Sends `evs` in one call, or one event per call (the single-event path).
+fn send_all(tx: &mut Port, evs: &[Event], one_at_a_time: bool) -> usize {
+    if one_at_a_time {
+        evs.iter()
+            .map(|e| tx.send(std::slice::from_ref(e)).unwrap())
+            .sum()
+    } else {
+        tx.send(evs).unwrap()
+    }
+}
+
+fn least_loaded_port_is_preferred(one_at_a_time: bool) {
     let d = split(1, 3, 8, 64);
     let mut tx = d.port(0).unwrap();
     let mut rx: Vec<_> = (1..4).map(|i| d.port(i).unwrap()).collect();
     // Round-robin among equals: 6 events go 2/2/2.
     let evs: Vec<_> = (0..6).map(|i| Event::unordered(0, i)).collect();
-    assert_eq!(tx.send(&evs).unwrap(), 6);
+    assert_eq!(send_all(&mut tx, &evs, one_at_a_time), 6);
     for id in 1..4 {
         assert_eq!(d.port_stats(id).unwrap().in_flight, 2);
     }
     // Port 1 drains and releases; the next two go to it.
     drain(&mut rx[0]);
-    assert_eq!(tx.send(&evs[..2]).unwrap(), 2);
+    assert_eq!(send_all(&mut tx, &evs[..2], one_at_a_time), 2);
     assert_eq!(d.port_stats(1).unwrap().in_flight, 2);
     assert_eq!(d.port_stats(2).unwrap().in_flight, 2);
     // Port 2 receives but does not release: it stays loaded. Port 3 drains
@@ -216,9 +226,27 @@ fn arbiter_prefers_the_least_loaded_port() {
     let mut buf = [Event::default(); 8];
     assert_eq!(rx[1].recv(&mut buf).unwrap(), 2);
     drain(&mut rx[2]);
-    assert_eq!(tx.send(&evs[..2]).unwrap(), 2);
+    assert_eq!(send_all(&mut tx, &evs[..2], one_at_a_time), 2);
     assert_eq!(d.port_stats(2).unwrap().in_flight, 2);
     assert_eq!(d.port_stats(3).unwrap().in_flight, 2);
+    // A load hint outweighs an empty CQ: with port 1 hinted busy and every
+    // CQ equal, the next event goes to port 2 or 3.
+    for port in &mut rx {
+        drain(port);
+    }
+    d.set_load_hint(1, 4);
+    assert_eq!(send_all(&mut tx, &evs[..1], one_at_a_time), 1);
+    assert_eq!(d.port_stats(1).unwrap().in_flight, 0);
+}
+
+#[test]
+fn arbiter_prefers_the_least_loaded_port() {
+    least_loaded_port_is_preferred(false);
+}
+
+#[test]
+fn arbiter_prefers_the_least_loaded_port_one_event_at_a_time() {
+    least_loaded_port_is_preferred(true);
 }
 
 #[test]

@@ -27,9 +27,12 @@ struct Slot {
 }
 
 /// What the owner found at the head of its CQ.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Popped {
-    /// A delivered event.
-    Event(Event),
+    /// Nothing is published at the head.
+    Empty,
+    /// A delivered event, now in the caller's slot.
+    Event,
     /// A slot whose reservation was given up.
     Skip,
 }
@@ -98,26 +101,29 @@ impl Cq {
             .store(u64::from(pos.wrapping_add(1)) | TOMBSTONE, Release);
     }
 
-    /// Pops the head slot if it is published.
+    /// Pops the head slot if it is published, writing a delivered event
+    /// into `out` (left alone otherwise). Writing in place, rather than
+    /// returning the event in an enum, keeps the copy to two plain moves.
     ///
     /// # Safety
     /// Only the port's current owner may call this.
     #[inline]
-    pub(crate) unsafe fn pop(&self) -> Option<Popped> {
+    pub(crate) unsafe fn pop_into(&self, out: &mut Event) -> Popped {
         let head = self.head.load(Relaxed);
         let slot = self.slot(head);
         let seq = slot.seq.load(Acquire);
         if seq as u32 != head.wrapping_add(1) {
-            return None;
+            return Popped::Empty;
         }
         self.head.store(head.wrapping_add(1), Relaxed);
         if seq & TOMBSTONE != 0 {
-            return Some(Popped::Skip);
+            return Popped::Skip;
         }
         // SAFETY: `seq == head + 1` (Acquire) means the producer's write is
         // visible and finished; the slot stays ours until the owner's state
         // RMW gives it back.
-        Some(Popped::Event(slot.event.with(|p| unsafe { p.read() })))
+        *out = slot.event.with(|p| unsafe { p.read() });
+        Popped::Event
     }
 
     /// Whether the head slot is published (owner only; a hint).

@@ -952,7 +952,43 @@ impl SoftPort {
         self.id
     }
 
+    #[inline]
     pub(crate) fn send(&mut self, events: &[Event]) -> Result<usize, DlbError> {
+        #[cfg(not(feature = "fault-injection"))]
+        if let [event] = events {
+            if self.send_one_direct(event) {
+                return Ok(1);
+            }
+        }
+        self.send_slow(events)
+    }
+
+    /// The common case of one valid unordered event while nothing of its
+    /// queue waits: reserve a slot on the least loaded eligible port and
+    /// write it there. Returns `false`, having done nothing, if the event
+    /// needs the general path.
+    #[cfg(not(feature = "fault-injection"))]
+    #[inline]
+    fn send_one_direct(&self, event: &Event) -> bool {
+        let shared = &*self.shared;
+        if event.sched != Sched::Unordered || event.priority > PRIORITY_LOWEST {
+            return false;
+        }
+        let Some(q) = shared.queues.get(usize::from(event.queue)) else {
+            return false;
+        };
+        if !q.waiting.is_empty() {
+            return false;
+        }
+        let Some(r) = shared.pick_reserve(usize::from(event.queue)) else {
+            return false;
+        };
+        shared.deliver(r, *event);
+        PortCounters::bump(&shared.ports[self.id].counters.sent, 1);
+        true
+    }
+
+    fn send_slow(&mut self, events: &[Event]) -> Result<usize, DlbError> {
         let shared = &*self.shared;
         let mut sent = 0;
         while sent < events.len() {
@@ -1058,6 +1094,7 @@ impl SoftPort {
         true
     }
 
+    #[inline]
     pub(crate) fn recv(&mut self, out: &mut [Event]) -> Result<usize, DlbError> {
         let (mut n, pulled) = self.pop_cq(out);
         if pulled && n < out.len() {
@@ -1079,19 +1116,18 @@ impl SoftPort {
         while n < out.len() {
             // SAFETY: `SoftPort` is the port's unique owner (`taken`), used
             // through `&mut self`.
-            let event = match unsafe { me.cq.pop() } {
-                None => break,
-                Some(Popped::Skip) => {
+            match unsafe { me.cq.pop_into(&mut out[n]) } {
+                Popped::Empty => break,
+                Popped::Skip => {
                     freed += 1;
                     continue;
                 }
-                Some(Popped::Event(event)) => event,
-            };
-            freed += 1;
-            if event.sched == Sched::Atomic || !self.history.is_empty() {
-                record(&mut self.history, self.owed + n as u64, &event);
+                Popped::Event => {}
             }
-            out[n] = event;
+            freed += 1;
+            if out[n].sched == Sched::Atomic || !self.history.is_empty() {
+                record(&mut self.history, self.owed + n as u64, &out[n]);
+            }
             n += 1;
         }
         if freed == 0 && self.unpublished_releases == 0 {
@@ -1115,6 +1151,7 @@ impl SoftPort {
         (n, pulled)
     }
 
+    #[inline]
     pub(crate) fn release(&mut self, n: usize) -> Result<usize, DlbError> {
         let n = (n as u64).min(self.owed);
         if n == 0 {
