@@ -48,12 +48,19 @@ impl Worker {
             && !shared.shutdown.load(SeqCst)
             && !shared.stealing_has_work()
         {
+            // The timer wheel's deadlines are whole milliseconds, and
+            // `epoll_wait` (rounding up) meets them to the millisecond; only
+            // a watch interval shorter than that needs the precise timer.
+            // Arming it for every deadline cost a `timerfd_settime` per
+            // park, several µs each on a virtual machine.
             let mut timeout = crate::time::driver::next_timeout();
             if let Some(w) = &watch {
-                timeout = Some(timeout.map_or(w.interval, |t| t.min(w.interval)));
-            }
-            if let Some(p) = &self.precise {
-                p.arm_for(timeout);
+                if timeout.map_or(true, |t| w.interval < t) {
+                    timeout = Some(w.interval);
+                    if let Some(p) = &self.precise {
+                        p.arm_for(timeout);
+                    }
+                }
             }
             self.heavy_queued.set(false);
             // Asleep: nobody need watch this worker any more.
