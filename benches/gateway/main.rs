@@ -43,7 +43,8 @@
 //! (`h2load.rs`; p50/p99 from its per-request log). Every proxy speaks
 //! HTTP/1.1 keep-alive to the upstream. One wrk warm-up of `--warmup` s
 //! per system first. CPU is read from `/proc/<pid>/stat` of the proxy's processes
-//! (nginx: master and workers) around each load.
+//! (nginx: master and workers) around each load, and context switches from
+//! `/proc/<pid>/task/*/status` (a table of their own, per response).
 //!
 //! Output: a markdown table (medians over the rounds, ratios to nginx, to
 //! the tokio proxy and to the gateway on hyper alone) on stdout, `target/bench/gateway.json` (`--out`),
@@ -193,6 +194,8 @@ struct Figures {
     /// The proxy's CPU per response during the wrk run, and the upstream's.
     cpu_us_per_req: f64,
     upstream_cpu_us_per_req: f64,
+    /// The proxy's context switches per response during the wrk run.
+    switches_per_req: f64,
     /// The open loop at the fixed rate.
     open_ok: u64,
     open_p50_us: f64,
@@ -200,6 +203,7 @@ struct Figures {
     open_p999_us: f64,
     open_errors: u64,
     open_cpu_us_per_req: f64,
+    open_switches_per_req: f64,
     /// h2load's HTTP/2 load (all zero for a system that does not speak
     /// HTTP/2 with prior knowledge).
     h2_rps: f64,
@@ -267,12 +271,14 @@ impl Summary {
             errors: sum(|f| f.errors),
             cpu_us_per_req: m(|f| f.cpu_us_per_req),
             upstream_cpu_us_per_req: m(|f| f.upstream_cpu_us_per_req),
+            switches_per_req: m(|f| f.switches_per_req),
             open_ok: m(|f| f.open_ok as f64) as u64,
             open_p50_us: m(|f| f.open_p50_us),
             open_p99_us: m(|f| f.open_p99_us),
             open_p999_us: m(|f| f.open_p999_us),
             open_errors: sum(|f| f.open_errors),
             open_cpu_us_per_req: m(|f| f.open_cpu_us_per_req),
+            open_switches_per_req: m(|f| f.open_switches_per_req),
             h2_rps: m(|f| f.h2_rps),
             h2_p50_us: m(|f| f.h2_p50_us),
             h2_p99_us: m(|f| f.h2_p99_us),
@@ -462,13 +468,14 @@ fn run(o: &Options) -> Result<()> {
         for k in 0..procs.len() {
             let i = (k + round) % procs.len();
             let p = &procs[i];
-            let (cpu0, up0) = (p.cpu(), upstream.cpu());
+            let (cpu0, up0, sw0) = (p.cpu(), upstream.cpu(), p.switches());
             let (w, text) = http::wrk(&url(p), o.wrk_threads, o.connections, o.duration)?;
             std::fs::write(raw_dir.join(format!("wrk-{}-{round}.txt", p.name)), text)?;
-            let (cpu1, up1) = (p.cpu(), upstream.cpu());
+            let (cpu1, up1, sw1) = (p.cpu(), upstream.cpu(), p.switches());
             let ol = open.run(p.addr);
-            let cpu2 = p.cpu();
+            let (cpu2, sw2) = (p.cpu(), p.switches());
             let per_req = |cpu: Duration, n: u64| cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
+            let count_per_req = |k: u64, n: u64| k as f64 / n.max(1) as f64;
             let mut h2r = h2load::H2Result::default();
             let mut h2_cpu = 0.0;
             if let Some(addr) = p.h2_addr {
@@ -485,12 +492,14 @@ fn run(o: &Options) -> Result<()> {
                 errors: w.errors,
                 cpu_us_per_req: per_req(cpu1.saturating_sub(cpu0), w.requests),
                 upstream_cpu_us_per_req: per_req(up1.saturating_sub(up0), w.requests),
+                switches_per_req: count_per_req(sw1.saturating_sub(sw0), w.requests),
                 open_ok: ol.ok,
                 open_p50_us: ol.percentile_ms(0.50) * 1e3,
                 open_p99_us: ol.percentile_ms(0.99) * 1e3,
                 open_p999_us: ol.percentile_ms(0.999) * 1e3,
                 open_errors: ol.errors,
                 open_cpu_us_per_req: per_req(cpu2.saturating_sub(cpu1), ol.ok),
+                open_switches_per_req: count_per_req(sw2.saturating_sub(sw1), ol.ok),
                 h2_rps: h2r.rps,
                 h2_p50_us: h2r.p50_ms * 1e3,
                 h2_p99_us: h2r.p99_ms * 1e3,
@@ -607,6 +616,20 @@ fn print_table(o: &Options, s: &[Summary]) {
             g.open_p99_us / b.open_p99_us,
             g.open_p999_us / b.open_p999_us,
             g.open_cpu_us_per_req / b.open_cpu_us_per_req
+        );
+    }
+    println!();
+    println!(
+        "Context switches of the proxy's threads per response (from /proc/<pid>/task/*/status; \
+         nginx's workers counted), same runs; medians"
+    );
+    println!();
+    println!("| system | closed loop | open loop |");
+    println!("|---|---|---|");
+    for x in s {
+        println!(
+            "| {} | {:.2} | {:.2} |",
+            x.system, x.median.switches_per_req, x.median.open_switches_per_req
         );
     }
     let verdict = |ok: bool| if ok { "met" } else { "missed" };

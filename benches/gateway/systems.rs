@@ -279,6 +279,19 @@ impl Proc {
         Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
     }
 
+    /// Context switches so far (voluntary and not) of every thread of the
+    /// process, and of its children where they count: each is a sleep and
+    /// a wake-up or a preemption, the kernel cost that CPU per request
+    /// alone does not explain.
+    pub fn switches(&self) -> u64 {
+        let pid = self.child.id();
+        let mut n = thread_switches(pid);
+        if self.with_children {
+            n += children(pid).into_iter().map(thread_switches).sum::<u64>();
+        }
+        n
+    }
+
     /// Checks that the process answers `/` with `ok` and forwards the
     /// headers as every system must.
     pub fn check(&self) -> Result<()> {
@@ -352,6 +365,25 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
         ppid: u32::try_from(field(4)?).ok()?,
         ticks: field(14)? + field(15)?,
     })
+}
+
+/// The context switches of every thread of `pid`, from
+/// `/proc/<pid>/task/*/status` (0 for a process that is gone).
+fn thread_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 /// The processes whose parent is `pid`.
