@@ -49,17 +49,16 @@ impl Worker {
             && !shared.stealing_has_work()
         {
             // The timer wheel's deadlines are whole milliseconds, and
-            // `epoll_wait` (rounding up) meets them to the millisecond; only
-            // a watch interval shorter than that needs the precise timer.
-            // Arming it for every deadline cost a `timerfd_settime` per
-            // park, several µs each on a virtual machine.
+            // `epoll_wait` (rounding up) meets them to the millisecond: only
+            // a watch, whose sleep ends at the sooner of its interval and
+            // the next deadline, needs the precise timer. Arming it at every
+            // park with a deadline cost a `timerfd_settime` each, several
+            // µs on a virtual machine.
             let mut timeout = crate::time::driver::next_timeout();
             if let Some(w) = &watch {
-                if timeout.map_or(true, |t| w.interval < t) {
-                    timeout = Some(w.interval);
-                    if let Some(p) = &self.precise {
-                        p.arm_for(timeout);
-                    }
+                timeout = Some(timeout.map_or(w.interval, |t| t.min(w.interval)));
+                if let Some(p) = &self.precise {
+                    p.arm_for(timeout);
                 }
             }
             self.heavy_queued.set(false);
