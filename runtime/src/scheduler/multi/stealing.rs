@@ -97,6 +97,25 @@ impl Worker {
         }
     }
 
+    /// Work-stealing mode: a batch from the injector into `deque`, and the
+    /// first of it. If more than one came, a sleeping peer is woken to
+    /// steal the rest, as tokio does: a peer woken for one of those tasks
+    /// may have looked while they were in flight between the injector and
+    /// this deque, found neither, and gone back to sleep (two tasks spawned
+    /// back to back from outside then ran one after the other, the second
+    /// waiting out the whole first poll).
+    fn take_from_injector(
+        &self,
+        deque: &crossbeam_deque::Worker<TaskRef>,
+        st: &Stealing,
+    ) -> Option<TaskRef> {
+        let t = steal_until_done(|| st.injector.steal_batch_and_pop(deque))?;
+        if !deque.is_empty() {
+            self.shared.notify_parked();
+        }
+        Some(t)
+    }
+
     /// Work-stealing mode: the next task: the LIFO slot, the injector every
     /// maintenance interval, the own deque, the injector, then half of a
     /// peer's deque.
@@ -115,14 +134,14 @@ impl Worker {
         }
         self.lifo_polls.set(0);
         if tick % self.shared.threads.tuning.event_interval == 0 {
-            if let Some(t) = steal_until_done(|| st.injector.steal_batch_and_pop(deque)) {
+            if let Some(t) = self.take_from_injector(deque, st) {
                 return Some(t);
             }
         }
         if let Some(t) = deque.pop() {
             return Some(t);
         }
-        if let Some(t) = steal_until_done(|| st.injector.steal_batch_and_pop(deque)) {
+        if let Some(t) = self.take_from_injector(deque, st) {
             return Some(t);
         }
         let n = st.stealers.len();
