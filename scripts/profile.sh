@@ -42,6 +42,15 @@
 # files), FREQ (perf's -F, default 999 Hz). Installs perf (Debian's
 # linux-perf) if missing; gateway profiles also need nginx and wrk
 # (benches/gateway.sh installs them).
+#
+# Counting instead of sampling (gateway workloads only): STAT=EVENTS runs
+# `perf stat -e EVENTS` over the same window instead of `perf record`, and
+# writes and prints target/profile/<name>.stat, with the driver's request
+# count for the window from its JSON. For the system calls and wake-ups
+# behind the open loop's CPU per request:
+#
+#   STAT=syscalls:sys_enter_timerfd_settime,syscalls:sys_enter_epoll_wait,sched:sched_switch \
+#       bash scripts/profile.sh gateway-open gateway-open:tokio-proxy
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +63,7 @@ SECS=${SECS:-10}
 TOP=${TOP:-30}
 CALL_GRAPH=${CALL_GRAPH:-fp}
 FREQ=${FREQ:-999}
+STAT=${STAT:-}
 out=target/profile
 mkdir -p "$out"
 
@@ -143,17 +153,47 @@ profile_gateway() { # system [open]
     done
     [ -n "$pids" ] || { echo "profile.sh: no $1 process under the driver" >&2; kill "$driver"; exit 1; }
     pids=$(echo $pids | tr ' ' ',')
+    local window=$((SECS + 2))
     if [ "${2:-}" = open ]; then
         # Past the warm-up (2 s) and the wrk run: the open loop.
         sleep "$((SECS + 2))"
-        record -o "$out/$name.data" -p "$pids" -- sleep "$SECS"
+        window=$SECS
+    fi
+    # Otherwise the warm-up (2 s) plus the wrk run; the open loop that
+    # follows is left out.
+    if [ -n "$STAT" ]; then
+        perf stat -e "$STAT" -p "$pids" -o "$out/$name.stat" -- sleep "$window"
     else
-        # Warm-up (2 s) plus the wrk run; the open loop that follows is
-        # left out.
-        record -o "$out/$name.data" -p "$pids" -- sleep "$((SECS + 2))"
+        record -o "$out/$name.data" -p "$pids" -- sleep "$window"
     fi
     wait "$driver" || { cat "$log" >&2; exit 1; }
-    report "$name"
+    if [ -n "$STAT" ]; then
+        count_report "$name" "$1" "${2:-}"
+    else
+        report "$name"
+    fi
+}
+
+count_report() { # name system [open]
+    local stat=$out/$1.stat
+    {
+        echo "# STAT=$STAT scripts/profile.sh $1 ($(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cpus)"
+        grep -E '^ +[0-9,]+ ' "$stat"
+        # The window's requests: the open loop's successes, or wrk's rate
+        # over the window (warm-up included, so an estimate).
+        python3 - "$out/gateway-$2.json" "${3:-}" "$SECS" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+s = report["systems"][0]
+if sys.argv[2] == "open":
+    print(f"requests in the window: {s['open_ok']} (the open loop)")
+else:
+    n = int(s["rps"] * (int(sys.argv[3]) + 2))
+    print(f"requests in the window: about {n} (wrk's rate over the warm-up and the run)")
+PY
+    } >"$out/$1.txt"
+    cat "$out/$1.txt"
+    echo "profile.sh: $stat, $out/$1.txt" >&2
 }
 
 for w in "$@"; do
